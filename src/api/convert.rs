@@ -1,0 +1,131 @@
+//! Conversions between `purge.v1` messages and domain types.
+
+use chrono::{DateTime, Utc};
+
+use crate::core::CreateRequest;
+use crate::core::model::{Action, PurgeKind, PurgeRecord, PurgeState, TaskState};
+use crate::pb;
+
+pub fn create_request(m: pb::CreatePurgeRequest, metadata_key: Option<String>) -> CreateRequest {
+    CreateRequest {
+        kind: kind_from(m.kind).ok_or(m.kind),
+        action: action_from(m.action).ok_or(m.action),
+        provider: m.provider,
+        targets: m.targets,
+        hosts: m.hosts,
+        headers: m.headers.into_iter().collect(),
+        labels: m.labels.into_iter().collect(),
+        idempotency_key: m.idempotency_key,
+        idempotency_metadata: metadata_key,
+    }
+}
+
+fn kind_from(raw: i32) -> Option<PurgeKind> {
+    Some(match pb::PurgeKind::try_from(raw).ok()? {
+        pb::PurgeKind::Unspecified => return None,
+        pb::PurgeKind::Url => PurgeKind::Url,
+        pb::PurgeKind::Prefix => PurgeKind::Prefix,
+        pb::PurgeKind::Host => PurgeKind::Host,
+        pb::PurgeKind::All => PurgeKind::All,
+        pb::PurgeKind::Tag => PurgeKind::Tag,
+        pb::PurgeKind::Wildcard => PurgeKind::Wildcard,
+        pb::PurgeKind::Regex => PurgeKind::Regex,
+    })
+}
+
+fn action_from(raw: i32) -> Option<Action> {
+    Some(match pb::PurgeAction::try_from(raw).ok()? {
+        pb::PurgeAction::Unspecified | pb::PurgeAction::Invalidate => Action::Invalidate,
+        pb::PurgeAction::Delete => Action::Delete,
+    })
+}
+
+fn kind_to(k: PurgeKind) -> pb::PurgeKind {
+    match k {
+        PurgeKind::Url => pb::PurgeKind::Url,
+        PurgeKind::Prefix => pb::PurgeKind::Prefix,
+        PurgeKind::Host => pb::PurgeKind::Host,
+        PurgeKind::All => pb::PurgeKind::All,
+        PurgeKind::Tag => pb::PurgeKind::Tag,
+        PurgeKind::Wildcard => pb::PurgeKind::Wildcard,
+        PurgeKind::Regex => pb::PurgeKind::Regex,
+    }
+}
+
+fn state_to(s: PurgeState) -> pb::PurgeState {
+    match s {
+        PurgeState::Queued => pb::PurgeState::Queued,
+        PurgeState::Running => pb::PurgeState::Running,
+        PurgeState::Succeeded => pb::PurgeState::Succeeded,
+        PurgeState::Failed => pb::PurgeState::Failed,
+        PurgeState::Cancelled => pb::PurgeState::Cancelled,
+    }
+}
+
+fn task_state_to(s: TaskState) -> pb::TaskState {
+    match s {
+        TaskState::Running => pb::TaskState::Running,
+        TaskState::Succeeded => pb::TaskState::Succeeded,
+        TaskState::Failed => pb::TaskState::Failed,
+    }
+}
+
+pub fn timestamp(t: DateTime<Utc>) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: t.timestamp(),
+        nanos: t.timestamp_subsec_nanos() as i32,
+    }
+}
+
+pub fn purge(r: &PurgeRecord) -> pb::Purge {
+    let p = r.progress();
+    pb::Purge {
+        id: r.id.clone(),
+        state: state_to(r.state) as i32,
+        provider: r.spec.provider.clone(),
+        providers: r.spec.providers.clone(),
+        kind: kind_to(r.spec.kind) as i32,
+        targets: r.spec.targets.clone(),
+        action: match r.spec.action {
+            Action::Invalidate => pb::PurgeAction::Invalidate,
+            Action::Delete => pb::PurgeAction::Delete,
+        } as i32,
+        hosts: r.spec.hosts.clone(),
+        headers: r.spec.headers.clone().into_iter().collect(),
+        idempotency_key: r.spec.idempotency_key.clone().unwrap_or_default(),
+        labels: r.spec.labels.clone().into_iter().collect(),
+        tasks: r
+            .tasks
+            .iter()
+            .map(|t| pb::Task {
+                provider: t.provider.clone(),
+                provider_task_id: t.provider_task_id.clone(),
+                state: task_state_to(t.state) as i32,
+                target_count: t.target_count as i32,
+                error: t.error.clone().unwrap_or_default(),
+                request_id: t.request_id.clone().unwrap_or_default(),
+                submit_time: Some(timestamp(t.submit_time)),
+            })
+            .collect(),
+        failures: r
+            .failures()
+            .into_iter()
+            .map(|f| pb::TargetFailure {
+                target: f.target,
+                provider: f.provider,
+                reason: f.reason,
+            })
+            .collect(),
+        progress: Some(pb::Progress {
+            total: p.total as i32,
+            succeeded: p.succeeded as i32,
+            failed: p.failed as i32,
+            pending: p.pending as i32,
+        }),
+        error: r.error.clone().unwrap_or_default(),
+        create_time: Some(timestamp(r.create_time)),
+        update_time: Some(timestamp(r.update_time)),
+        finish_time: r.finish_time.map(timestamp),
+        version: r.version,
+    }
+}

@@ -1,0 +1,244 @@
+//! Wiring: builds the backends, providers, core and dispatcher from a config, and serves gRPC
+//! until shutdown. Tests start exactly this, on port 0.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Server;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+
+use crate::api::PurgeApi;
+use crate::config::{Backend, Config, ConfigError};
+use crate::core::PurgeCore;
+use crate::core::service::CoreSettings;
+use crate::core::validate::Limits;
+use crate::core::watch::WatchHub;
+use crate::limiter::Limiter;
+use crate::limiter::memory::MemoryLimiter;
+use crate::pb::purge_service_server::PurgeServiceServer;
+use crate::providers::{Registry, build};
+use crate::queue::Queue;
+use crate::queue::memory::MemoryQueue;
+use crate::store::memory::MemoryStore;
+use crate::store::{Store, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("state backend error")]
+    Store(#[from] StoreError),
+    #[error("gRPC server error")]
+    Serve(#[from] tonic::transport::Error),
+    #[error("reflection setup failed")]
+    Reflection(#[from] tonic_reflection::server::Error),
+}
+
+/// The shared-state backends, chosen by `[store] backend`.
+#[derive(Clone)]
+pub struct Backends {
+    pub store: Arc<dyn Store>,
+    pub queue: Arc<dyn Queue>,
+    pub limiter: Arc<dyn Limiter>,
+}
+
+impl Backends {
+    pub async fn build(config: &Config) -> Result<Backends, AppError> {
+        match config.store.backend {
+            Backend::Memory => {
+                let queue = MemoryQueue::default();
+                Ok(Backends {
+                    store: Arc::new(MemoryStore::new(queue.clone())),
+                    queue: Arc::new(queue),
+                    limiter: Arc::new(MemoryLimiter::default()),
+                })
+            }
+            Backend::Redis => Err(ConfigError::Invalid(
+                "store.backend \"redis\" is not available in this build".into(),
+            )
+            .into()),
+        }
+    }
+}
+
+/// A built service, ready to `run`.
+pub struct App {
+    config: Config,
+    backends: Backends,
+    registry: Registry,
+    core: PurgeCore,
+    hub: WatchHub,
+    closing: CancellationToken,
+}
+
+impl App {
+    pub async fn build(config: Config) -> Result<App, AppError> {
+        let backends = Backends::build(&config).await?;
+        App::with_backends(config, backends)
+    }
+
+    /// Builds on given backends (several replicas in one test share one Redis this way).
+    pub fn with_backends(config: Config, backends: Backends) -> Result<App, AppError> {
+        let http = build::http_client()?;
+        let registry = build::registry(&config, &http)?;
+        let hub = WatchHub::default();
+        let closing = CancellationToken::new();
+        let settings = CoreSettings {
+            limits: Limits {
+                max_targets: config.server.max_targets,
+                max_len: config.server.max_target_len,
+            },
+            idempotency_retention: config.server.idempotency_retention,
+            caller_rate: config.server.caller_rate,
+            watch_resync: Duration::from_secs(2),
+        };
+        let core = PurgeCore::new(
+            backends.store.clone(),
+            backends.limiter.clone(),
+            registry.clone(),
+            hub.clone(),
+            settings,
+            closing.clone(),
+        );
+        Ok(App {
+            config,
+            backends,
+            registry,
+            core,
+            hub,
+            closing,
+        })
+    }
+
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    pub fn core(&self) -> &PurgeCore {
+        &self.core
+    }
+
+    /// Serves on `listener` until `shutdown` resolves, then drains: health NOT_SERVING, open
+    /// watches end with UNAVAILABLE, calls get `drain_timeout` to finish, the dispatcher stops.
+    pub async fn run(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), AppError> {
+        let stop = CancellationToken::new();
+        let consumer = format!(
+            "{}-{}",
+            std::env::var("HOSTNAME").unwrap_or_else(|_| "replica".into()),
+            &uuid::Uuid::now_v7().simple().to_string()[24..]
+        );
+        tokio::spawn(
+            self.hub
+                .clone()
+                .run(self.backends.store.events(), stop.clone()),
+        );
+        let mut dispatcher = crate::dispatch::spawn(
+            self.backends.store.clone(),
+            self.backends.queue.clone(),
+            self.backends.limiter.clone(),
+            &self.registry,
+            self.config.dispatch.clone(),
+            consumer.clone(),
+            stop.clone(),
+        );
+
+        let (reporter, health) = tonic_health::server::health_reporter();
+        tokio::spawn(watch_health(
+            reporter.clone(),
+            self.backends.store.clone(),
+            stop.clone(),
+        ));
+        let reflection_v1 = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(crate::pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()?;
+        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(crate::pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1alpha()?;
+        let api = PurgeServiceServer::new(PurgeApi::new(self.core.clone()));
+
+        let addr = listener.local_addr().ok();
+        tracing::info!(?addr, consumer, backend = ?self.config.store.backend, "serving purge.v1");
+        let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
+        let server = layered(Server::builder(), &self.config)
+            .add_service(health)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(api)
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+                let _ = drain_rx.await;
+            });
+        tokio::pin!(server);
+        let result = tokio::select! {
+            r = &mut server => r.map_err(AppError::from),
+            _ = shutdown => {
+                tracing::info!("shutting down: draining calls");
+                reporter.set_service_status("", ServingStatus::NotServing).await;
+                reporter.set_not_serving::<PurgeServiceServer<PurgeApi>>().await;
+                self.closing.cancel();
+                let _ = drain_tx.send(());
+                match tokio::time::timeout(self.config.server.drain_timeout, &mut server).await {
+                    Ok(r) => r.map_err(AppError::from),
+                    Err(_) => {
+                        tracing::warn!(timeout = ?self.config.server.drain_timeout, "drain timed out; closing open calls");
+                        Ok(())
+                    }
+                }
+            }
+        };
+        stop.cancel();
+        while tokio::time::timeout(Duration::from_secs(5), dispatcher.join_next())
+            .await
+            .is_ok_and(|j| j.is_some())
+        {}
+        dispatcher.abort_all();
+        tracing::info!("stopped");
+        result
+    }
+}
+
+/// The tower layers every call passes, outermost first.
+fn layered(builder: Server, config: &Config) -> Server {
+    builder
+        // Bound how long a unary call may take; streams are bounded only until their headers.
+        .timeout(config.server.request_timeout)
+        // Let one connection not starve the others.
+        .concurrency_limit_per_connection(256)
+        // Keep idle clients' connections healthy through proxies.
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+}
+
+/// Reports SERVING while the state backend answers, NOT_SERVING while it does not.
+async fn watch_health(reporter: HealthReporter, store: Arc<dyn Store>, stop: CancellationToken) {
+    let mut last = None;
+    loop {
+        let status = match store.ping().await {
+            Ok(()) => ServingStatus::Serving,
+            Err(e) => {
+                tracing::warn!(error = %e, "state backend does not answer");
+                ServingStatus::NotServing
+            }
+        };
+        if last != Some(status) {
+            reporter.set_service_status("", status).await;
+            reporter
+                .set_service_status("purge.v1.PurgeService", status)
+                .await;
+            last = Some(status);
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}

@@ -1,0 +1,481 @@
+//! Typed configuration: defaults, then a TOML file, then `PURGE_*` environment variables
+//! (`__` between levels), validated once at start.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use secrecy::SecretString;
+use serde::{Deserialize, Serialize};
+
+use crate::limiter::Rate;
+use crate::providers::sandbox::SandboxSettings;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid config: {0}")]
+    Parse(#[from] toml::de::Error),
+    #[error("invalid config: {0}")]
+    Invalid(String),
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub server: ServerConfig,
+    #[serde(default)]
+    pub store: StoreConfig,
+    #[serde(default)]
+    pub dispatch: DispatchConfig,
+    #[serde(default)]
+    pub telemetry: TelemetryConfig,
+    #[serde(default = "default_providers")]
+    pub providers: Vec<ProviderConfig>,
+    #[serde(default)]
+    pub groups: Vec<GroupConfig>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            server: ServerConfig::default(),
+            store: StoreConfig::default(),
+            dispatch: DispatchConfig::default(),
+            telemetry: TelemetryConfig::default(),
+            providers: default_providers(),
+            groups: Vec::new(),
+        }
+    }
+}
+
+fn default_providers() -> Vec<ProviderConfig> {
+    vec![ProviderConfig {
+        name: "sandbox".into(),
+        limits: LimitsConfig::default(),
+        settings: ProviderSettings::Sandbox(SandboxSettings::default()),
+    }]
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    /// How long shutdown waits for open calls before it gives up on them.
+    #[serde(with = "humantime_serde")]
+    pub drain_timeout: Duration,
+    /// Deadline for unary calls.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Calls served at once, across all connections.
+    pub max_concurrent_requests: usize,
+    /// Most targets one CreatePurge may carry.
+    pub max_targets: usize,
+    /// Longest target, host, tag or header value accepted.
+    pub max_target_len: usize,
+    /// How long an idempotency key keeps answering with the same purge.
+    #[serde(with = "humantime_serde")]
+    pub idempotency_retention: Duration,
+    /// How long a finished purge can still be read.
+    #[serde(with = "humantime_serde")]
+    pub record_retention: Duration,
+    /// Each caller's own CreatePurge rate; over it the caller gets RESOURCE_EXHAUSTED.
+    pub caller_rate: Option<Rate>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            drain_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(30),
+            max_concurrent_requests: 1024,
+            max_targets: 1000,
+            max_target_len: 2048,
+            idempotency_retention: Duration::from_secs(24 * 3600),
+            record_retention: Duration::from_secs(7 * 24 * 3600),
+            caller_rate: None,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    #[default]
+    Memory,
+    Redis,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    pub backend: Backend,
+    pub url: Option<String>,
+    pub cluster_urls: Vec<String>,
+    /// Prefix of every key, so several deployments can share one Redis.
+    pub key_prefix: String,
+    /// Deadline for one backend operation.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            backend: Backend::Memory,
+            url: None,
+            cluster_urls: Vec::new(),
+            key_prefix: "purge".into(),
+            timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DispatchConfig {
+    /// How long a batch waits for more targets before it is sent anyway.
+    #[serde(with = "humantime_serde")]
+    pub linger: Duration,
+    /// How often running provider tasks are polled.
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+    /// Submits in flight at once per provider.
+    pub max_in_flight: usize,
+    /// Work items claimed per queue read.
+    pub claim_batch: usize,
+    /// Work held this long without a sign of life by another replica is taken over.
+    #[serde(with = "humantime_serde")]
+    pub reclaim_idle: Duration,
+    /// Retries of a failing submit stop after this long; its targets then fail.
+    #[serde(with = "humantime_serde")]
+    pub retry_max_elapsed: Duration,
+    /// A provider task still running after this long fails its targets.
+    #[serde(with = "humantime_serde")]
+    pub task_timeout: Duration,
+    /// Fraction by which rate windows are stretched to absorb network jitter.
+    pub rate_margin: f64,
+    /// How often provider quotas are re-read.
+    #[serde(with = "humantime_serde")]
+    pub quota_refresh: Duration,
+}
+
+impl Default for DispatchConfig {
+    fn default() -> Self {
+        DispatchConfig {
+            linger: Duration::from_millis(100),
+            poll_interval: Duration::from_millis(500),
+            max_in_flight: 8,
+            claim_batch: 512,
+            reclaim_idle: Duration::from_secs(30),
+            retry_max_elapsed: Duration::from_secs(300),
+            task_timeout: Duration::from_secs(3600),
+            rate_margin: 0.02,
+            quota_refresh: Duration::from_secs(300),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetryConfig {
+    pub format: LogFormat,
+    /// `tracing` filter directives; `RUST_LOG` wins when set.
+    pub filter: String,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        TelemetryConfig {
+            format: LogFormat::Text,
+            filter: "info".into(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ProviderConfig {
+    /// What callers put in `CreatePurgeRequest.provider`.
+    pub name: String,
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    #[serde(flatten)]
+    pub settings: ProviderSettings,
+}
+
+/// Overrides of a provider's documented limits.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    pub submit: Option<Vec<Rate>>,
+    pub status: Option<Vec<Rate>>,
+    /// Per-call cap by kind name (`URL`, `PREFIX`, ...).
+    pub max_per_call: BTreeMap<String, usize>,
+}
+
+/// The provider type and its own settings.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum ProviderSettings {
+    Sandbox(SandboxSettings),
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupConfig {
+    pub name: String,
+    pub providers: Vec<String>,
+}
+
+/// Where a secret comes from: an environment variable or a file, never the config itself.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct SecretRef {
+    pub env: Option<String>,
+    pub file: Option<PathBuf>,
+}
+
+impl SecretRef {
+    pub fn new(env: Option<String>, file: Option<PathBuf>) -> SecretRef {
+        SecretRef { env, file }
+    }
+
+    /// Reads the secret; `what` names it in errors (never its value).
+    pub fn resolve(&self, what: &str) -> Result<SecretString, ConfigError> {
+        if let Some(var) = &self.env {
+            return std::env::var(var)
+                .map(|v| SecretString::from(v.trim().to_owned()))
+                .map_err(|_| {
+                    ConfigError::Invalid(format!("{what}: environment variable {var} is not set"))
+                });
+        }
+        if let Some(path) = &self.file {
+            return std::fs::read_to_string(path)
+                .map(|v| SecretString::from(v.trim().to_owned()))
+                .map_err(|e| {
+                    ConfigError::Invalid(format!("{what}: cannot read {}: {e}", path.display()))
+                });
+        }
+        Err(ConfigError::Invalid(format!(
+            "{what}: set {what}_env or {what}_file"
+        )))
+    }
+}
+
+impl Config {
+    /// Loads defaults, then `file`, then the `PURGE_*` variables of `env`, and validates.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let mut table = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                })?;
+                toml::from_str::<toml::Table>(&text)?
+            }
+            None => toml::Table::new(),
+        };
+        overlay_env(&mut table, env)?;
+        let config: Config = toml::Value::Table(table).try_into()?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        let mut names = std::collections::HashSet::new();
+        for p in &self.providers {
+            if p.name.is_empty() || !names.insert(p.name.as_str()) {
+                return invalid(format!("providers: duplicate or empty name {:?}", p.name));
+            }
+            for rate in p.limits.submit.iter().chain(&p.limits.status).flatten() {
+                if rate.count == 0 || rate.per.is_zero() {
+                    return invalid(format!(
+                        "providers.{}.limits: rates need count and per > 0",
+                        p.name
+                    ));
+                }
+            }
+            for kind in p.limits.max_per_call.keys() {
+                if crate::core::model::PurgeKind::parse(kind).is_none() {
+                    return invalid(format!(
+                        "providers.{}.limits.max_per_call: unknown kind {kind:?}",
+                        p.name
+                    ));
+                }
+            }
+        }
+        for g in &self.groups {
+            if !names.insert(g.name.as_str()) {
+                return invalid(format!("groups: name {:?} is already used", g.name));
+            }
+            if g.providers.is_empty() {
+                return invalid(format!("groups.{}: needs at least one provider", g.name));
+            }
+            if let Some(m) = g
+                .providers
+                .iter()
+                .find(|m| !self.providers.iter().any(|p| &p.name == *m))
+            {
+                return invalid(format!("groups.{}: unknown provider {m:?}", g.name));
+            }
+        }
+        if self.store.backend == Backend::Redis
+            && self.store.url.is_none()
+            && self.store.cluster_urls.is_empty()
+        {
+            return invalid("store: backend \"redis\" needs url or cluster_urls".into());
+        }
+        if self.server.max_targets == 0
+            || self.dispatch.max_in_flight == 0
+            || self.dispatch.claim_batch == 0
+        {
+            return invalid(
+                "server.max_targets, dispatch.max_in_flight and dispatch.claim_batch must be > 0"
+                    .into(),
+            );
+        }
+        if let Some(rate) = self.server.caller_rate
+            && (rate.count == 0 || rate.per.is_zero())
+        {
+            return invalid("server.caller_rate: count and per must be > 0".into());
+        }
+        Ok(())
+    }
+
+    /// The effective configuration as TOML. Secrets are only ever referenced by env var or file
+    /// name, so this shows none.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}"))
+    }
+}
+
+/// Applies `PURGE_SERVER__LISTEN=...`-style overrides; array items by index
+/// (`PURGE_PROVIDERS__0__ZONE_ID`). Values parse as TOML when they can (`100`, `true`,
+/// `["a"]`), as strings otherwise.
+fn overlay_env(
+    table: &mut toml::Table,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<(), ConfigError> {
+    let mut vars: Vec<(String, String)> = env
+        .into_iter()
+        .filter(|(k, _)| k.starts_with("PURGE_") && k != "PURGE_CONFIG")
+        .collect();
+    vars.sort();
+    for (key, value) in vars {
+        let path: Vec<String> = key["PURGE_".len()..]
+            .split("__")
+            .map(str::to_ascii_lowercase)
+            .collect();
+        let value = toml::from_str::<toml::Table>(&format!("v = {value}"))
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .unwrap_or(toml::Value::String(value));
+        set_path(table, &path, value).map_err(|m| ConfigError::Invalid(format!("{key}: {m}")))?;
+    }
+    Ok(())
+}
+
+fn set_path(table: &mut toml::Table, path: &[String], value: toml::Value) -> Result<(), String> {
+    let (last, parents) = path.split_last().ok_or("empty key")?;
+    let mut node = table
+        .entry(parents.first().unwrap_or(last).clone())
+        .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+    if parents.is_empty() {
+        *node = value;
+        return Ok(());
+    }
+    for seg in parents[1..].iter().chain(std::iter::once(last)) {
+        node = match node {
+            toml::Value::Table(t) => t
+                .entry(seg.clone())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new())),
+            toml::Value::Array(a) => {
+                let i: usize = seg
+                    .parse()
+                    .map_err(|_| format!("{seg:?} is not an index"))?;
+                a.get_mut(i).ok_or(format!("no item {i}"))?
+            }
+            _ => return Err(format!("{seg:?} is below a plain value")),
+        };
+    }
+    *node = value;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn no_file_means_the_documented_default() {
+        let c = Config::load(None, Vec::new()).unwrap();
+        assert_eq!(c.server.listen.to_string(), "127.0.0.1:50051");
+        assert_eq!(c.store.backend, Backend::Memory);
+        assert_eq!(c.providers.len(), 1);
+        assert_eq!(c.providers[0].name, "sandbox");
+    }
+
+    #[test]
+    fn env_overrides_file_values_and_nested_arrays() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "[server]\nlisten = \"0.0.0.0:1\"\n[[providers]]\nname = \"a\"\ntype = \"sandbox\"\ndelay = \"1s\"\n",
+        )
+        .unwrap();
+        let c = Config::load(
+            Some(&path),
+            env(&[
+                ("PURGE_SERVER__LISTEN", "127.0.0.1:7"),
+                ("PURGE_DISPATCH__LINGER", "5ms"),
+                ("PURGE_PROVIDERS__0__MAX_PER_CALL", "7"),
+                ("OTHER", "x"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.server.listen.to_string(), "127.0.0.1:7");
+        assert_eq!(c.dispatch.linger, Duration::from_millis(5));
+        let ProviderSettings::Sandbox(s) = &c.providers[0].settings;
+        assert_eq!((s.max_per_call, s.delay), (7, Duration::from_secs(1)));
+    }
+
+    #[test]
+    fn unknown_fields_and_bad_groups_are_rejected() {
+        let t = |s: &str| -> Result<Config, ConfigError> {
+            let c: Config = toml::from_str(s)?;
+            c.validate()?;
+            Ok(c)
+        };
+        assert!(t("[server]\nlisen = \"x\"").is_err());
+        assert!(t("[[providers]]\nname=\"a\"\ntype=\"sandbox\"\nbogus=1").is_err());
+        assert!(t("[[groups]]\nname=\"g\"\nproviders=[\"nope\"]").is_err());
+        assert!(t("[store]\nbackend=\"redis\"").is_err());
+    }
+}

@@ -1,0 +1,74 @@
+//! The errors the purge use cases answer with; `api::status` maps each to a gRPC status.
+
+use std::time::Duration;
+
+use crate::core::model::PurgeKind;
+use crate::limiter::Rate;
+use crate::store::StoreError;
+
+/// One bad field: `field` is a path such as `targets[3]`, `description` says what is wrong
+/// and quotes the offending value.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FieldViolation {
+    pub field: String,
+    pub description: String,
+}
+
+impl FieldViolation {
+    pub fn new(field: impl Into<String>, description: impl Into<String>) -> FieldViolation {
+        FieldViolation {
+            field: field.into(),
+            description: description.into(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("invalid request: {}", summary(.0))]
+    InvalidArgument(Vec<FieldViolation>),
+    #[error(
+        "idempotency key {key:?} was already used for a different request (purge {existing_id})"
+    )]
+    IdempotencyKeyReused { key: String, existing_id: String },
+    #[error("caller {caller:?} is over its rate of {} per {:?}", limit.count, limit.per)]
+    CallerRateLimited {
+        caller: String,
+        limit: Rate,
+        retry_after: Duration,
+    },
+    #[error("the daily {kind} purge quota of provider {provider:?} is exhausted")]
+    QuotaExhausted {
+        provider: String,
+        kind: PurgeKind,
+        resets_in: Option<Duration>,
+    },
+    #[error("purge {id:?} not found")]
+    NotFound { id: String },
+    #[error("unauthenticated: {0}")]
+    Unauthenticated(String),
+    #[error("permission denied: {0}")]
+    PermissionDenied(String),
+    #[error("the state backend is unavailable")]
+    Unavailable(#[source] StoreError),
+    #[error("the server is shutting down")]
+    ShuttingDown,
+    #[error("internal error")]
+    Internal(#[source] StoreError),
+}
+
+fn summary(v: &[FieldViolation]) -> String {
+    v.iter()
+        .map(|f| format!("{}: {}", f.field, f.description))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+impl From<StoreError> for Error {
+    fn from(e: StoreError) -> Error {
+        match e {
+            StoreError::Unavailable(_) => Error::Unavailable(e),
+            StoreError::Corrupt(_) => Error::Internal(e),
+        }
+    }
+}

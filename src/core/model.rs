@@ -1,0 +1,314 @@
+//! Domain types: what a purge is, independent of the wire format and of storage.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// What a purge removes; the meaning of a target depends on it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum PurgeKind {
+    Url,
+    Prefix,
+    Host,
+    All,
+    Tag,
+    Wildcard,
+    Regex,
+}
+
+impl PurgeKind {
+    pub const EVERY: [PurgeKind; 7] = [
+        PurgeKind::Url,
+        PurgeKind::Prefix,
+        PurgeKind::Host,
+        PurgeKind::All,
+        PurgeKind::Tag,
+        PurgeKind::Wildcard,
+        PurgeKind::Regex,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PurgeKind::Url => "URL",
+            PurgeKind::Prefix => "PREFIX",
+            PurgeKind::Host => "HOST",
+            PurgeKind::All => "ALL",
+            PurgeKind::Tag => "TAG",
+            PurgeKind::Wildcard => "WILDCARD",
+            PurgeKind::Regex => "REGEX",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<PurgeKind> {
+        PurgeKind::EVERY
+            .into_iter()
+            .find(|k| k.as_str().eq_ignore_ascii_case(s))
+    }
+}
+
+impl std::fmt::Display for PurgeKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Action {
+    #[default]
+    Invalidate,
+    Delete,
+}
+
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Invalidate => "INVALIDATE",
+            Action::Delete => "DELETE",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum PurgeState {
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl PurgeState {
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            PurgeState::Succeeded | PurgeState::Failed | PurgeState::Cancelled
+        )
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum TaskState {
+    Running,
+    Succeeded,
+    Failed,
+}
+
+/// A validated, normalized purge request. Its fingerprint decides idempotency conflicts.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PurgeSpec {
+    /// What the caller named: a provider or a group.
+    pub provider: String,
+    /// What that name resolved to.
+    pub providers: Vec<String>,
+    pub kind: PurgeKind,
+    pub targets: Vec<String>,
+    pub action: Action,
+    pub hosts: Vec<String>,
+    pub headers: BTreeMap<String, String>,
+    pub labels: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
+}
+
+/// The target a kind without targets (ALL) is tracked under.
+pub const WHOLE_ZONE: &str = "*";
+
+impl PurgeSpec {
+    /// The targets each provider must purge; ALL has one implicit target.
+    pub fn effective_targets(&self) -> Vec<String> {
+        if self.kind == PurgeKind::All {
+            vec![WHOLE_ZONE.to_owned()]
+        } else {
+            self.targets.clone()
+        }
+    }
+
+    /// A stable digest of everything that defines the request, for idempotency comparisons.
+    pub fn fingerprint(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let mut canonical = self.clone();
+        canonical.idempotency_key = None;
+        let bytes = serde_json::to_vec(&canonical).expect("spec serializes");
+        hex::encode(Sha256::digest(bytes))
+    }
+}
+
+/// One (provider, target) pair of a purge and how far it got.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Unit {
+    #[serde(rename = "p")]
+    pub provider: String,
+    #[serde(rename = "t")]
+    pub target: String,
+    #[serde(rename = "s")]
+    pub status: UnitStatus,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum UnitStatus {
+    Pending,
+    /// Carried by `tasks[task]`, waiting for the provider to finish it.
+    Submitted {
+        task: usize,
+    },
+    Succeeded,
+    Failed {
+        reason: String,
+    },
+}
+
+impl UnitStatus {
+    pub fn is_terminal(&self) -> bool {
+        matches!(self, UnitStatus::Succeeded | UnitStatus::Failed { .. })
+    }
+}
+
+/// One provider call as seen by one purge.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskRecord {
+    pub provider: String,
+    pub provider_task_id: String,
+    pub state: TaskState,
+    pub target_count: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+    pub submit_time: DateTime<Utc>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TargetFailure {
+    pub target: String,
+    pub provider: String,
+    pub reason: String,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Progress {
+    pub total: u32,
+    pub succeeded: u32,
+    pub failed: u32,
+    pub pending: u32,
+}
+
+/// A purge as stored: the request, its units, the provider calls made for it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PurgeRecord {
+    pub id: String,
+    pub caller: String,
+    pub spec: PurgeSpec,
+    pub state: PurgeState,
+    pub units: Vec<Unit>,
+    pub tasks: Vec<TaskRecord>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub create_time: DateTime<Utc>,
+    pub update_time: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finish_time: Option<DateTime<Utc>>,
+    pub version: u64,
+}
+
+impl PurgeRecord {
+    /// A new purge in state QUEUED with one pending unit per provider and target.
+    pub fn new(id: String, caller: String, spec: PurgeSpec, now: DateTime<Utc>) -> PurgeRecord {
+        let targets = spec.effective_targets();
+        let units = spec
+            .providers
+            .iter()
+            .flat_map(|p| {
+                targets.iter().map(move |t| Unit {
+                    provider: p.clone(),
+                    target: t.clone(),
+                    status: UnitStatus::Pending,
+                })
+            })
+            .collect();
+        PurgeRecord {
+            id,
+            caller,
+            spec,
+            state: PurgeState::Queued,
+            units,
+            tasks: Vec::new(),
+            error: None,
+            create_time: now,
+            update_time: now,
+            finish_time: None,
+            version: 1,
+        }
+    }
+
+    pub fn progress(&self) -> Progress {
+        let mut p = Progress {
+            total: self.units.len() as u32,
+            ..Progress::default()
+        };
+        for u in &self.units {
+            match u.status {
+                UnitStatus::Succeeded => p.succeeded += 1,
+                UnitStatus::Failed { .. } => p.failed += 1,
+                UnitStatus::Pending | UnitStatus::Submitted { .. } => p.pending += 1,
+            }
+        }
+        p
+    }
+
+    pub fn failures(&self) -> Vec<TargetFailure> {
+        self.units
+            .iter()
+            .filter_map(|u| match &u.status {
+                UnitStatus::Failed { reason } => Some(TargetFailure {
+                    target: u.target.clone(),
+                    provider: u.provider.clone(),
+                    reason: reason.clone(),
+                }),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// True when every unit of `provider` has a final outcome.
+    pub fn provider_done(&self, provider: &str) -> bool {
+        self.units
+            .iter()
+            .filter(|u| u.provider == provider)
+            .all(|u| u.status.is_terminal())
+    }
+
+    /// Derives the purge state from its units; call after changing units.
+    pub fn settle(&mut self, now: DateTime<Utc>) {
+        if self.state.is_terminal() {
+            return;
+        }
+        let p = self.progress();
+        if p.pending > 0 {
+            if self.units.iter().any(|u| u.status != UnitStatus::Pending) {
+                self.state = PurgeState::Running;
+            }
+            return;
+        }
+        if p.failed == 0 {
+            self.state = PurgeState::Succeeded;
+        } else {
+            self.state = PurgeState::Failed;
+            self.error = Some(format!("{} of {} targets failed", p.failed, p.total));
+        }
+        self.finish_time = Some(now);
+    }
+}
+
+/// What the queue carries: "purge `purge_id` still has work at `provider`".
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct WorkItem {
+    pub purge_id: String,
+    pub provider: String,
+}

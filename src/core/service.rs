@@ -1,0 +1,204 @@
+//! The purge use cases: create, get, watch. The gRPC adapters call these and nothing else.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use super::error::{Error, FieldViolation};
+use super::model::PurgeRecord;
+use super::validate::{CreateRequest, Limits, validate};
+use super::watch::WatchHub;
+use crate::core::model::WorkItem;
+use crate::limiter::{Charge, Decision, Limit, Limiter, Rate};
+use crate::providers::Registry;
+use crate::store::{CreateOutcome, IdempotencyClaim, Store};
+
+/// Who is calling; scopes idempotency keys and caller rates.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Caller(pub String);
+
+impl Caller {
+    pub fn anonymous() -> Caller {
+        Caller("anonymous".into())
+    }
+}
+
+/// Settings of the use cases, from the server configuration.
+#[derive(Clone, Debug)]
+pub struct CoreSettings {
+    pub limits: Limits,
+    pub idempotency_retention: Duration,
+    pub caller_rate: Option<Rate>,
+    /// How often a watcher re-reads the record even without a wake-up.
+    pub watch_resync: Duration,
+}
+
+#[derive(Clone)]
+pub struct PurgeCore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Arc<dyn Store>,
+    limiter: Arc<dyn Limiter>,
+    registry: Registry,
+    hub: WatchHub,
+    settings: CoreSettings,
+    /// Cancelled at shutdown: open watches end with UNAVAILABLE.
+    closing: CancellationToken,
+}
+
+impl PurgeCore {
+    pub fn new(
+        store: Arc<dyn Store>,
+        limiter: Arc<dyn Limiter>,
+        registry: Registry,
+        hub: WatchHub,
+        settings: CoreSettings,
+        closing: CancellationToken,
+    ) -> PurgeCore {
+        PurgeCore {
+            inner: Arc::new(Inner {
+                store,
+                limiter,
+                registry,
+                hub,
+                settings,
+                closing,
+            }),
+        }
+    }
+
+    pub fn registry(&self) -> &Registry {
+        &self.inner.registry
+    }
+
+    /// Validates, checks quotas and the caller's rate, then records and enqueues in one step.
+    pub async fn create(&self, caller: &Caller, req: CreateRequest) -> Result<PurgeRecord, Error> {
+        let inner = &self.inner;
+        let spec = validate(req, &inner.registry, inner.settings.limits)?;
+        for name in &spec.providers {
+            let handle = inner.registry.get(name).expect("resolved provider exists");
+            let remaining = handle.known_quota(spec.kind).remaining;
+            if remaining.is_some_and(|r| r < spec.effective_targets().len() as u64) {
+                return Err(Error::QuotaExhausted {
+                    provider: name.clone(),
+                    kind: spec.kind,
+                    resets_in: None,
+                });
+            }
+        }
+        if let Some(rate) = inner.settings.caller_rate {
+            let charge = Charge {
+                key: format!("caller:{}", caller.0),
+                limit: Limit::Gcra {
+                    rate,
+                    burst: rate.count,
+                },
+                cost: 1,
+            };
+            match inner.limiter.acquire(&[charge]).await? {
+                Decision::Granted => {}
+                Decision::Wait(retry_after) | Decision::Exhausted(retry_after) => {
+                    return Err(Error::CallerRateLimited {
+                        caller: caller.0.clone(),
+                        limit: rate,
+                        retry_after,
+                    });
+                }
+            }
+        }
+        let id = uuid::Uuid::now_v7().to_string();
+        let claim = spec.idempotency_key.as_ref().map(|key| IdempotencyClaim {
+            scope: format!("{}\u{1f}{key}", caller.0),
+            fingerprint: spec.fingerprint(),
+            retention: inner.settings.idempotency_retention,
+        });
+        let work = spec
+            .providers
+            .iter()
+            .map(|p| WorkItem {
+                purge_id: id.clone(),
+                provider: p.clone(),
+            })
+            .collect();
+        let key = spec.idempotency_key.clone();
+        let record = PurgeRecord::new(id, caller.0.clone(), spec, chrono::Utc::now());
+        match inner.store.create(record, claim, work).await? {
+            CreateOutcome::Created(r) => {
+                tracing::info!(purge_id = %r.id, kind = %r.spec.kind, targets = r.units.len(), "purge accepted");
+                Ok(r)
+            }
+            CreateOutcome::Existing(r) => Ok(r),
+            CreateOutcome::Conflict { existing_id } => Err(Error::IdempotencyKeyReused {
+                key: key.unwrap_or_default(),
+                existing_id,
+            }),
+        }
+    }
+
+    pub async fn get(&self, id: &str) -> Result<PurgeRecord, Error> {
+        if uuid::Uuid::parse_str(id).is_err() {
+            return Err(Error::InvalidArgument(vec![FieldViolation::new(
+                "id",
+                format!("{} is not a purge id (a UUID)", super::validate::quote(id)),
+            )]));
+        }
+        self.inner
+            .store
+            .get(id)
+            .await?
+            .ok_or_else(|| Error::NotFound { id: id.to_owned() })
+    }
+
+    /// The current snapshot, then each newer version, ending after a terminal state. On
+    /// shutdown the stream's last item is `Error::ShuttingDown`.
+    pub async fn watch(
+        &self,
+        id: &str,
+    ) -> Result<mpsc::Receiver<Result<PurgeRecord, Error>>, Error> {
+        let mut changes = self.inner.hub.subscribe(id);
+        let first = self.get(id).await?;
+        let (tx, rx) = mpsc::channel(4);
+        let core = self.clone();
+        let id = id.to_owned();
+        let span = tracing::info_span!("watch", purge_id = %id);
+        tokio::spawn(
+            async move {
+                let mut last = first.version;
+                let mut done = first.state.is_terminal();
+                if tx.send(Ok(first)).await.is_err() {
+                    return;
+                }
+                let resync = core.inner.settings.watch_resync;
+                while !done {
+                    tokio::select! {
+                        _ = core.inner.closing.cancelled() => {
+                            let _ = tx.send(Err(Error::ShuttingDown)).await;
+                            return;
+                        }
+                        _ = tx.closed() => return,
+                        _ = changes.changed() => {}
+                        _ = tokio::time::sleep(resync) => {}
+                    }
+                    match core.inner.store.get(&id).await {
+                        Ok(Some(r)) if r.version > last => {
+                            last = r.version;
+                            done = r.state.is_terminal();
+                            if tx.send(Ok(r)).await.is_err() {
+                                return;
+                            }
+                        }
+                        Ok(_) => {}
+                        Err(e) => tracing::warn!(error = %e, "watch re-read failed; retrying"),
+                    }
+                }
+            }
+            .instrument(span),
+        );
+        Ok(rx)
+    }
+}

@@ -1,0 +1,192 @@
+//! Lane buffers: targets waiting to be packed into provider calls, one buffer per lane, with
+//! identical targets kept once and credited to every purge that asked for them.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use crate::core::model::{Action, PurgeKind, PurgeSpec};
+use crate::providers::Batch;
+
+/// What must be equal for targets to share a provider call (the provider is implied).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct LaneKey {
+    pub kind: PurgeKind,
+    pub action: Action,
+    pub hosts: Vec<String>,
+    pub headers: BTreeMap<String, String>,
+}
+
+impl LaneKey {
+    pub fn of(spec: &PurgeSpec) -> LaneKey {
+        LaneKey {
+            kind: spec.kind,
+            action: spec.action,
+            hosts: spec.hosts.clone(),
+            headers: spec.headers.clone(),
+        }
+    }
+
+    pub fn batch(&self, targets: Vec<String>) -> Batch {
+        Batch {
+            kind: self.kind,
+            action: self.action,
+            targets,
+            hosts: self.hosts.clone(),
+            headers: self.headers.clone(),
+        }
+    }
+}
+
+/// Targets taken from a lane for one call, each with the purges it is credited to.
+#[derive(Clone, Debug, Default)]
+pub struct Taken {
+    pub targets: Vec<String>,
+    pub credits: HashMap<String, Vec<String>>,
+}
+
+impl Taken {
+    /// Purge id -> its targets in this batch.
+    pub fn by_purge(&self) -> HashMap<String, Vec<String>> {
+        let mut out: HashMap<String, Vec<String>> = HashMap::new();
+        for (target, purges) in &self.credits {
+            for p in purges {
+                out.entry(p.clone()).or_default().push(target.clone());
+            }
+        }
+        out
+    }
+
+    /// Splits into two halves, for a provider that refused the batch as too large.
+    pub fn split(self) -> (Taken, Taken) {
+        let mid = self.targets.len() / 2;
+        let mut credits = self.credits;
+        let mut part = |targets: Vec<String>| {
+            let credits = targets
+                .iter()
+                .filter_map(|t| credits.remove(t).map(|c| (t.clone(), c)))
+                .collect();
+            Taken { targets, credits }
+        };
+        let mut left = self.targets;
+        let right = left.split_off(mid);
+        (part(left), part(right))
+    }
+}
+
+#[derive(Default)]
+struct LaneBuf {
+    order: VecDeque<String>,
+    credits: HashMap<String, Vec<String>>,
+    since: Option<Instant>,
+}
+
+/// Every lane of one provider.
+#[derive(Default)]
+pub struct Lanes {
+    lanes: HashMap<LaneKey, LaneBuf>,
+}
+
+impl Lanes {
+    /// Adds `target` for `purge_id`; a target already waiting is only credited.
+    pub fn push(&mut self, key: &LaneKey, target: &str, purge_id: &str) {
+        let lane = self.lanes.entry(key.clone()).or_default();
+        lane.since.get_or_insert_with(Instant::now);
+        match lane.credits.get_mut(target) {
+            Some(purges) => {
+                if !purges.iter().any(|p| p == purge_id) {
+                    purges.push(purge_id.to_owned());
+                }
+            }
+            None => {
+                lane.order.push_back(target.to_owned());
+                lane.credits
+                    .insert(target.to_owned(), vec![purge_id.to_owned()]);
+            }
+        }
+    }
+
+    /// The lane to send next and when it is due: a full lane now, else the oldest at
+    /// `since + linger`.
+    pub fn next_due(
+        &self,
+        linger: Duration,
+        cap: impl Fn(PurgeKind) -> usize,
+    ) -> Option<(LaneKey, Instant)> {
+        self.lanes
+            .iter()
+            .filter_map(|(k, l)| {
+                let since = l.since?;
+                let due = if l.order.len() >= cap(k.kind) {
+                    since.min(Instant::now())
+                } else {
+                    since + linger
+                };
+                Some((k.clone(), due))
+            })
+            .min_by_key(|(_, due)| *due)
+    }
+
+    /// Takes up to `cap` targets from the lane.
+    pub fn take(&mut self, key: &LaneKey, cap: usize) -> Taken {
+        let Some(lane) = self.lanes.get_mut(key) else {
+            return Taken::default();
+        };
+        let n = lane.order.len().min(cap);
+        let targets: Vec<String> = lane.order.drain(..n).collect();
+        let credits = targets
+            .iter()
+            .filter_map(|t| lane.credits.remove(t).map(|c| (t.clone(), c)))
+            .collect();
+        if lane.order.is_empty() {
+            self.lanes.remove(key);
+        }
+        Taken { targets, credits }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.lanes.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key() -> LaneKey {
+        LaneKey {
+            kind: PurgeKind::Url,
+            action: Action::Invalidate,
+            hosts: vec![],
+            headers: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn identical_targets_are_sent_once_and_credited_to_all() {
+        let mut lanes = Lanes::default();
+        lanes.push(&key(), "https://a/1", "p1");
+        lanes.push(&key(), "https://a/1", "p2");
+        lanes.push(&key(), "https://a/2", "p2");
+        let taken = lanes.take(&key(), 10);
+        assert_eq!(taken.targets, ["https://a/1", "https://a/2"]);
+        assert_eq!(taken.credits["https://a/1"], ["p1", "p2"]);
+        assert_eq!(taken.by_purge()["p2"].len(), 2);
+        assert!(lanes.is_empty());
+    }
+
+    #[test]
+    fn a_full_lane_is_due_at_once_and_split_by_cap() {
+        let mut lanes = Lanes::default();
+        for i in 0..5 {
+            lanes.push(&key(), &format!("https://a/{i}"), "p");
+        }
+        let (_, due) = lanes.next_due(Duration::from_secs(60), |_| 3).unwrap();
+        assert!(due <= Instant::now());
+        assert_eq!(lanes.take(&key(), 3).targets.len(), 3);
+        let (_, due) = lanes.next_due(Duration::from_secs(60), |_| 3).unwrap();
+        assert!(due > Instant::now());
+        let (a, b) = lanes.take(&key(), 3).split();
+        assert_eq!((a.targets.len(), b.targets.len()), (1, 1));
+        assert_eq!(b.credits.len(), 1);
+    }
+}

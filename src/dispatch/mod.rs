@@ -1,0 +1,587 @@
+//! The dispatcher, one per replica: claims queued work, packs targets into provider batches per
+//! lane, waits for the provider's shared budget, submits, follows tasks to completion and
+//! records every outcome on the purges.
+
+pub mod lanes;
+mod submit;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use tokio::sync::{Notify, Semaphore};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::DispatchConfig;
+use crate::core::model::{PurgeKind, PurgeRecord, TaskState, UnitStatus};
+use crate::limiter::{Charge, Decision, Limit, Limiter};
+use crate::providers::{ProviderHandle, Registry, TaskProgress, TaskQuery};
+use crate::queue::{Delivery, Queue};
+use crate::store::Store;
+use lanes::{LaneKey, Lanes};
+
+/// Starts one worker per provider; they stop when `stop` is cancelled.
+pub fn spawn(
+    store: Arc<dyn Store>,
+    queue: Arc<dyn Queue>,
+    limiter: Arc<dyn Limiter>,
+    registry: &Registry,
+    settings: DispatchConfig,
+    consumer: String,
+    stop: CancellationToken,
+) -> JoinSet<()> {
+    let mut set = JoinSet::new();
+    for handle in registry.handles() {
+        let worker = Worker(Arc::new(Inner {
+            provider: handle.clone(),
+            store: store.clone(),
+            queue: queue.clone(),
+            limiter: limiter.clone(),
+            submits: Arc::new(Semaphore::new(settings.max_in_flight)),
+            settings: settings.clone(),
+            consumer: consumer.clone(),
+            stop: stop.clone(),
+            lanes: Mutex::default(),
+            lane_changed: Notify::new(),
+            inflight: Mutex::default(),
+            held: Mutex::default(),
+        }));
+        set.spawn(worker.clone().intake());
+        set.spawn(worker.clone().flush());
+        set.spawn(worker.clone().poll());
+        set.spawn(worker.refresh_quota());
+    }
+    set
+}
+
+/// A submitted task this replica follows.
+#[derive(Clone, Debug)]
+struct InFlight {
+    query: TaskQuery,
+    /// Target -> purges it is credited to.
+    credits: HashMap<String, Vec<String>>,
+}
+
+#[derive(Clone)]
+struct Worker(Arc<Inner>);
+
+struct Inner {
+    provider: ProviderHandle,
+    store: Arc<dyn Store>,
+    queue: Arc<dyn Queue>,
+    limiter: Arc<dyn Limiter>,
+    submits: Arc<Semaphore>,
+    settings: DispatchConfig,
+    consumer: String,
+    stop: CancellationToken,
+    lanes: Mutex<Lanes>,
+    lane_changed: Notify,
+    inflight: Mutex<HashMap<String, InFlight>>,
+    /// Purge id -> the delivery to acknowledge when this provider is done with it.
+    held: Mutex<HashMap<String, String>>,
+}
+
+/// Outcome of waiting for budget.
+enum Budget {
+    Granted,
+    Exhausted,
+    Stopped,
+}
+
+impl Worker {
+    fn name(&self) -> &str {
+        &self.0.provider.name
+    }
+
+    /// Claims new work, reclaims abandoned work, and keeps held work alive.
+    async fn intake(self) {
+        let s = &self.0.settings;
+        let mut last_upkeep = tokio::time::Instant::now();
+        let upkeep_every = s.reclaim_idle / 3;
+        while !self.0.stop.is_cancelled() {
+            let claimed = tokio::select! {
+                _ = self.0.stop.cancelled() => return,
+                c = self.0.queue.claim(self.name(), &self.0.consumer, s.claim_batch, Duration::from_secs(1)) => c,
+            };
+            match claimed {
+                Ok(deliveries) => self.adopt_all(deliveries).await,
+                Err(e) => {
+                    tracing::warn!(provider = self.name(), error = %e, "cannot claim work; retrying");
+                    self.pause(Duration::from_millis(500)).await;
+                }
+            }
+            if last_upkeep.elapsed() >= upkeep_every {
+                last_upkeep = tokio::time::Instant::now();
+                self.upkeep().await;
+            }
+        }
+    }
+
+    async fn upkeep(&self) {
+        let s = &self.0.settings;
+        let held: Vec<String> = self
+            .0
+            .held
+            .lock()
+            .expect("held lock")
+            .values()
+            .cloned()
+            .collect();
+        if !held.is_empty()
+            && let Err(e) = self
+                .0
+                .queue
+                .keep_alive(self.name(), &self.0.consumer, &held)
+                .await
+        {
+            tracing::warn!(provider = self.name(), error = %e, "cannot refresh held work");
+        }
+        match self
+            .0
+            .queue
+            .reclaim(self.name(), &self.0.consumer, s.reclaim_idle, s.claim_batch)
+            .await
+        {
+            Ok(d) if !d.is_empty() => {
+                tracing::info!(
+                    provider = self.name(),
+                    count = d.len(),
+                    "took over abandoned work"
+                );
+                self.adopt_all(d).await;
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(provider = self.name(), error = %e, "cannot reclaim work"),
+        }
+    }
+
+    async fn adopt_all(&self, deliveries: Vec<Delivery>) {
+        for d in deliveries {
+            // A record we cannot read now is left unacknowledged; upkeep reclaims it later.
+            match self.0.store.get(&d.item.purge_id).await {
+                Ok(Some(record)) => self.adopt(d, &record).await,
+                Ok(None) => self.ack(&d.id).await,
+                Err(e) => {
+                    tracing::warn!(purge_id = %d.item.purge_id, error = %e, "cannot read claimed purge")
+                }
+            }
+        }
+    }
+
+    /// Puts the pending units of `record` in their lane and follows its submitted tasks.
+    async fn adopt(&self, delivery: Delivery, record: &PurgeRecord) {
+        if record.provider_done(self.name()) {
+            self.ack(&delivery.id).await;
+            return;
+        }
+        self.0
+            .held
+            .lock()
+            .expect("held lock")
+            .insert(record.id.clone(), delivery.id);
+        let key = LaneKey::of(&record.spec);
+        let mut queued = 0;
+        {
+            let mut lanes = self.0.lanes.lock().expect("lanes lock");
+            let mut inflight = self.0.inflight.lock().expect("inflight lock");
+            for unit in record.units.iter().filter(|u| u.provider == self.name()) {
+                match unit.status {
+                    UnitStatus::Pending => {
+                        lanes.push(&key, &unit.target, &record.id);
+                        queued += 1;
+                    }
+                    UnitStatus::Submitted { task } => {
+                        let Some(t) = record.tasks.get(task) else {
+                            continue;
+                        };
+                        let entry =
+                            inflight
+                                .entry(t.provider_task_id.clone())
+                                .or_insert_with(|| InFlight {
+                                    query: TaskQuery {
+                                        task_id: t.provider_task_id.clone(),
+                                        kind: record.spec.kind,
+                                        targets: Vec::new(),
+                                        submitted_at: t.submit_time,
+                                    },
+                                    credits: HashMap::new(),
+                                });
+                        if !entry.query.targets.contains(&unit.target) {
+                            entry.query.targets.push(unit.target.clone());
+                        }
+                        let credits = entry.credits.entry(unit.target.clone()).or_default();
+                        if !credits.contains(&record.id) {
+                            credits.push(record.id.clone());
+                        }
+                    }
+                    UnitStatus::Succeeded | UnitStatus::Failed { .. } => {}
+                }
+            }
+        }
+        if queued > 0 {
+            tracing::debug!(purge_id = %record.id, provider = self.name(), targets = queued, "queued for batching");
+            self.0.lane_changed.notify_one();
+        }
+    }
+
+    /// Sends due lanes as soon as the provider's budget allows.
+    async fn flush(self) {
+        let linger = self.0.settings.linger;
+        loop {
+            let next = {
+                let lanes = self.0.lanes.lock().expect("lanes lock");
+                lanes.next_due(linger, |k| self.0.provider.max_per_call(k))
+            };
+            let changed = self.0.lane_changed.notified();
+            let Some((key, due)) = next else {
+                tokio::select! {
+                    _ = self.0.stop.cancelled() => return,
+                    _ = changed => continue,
+                }
+            };
+            if due > std::time::Instant::now() {
+                tokio::select! {
+                    _ = self.0.stop.cancelled() => return,
+                    _ = changed => continue,
+                    _ = tokio::time::sleep_until(due.into()) => {}
+                }
+            }
+            let permit = tokio::select! {
+                _ = self.0.stop.cancelled() => return,
+                p = self.0.submits.clone().acquire_owned() => p.expect("semaphore open"),
+            };
+            match self.wait_budget(&self.submit_charges()).await {
+                Budget::Granted => {}
+                Budget::Stopped => return,
+                Budget::Exhausted => {
+                    let taken = self.take(&key);
+                    self.fail_targets(
+                        &taken.by_purge(),
+                        "provider call budget exhausted for today",
+                    )
+                    .await;
+                    continue;
+                }
+            }
+            // Take what the lane holds now: it may have grown while we waited for budget.
+            let taken = self.take(&key);
+            if taken.targets.is_empty() {
+                continue;
+            }
+            let worker = self.clone();
+            tokio::spawn(async move {
+                worker.submit(key, taken).await;
+                drop(permit);
+            });
+        }
+    }
+
+    fn take(&self, key: &LaneKey) -> lanes::Taken {
+        let cap = self.0.provider.max_per_call(key.kind);
+        self.0.lanes.lock().expect("lanes lock").take(key, cap)
+    }
+
+    fn charges(&self, api: &str, rates: &[crate::limiter::Rate]) -> Vec<Charge> {
+        rates
+            .iter()
+            .enumerate()
+            .map(|(i, rate)| Charge {
+                key: format!("{}:{api}:{i}", self.name()),
+                limit: Limit::for_rate(*rate, self.0.settings.rate_margin),
+                cost: 1,
+            })
+            .collect()
+    }
+
+    fn submit_charges(&self) -> Vec<Charge> {
+        self.charges("submit", &self.0.provider.caps.submit_rates)
+    }
+
+    fn status_charges(&self) -> Vec<Charge> {
+        self.charges("status", &self.0.provider.caps.status_rates)
+    }
+
+    /// The documented daily target quotas a batch of `n` targets of `kind` is charged to.
+    fn daily_charges(&self, kind: PurgeKind, n: usize) -> Vec<Charge> {
+        self.0
+            .provider
+            .caps
+            .daily
+            .iter()
+            .enumerate()
+            .filter(|(_, q)| q.kinds.contains(&kind))
+            .map(|(i, q)| Charge {
+                key: format!("{}:daily:{i}", self.name()),
+                limit: Limit::Daily {
+                    max: q.max,
+                    utc_offset_secs: q.utc_offset_secs,
+                },
+                cost: n as u32,
+            })
+            .collect()
+    }
+
+    /// Waits until the limiter grants every charge; the purge stays queued meanwhile.
+    async fn wait_budget(&self, charges: &[Charge]) -> Budget {
+        if charges.is_empty() {
+            return Budget::Granted;
+        }
+        loop {
+            let wait = match self.0.limiter.acquire(charges).await {
+                Ok(Decision::Granted) => return Budget::Granted,
+                Ok(Decision::Exhausted(_)) => return Budget::Exhausted,
+                Ok(Decision::Wait(d)) => d,
+                Err(e) => {
+                    tracing::warn!(provider = self.name(), error = %e, "limiter unavailable; waiting");
+                    Duration::from_millis(500)
+                }
+            };
+            if !self.pause(wait.min(Duration::from_secs(5))).await {
+                return Budget::Stopped;
+            }
+        }
+    }
+
+    /// Sleeps unless stopped; false when stopped.
+    async fn pause(&self, d: Duration) -> bool {
+        tokio::select! {
+            _ = self.0.stop.cancelled() => false,
+            _ = tokio::time::sleep(d) => true,
+        }
+    }
+
+    /// Polls in-flight tasks under the status budget until they finish.
+    async fn poll(self) {
+        let every = self.0.settings.poll_interval;
+        let chunk = self.0.provider.caps.poll_batch.max(1);
+        while self.pause(every).await {
+            let mut tasks: Vec<InFlight> = self
+                .0
+                .inflight
+                .lock()
+                .expect("inflight lock")
+                .values()
+                .cloned()
+                .collect();
+            tasks.sort_by_key(|t| t.query.submitted_at);
+            for group in tasks.chunks(chunk) {
+                match self.wait_budget(&self.status_charges()).await {
+                    Budget::Granted => {}
+                    Budget::Stopped => return,
+                    Budget::Exhausted => break,
+                }
+                let queries: Vec<TaskQuery> = group.iter().map(|t| t.query.clone()).collect();
+                let span = tracing::info_span!(
+                    "provider_poll",
+                    provider = self.name(),
+                    tasks = queries.len()
+                );
+                let answer =
+                    tracing::Instrument::instrument(self.0.provider.client.poll(&queries), span)
+                        .await;
+                let progress: HashMap<String, TaskProgress> = match answer {
+                    Ok(p) => p.into_iter().collect(),
+                    Err(e) => {
+                        tracing::warn!(provider = self.name(), error = %e, retryable = e.is_retryable(), "status poll failed");
+                        HashMap::new()
+                    }
+                };
+                for task in group {
+                    let outcome = match progress.get(&task.query.task_id) {
+                        Some(TaskProgress::Finished { failed }) => {
+                            Some(failed.iter().cloned().collect())
+                        }
+                        Some(TaskProgress::Failed { reason }) => Some(
+                            task.query
+                                .targets
+                                .iter()
+                                .map(|t| (t.clone(), reason.clone()))
+                                .collect(),
+                        ),
+                        Some(TaskProgress::Running) | None => self.timed_out(task),
+                    };
+                    if let Some(failed) = outcome {
+                        self.finish_task(task, failed).await;
+                    }
+                }
+            }
+        }
+    }
+
+    fn timed_out(&self, task: &InFlight) -> Option<HashMap<String, String>> {
+        let age = Utc::now() - task.query.submitted_at;
+        let limit = chrono::Duration::from_std(self.0.settings.task_timeout).ok()?;
+        (age > limit).then(|| {
+            let reason = format!(
+                "provider task {} did not finish within {:?}",
+                task.query.task_id, self.0.settings.task_timeout
+            );
+            task.query
+                .targets
+                .iter()
+                .map(|t| (t.clone(), reason.clone()))
+                .collect()
+        })
+    }
+
+    /// Records a finished task on every purge it carried targets for.
+    async fn finish_task(&self, task: &InFlight, failed: HashMap<String, String>) {
+        self.0
+            .inflight
+            .lock()
+            .expect("inflight lock")
+            .remove(&task.query.task_id);
+        let mut by_purge: HashMap<&String, HashSet<&String>> = HashMap::new();
+        for (target, purges) in &task.credits {
+            for p in purges {
+                by_purge.entry(p).or_default().insert(target);
+            }
+        }
+        let provider = self.name().to_owned();
+        for (purge_id, targets) in by_purge {
+            let task_id = &task.query.task_id;
+            let change = |r: &mut PurgeRecord| {
+                let mut changed = false;
+                let mut failures = 0;
+                for unit in r
+                    .units
+                    .iter_mut()
+                    .filter(|u| u.provider == provider && targets.contains(&u.target))
+                {
+                    let UnitStatus::Submitted { task } = unit.status else {
+                        continue;
+                    };
+                    if r.tasks
+                        .get(task)
+                        .is_none_or(|t| &t.provider_task_id != task_id)
+                    {
+                        continue;
+                    }
+                    unit.status = match failed.get(&unit.target) {
+                        Some(reason) => {
+                            failures += 1;
+                            UnitStatus::Failed {
+                                reason: reason.clone(),
+                            }
+                        }
+                        None => UnitStatus::Succeeded,
+                    };
+                    changed = true;
+                }
+                for t in r
+                    .tasks
+                    .iter_mut()
+                    .filter(|t| &t.provider_task_id == task_id && t.provider == provider)
+                {
+                    if t.state == TaskState::Running {
+                        t.state = if failures == 0 {
+                            TaskState::Succeeded
+                        } else {
+                            TaskState::Failed
+                        };
+                        if failures > 0 {
+                            t.error = Some(format!("{failures} targets failed"));
+                        }
+                        changed = true;
+                    }
+                }
+                changed
+            };
+            self.update(purge_id, &change).await;
+        }
+    }
+
+    /// Fails the given units (purge id -> targets) with `reason`.
+    async fn fail_targets(&self, by_purge: &HashMap<String, Vec<String>>, reason: &str) {
+        let provider = self.name().to_owned();
+        for (purge_id, targets) in by_purge {
+            tracing::warn!(purge_id = %purge_id, provider = %provider, targets = targets.len(), reason, "targets failed");
+            let change = |r: &mut PurgeRecord| {
+                let mut changed = false;
+                for unit in r.units.iter_mut() {
+                    if unit.provider == provider
+                        && !unit.status.is_terminal()
+                        && targets.contains(&unit.target)
+                    {
+                        unit.status = UnitStatus::Failed {
+                            reason: reason.to_owned(),
+                        };
+                        changed = true;
+                    }
+                }
+                changed
+            };
+            self.update(purge_id, &change).await;
+        }
+    }
+
+    /// Applies a change, retrying while the store is unavailable, and acknowledges the work
+    /// once this provider is done with the purge.
+    async fn update(&self, purge_id: &str, change: crate::store::Change<'_>) {
+        let mut delay = Duration::from_millis(100);
+        let record = loop {
+            match self.0.store.update(purge_id, change).await {
+                Ok(r) => break r,
+                Err(e) if e.is_retryable() && !self.0.stop.is_cancelled() => {
+                    tracing::warn!(purge_id, error = %e, "cannot record progress; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+                Err(e) => {
+                    tracing::error!(purge_id, error = %e, "cannot record progress; the work stays queued");
+                    return;
+                }
+            }
+        };
+        let done = record.as_ref().is_none_or(|r| r.provider_done(self.name()));
+        if let Some(r) = record.as_ref().filter(|r| r.state.is_terminal()) {
+            tracing::info!(purge_id, state = ?r.state, "purge finished");
+        }
+        if done {
+            let delivery = self.0.held.lock().expect("held lock").remove(purge_id);
+            if let Some(id) = delivery {
+                self.ack(&id).await;
+            }
+        }
+    }
+
+    async fn ack(&self, delivery_id: &str) {
+        if let Err(e) = self
+            .0
+            .queue
+            .ack(self.name(), &[delivery_id.to_owned()])
+            .await
+        {
+            tracing::warn!(provider = self.name(), error = %e, "cannot acknowledge work; it will be reclaimed and found done");
+        }
+    }
+
+    /// Reads the provider's quota now and then, so batches and fail-fast checks follow it.
+    async fn refresh_quota(self) {
+        loop {
+            match self.0.provider.client.quota().await {
+                Ok(q) if !q.is_empty() => self.0.provider.set_quota(q),
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(provider = self.name(), error = %e, "cannot read provider quota")
+                }
+            }
+            if !self.pause(self.0.settings.quota_refresh).await {
+                return;
+            }
+        }
+    }
+
+    fn track(&self, task: InFlight) {
+        self.0
+            .inflight
+            .lock()
+            .expect("inflight lock")
+            .insert(task.query.task_id.clone(), task);
+    }
+}
+
+/// When a task started, for lookups after an ambiguous submit.
+type Since = DateTime<Utc>;

@@ -1,0 +1,191 @@
+//! Sending one batch: daily quota, retries with backoff and jitter on retryable errors only,
+//! splitting on "batch too large", lookup before resending after an ambiguous timeout, and
+//! recording the task on every purge it carries targets for.
+
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::time::Duration;
+
+use backon::{ExponentialBuilder, Retryable};
+use chrono::Utc;
+use tracing::Instrument;
+
+use super::lanes::{LaneKey, Taken};
+use super::{Budget, InFlight, Since, Worker};
+use crate::core::model::{PurgeRecord, TaskRecord, TaskState, UnitStatus};
+use crate::limiter::Decision;
+use crate::providers::{Batch, ProviderError, Submission, TaskQuery};
+
+impl Worker {
+    /// Submits `taken` (whose first call's budget is already granted) and records the outcome.
+    pub(super) async fn submit(&self, key: LaneKey, taken: Taken) {
+        let daily = self.daily_charges(key.kind, taken.targets.len());
+        if !daily.is_empty() {
+            match self.0.limiter.acquire(&daily).await {
+                Ok(Decision::Granted) => {}
+                Ok(Decision::Wait(_) | Decision::Exhausted(_)) => {
+                    self.0.provider.mark_exhausted(key.kind);
+                    let reason = format!(
+                        "daily {} quota of provider {:?} exhausted",
+                        key.kind,
+                        self.name()
+                    );
+                    self.fail_targets(&taken.by_purge(), &reason).await;
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(provider = self.name(), error = %e, "cannot check the daily quota; sending anyway")
+                }
+            }
+        }
+        let mut parts = vec![(taken, true)];
+        while let Some((part, granted)) = parts.pop() {
+            let batch = key.batch(part.targets.clone());
+            match self.send(&batch, granted).await {
+                Ok(sub) => self.record_submitted(&key, part, sub).await,
+                Err(ProviderError::BatchTooLarge { message }) if part.targets.len() > 1 => {
+                    tracing::info!(
+                        provider = self.name(),
+                        targets = part.targets.len(),
+                        message,
+                        "batch too large; splitting"
+                    );
+                    let (a, b) = part.split();
+                    parts.push((b, false));
+                    parts.push((a, false));
+                }
+                Err(e) => {
+                    if matches!(e, ProviderError::QuotaExhausted { .. }) {
+                        self.0.provider.mark_exhausted(key.kind);
+                    }
+                    self.fail_targets(&part.by_purge(), &e.to_string()).await;
+                }
+            }
+        }
+    }
+
+    /// One provider call with retries; every attempt after a granted first one waits for
+    /// budget again, and an ambiguous attempt is looked up before the next send.
+    async fn send(&self, batch: &Batch, granted: bool) -> Result<Submission, ProviderError> {
+        let started: Since = Utc::now();
+        let maybe_sent = AtomicBool::new(false);
+        let attempts = AtomicU32::new(0);
+        let attempt = || async {
+            let n = attempts.fetch_add(1, Ordering::Relaxed);
+            if maybe_sent.load(Ordering::Relaxed) {
+                self.budget_or_stop(&self.status_charges()).await?;
+                let since = started - chrono::Duration::seconds(60);
+                if let Some(found) = self.0.provider.client.find_submitted(batch, since).await? {
+                    tracing::info!(provider = self.name(), task = %found.task_id, "found the task of an ambiguous submit");
+                    return Ok(found);
+                }
+            }
+            if n > 0 || !granted {
+                self.budget_or_stop(&self.submit_charges()).await?;
+            }
+            let span = tracing::info_span!("provider_call", provider = self.name(), kind = %batch.kind, targets = batch.targets.len(), attempt = n + 1);
+            let result = self.0.provider.client.submit(batch).instrument(span).await;
+            if let Err(ProviderError::Ambiguous { .. }) = &result {
+                maybe_sent.store(true, Ordering::Relaxed);
+            }
+            result
+        };
+        let backoff = ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(200))
+            .with_max_delay(Duration::from_secs(30))
+            .with_jitter()
+            .with_total_delay(Some(self.0.settings.retry_max_elapsed))
+            .without_max_times();
+        attempt
+            .retry(backoff)
+            .sleep(tokio::time::sleep)
+            .when(|e: &ProviderError| e.is_retryable() && !self.0.stop.is_cancelled())
+            .adjust(|e: &ProviderError, d: Option<Duration>| d.map(|d| e.retry_after().map_or(d, |r| r.max(d))))
+            .notify(|e: &ProviderError, d: Duration| {
+                tracing::warn!(provider = self.name(), error = %e, retry_in = ?d, "provider call failed; retrying");
+            })
+            .await
+    }
+
+    async fn budget_or_stop(
+        &self,
+        charges: &[crate::limiter::Charge],
+    ) -> Result<(), ProviderError> {
+        match self.wait_budget(charges).await {
+            Budget::Granted => Ok(()),
+            Budget::Exhausted => Err(ProviderError::QuotaExhausted {
+                message: format!(
+                    "call budget of provider {:?} exhausted for today",
+                    self.name()
+                ),
+            }),
+            Budget::Stopped => Err(ProviderError::Transient {
+                message: "dispatcher stopping".into(),
+                source: None,
+            }),
+        }
+    }
+
+    /// Records the provider task on each purge of the batch and starts following it.
+    async fn record_submitted(&self, key: &LaneKey, part: Taken, sub: Submission) {
+        let now = Utc::now();
+        let rejected: std::collections::HashMap<&str, &str> = sub
+            .rejected
+            .iter()
+            .map(|(t, r)| (t.as_str(), r.as_str()))
+            .collect();
+        let provider = self.name().to_owned();
+        for (purge_id, targets) in part.by_purge() {
+            tracing::info!(purge_id = %purge_id, provider = %provider, task = %sub.task_id, targets = targets.len(), "targets submitted");
+            let change = |r: &mut PurgeRecord| {
+                let task = r.tasks.len();
+                let mut carried = 0;
+                for unit in r.units.iter_mut() {
+                    if unit.provider != provider
+                        || unit.status != UnitStatus::Pending
+                        || !targets.contains(&unit.target)
+                    {
+                        continue;
+                    }
+                    carried += 1;
+                    unit.status = match rejected.get(unit.target.as_str()) {
+                        Some(reason) => UnitStatus::Failed {
+                            reason: (*reason).to_owned(),
+                        },
+                        None => UnitStatus::Submitted { task },
+                    };
+                }
+                if carried == 0 {
+                    return false;
+                }
+                r.tasks.push(TaskRecord {
+                    provider: provider.clone(),
+                    provider_task_id: sub.task_id.clone(),
+                    state: TaskState::Running,
+                    target_count: carried,
+                    error: None,
+                    request_id: sub.request_id.clone(),
+                    submit_time: now,
+                });
+                true
+            };
+            self.update(&purge_id, &change).await;
+        }
+        let credits: std::collections::HashMap<String, Vec<String>> = part
+            .credits
+            .into_iter()
+            .filter(|(t, _)| !rejected.contains_key(t.as_str()))
+            .collect();
+        if credits.is_empty() {
+            return;
+        }
+        self.track(InFlight {
+            query: TaskQuery {
+                task_id: sub.task_id,
+                kind: key.kind,
+                targets: credits.keys().cloned().collect(),
+                submitted_at: now,
+            },
+            credits,
+        });
+    }
+}

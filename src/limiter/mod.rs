@@ -1,0 +1,218 @@
+//! Rate budgets shared by every replica: GCRA for per-second limits, an exact sliding window for
+//! long windows, and daily counters on the provider's own day.
+
+pub mod memory;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use crate::store::StoreError;
+
+/// `count` events per `per`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rate {
+    pub count: u32,
+    #[serde(with = "humantime_serde")]
+    pub per: Duration,
+}
+
+impl Rate {
+    pub const fn new(count: u32, per: Duration) -> Rate {
+        Rate { count, per }
+    }
+}
+
+/// One budget rule. Every rule a call is charged to must grant it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Limit {
+    /// Evenly spaced events, `burst` of them at once at most.
+    Gcra { rate: Rate, burst: u32 },
+    /// At most `rate.count` events in any window of `rate.per`.
+    Window(Rate),
+    /// At most `max` units per day, the day starting at midnight in UTC+`utc_offset_secs`.
+    Daily { max: u64, utc_offset_secs: i32 },
+}
+
+impl Limit {
+    /// The rule that enforces `rate` exactly: GCRA without burst up to a second (so no window
+    /// of `per` ever sees more than `count`), an exact sliding window beyond. `margin` (e.g.
+    /// 0.02) stretches the period to absorb network jitter between us and the provider's clock.
+    pub fn for_rate(rate: Rate, margin: f64) -> Limit {
+        let stretched = Rate {
+            count: rate.count,
+            per: rate.per.mul_f64(1.0 + margin.max(0.0)),
+        };
+        if rate.per <= Duration::from_secs(1) {
+            Limit::Gcra {
+                rate: stretched,
+                burst: 1,
+            }
+        } else {
+            Limit::Window(stretched)
+        }
+    }
+}
+
+/// "Charge `cost` to the budget `key` under `limit`."
+#[derive(Clone, Debug, PartialEq)]
+pub struct Charge {
+    pub key: String,
+    pub limit: Limit,
+    pub cost: u32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Decision {
+    Granted,
+    /// Not now; try again after this long.
+    Wait(Duration),
+    /// A daily quota is used up until the provider's next day, this long from now.
+    Exhausted(Duration),
+}
+
+#[async_trait]
+pub trait Limiter: Send + Sync + 'static {
+    /// Charges every rule or none of them.
+    async fn acquire(&self, charges: &[Charge]) -> Result<Decision, StoreError>;
+}
+
+/// The state one rule keeps, in milliseconds since the Unix epoch.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub enum RuleState {
+    #[default]
+    Fresh,
+    /// Theoretical arrival time.
+    Gcra {
+        tat: u64,
+    },
+    /// Grant times in the current window, oldest first, one entry per unit of cost.
+    Window {
+        grants: std::collections::VecDeque<u64>,
+    },
+    Daily {
+        day: i64,
+        used: u64,
+    },
+}
+
+const DAY_MS: i64 = 86_400_000;
+
+/// Decides one rule at `now_ms`: `Ok(new state)` if `cost` fits, else how long to wait
+/// (`Err((wait_ms, exhausted))`). Pure, so the memory and Redis limiters agree.
+pub fn evaluate(
+    state: &RuleState,
+    limit: &Limit,
+    cost: u32,
+    now_ms: u64,
+) -> Result<RuleState, (u64, bool)> {
+    match *limit {
+        Limit::Gcra { rate, burst } => {
+            let interval = (rate.per.as_millis() as u64 / rate.count.max(1) as u64).max(1);
+            let tolerance = interval * burst.saturating_sub(1) as u64;
+            let tat = match state {
+                RuleState::Gcra { tat } => (*tat).max(now_ms),
+                _ => now_ms,
+            };
+            let allowed_at = tat.saturating_sub(tolerance);
+            if now_ms < allowed_at {
+                return Err((allowed_at - now_ms, false));
+            }
+            Ok(RuleState::Gcra {
+                tat: tat + interval * cost as u64,
+            })
+        }
+        Limit::Window(rate) => {
+            let per = rate.per.as_millis() as u64;
+            let mut grants = match state {
+                RuleState::Window { grants } => grants.clone(),
+                _ => Default::default(),
+            };
+            while grants.front().is_some_and(|&t| t + per <= now_ms) {
+                grants.pop_front();
+            }
+            let room = (rate.count as usize).saturating_sub(grants.len());
+            if (cost as usize) > room {
+                // Wait until enough old grants leave the window.
+                let needed = cost as usize - room;
+                let wait = grants
+                    .get(needed - 1)
+                    .map(|&t| t + per - now_ms)
+                    .unwrap_or(per);
+                return Err((wait.max(1), false));
+            }
+            grants.extend(std::iter::repeat_n(now_ms, cost as usize));
+            Ok(RuleState::Window { grants })
+        }
+        Limit::Daily {
+            max,
+            utc_offset_secs,
+        } => {
+            let local = now_ms as i64 + utc_offset_secs as i64 * 1000;
+            let day = local.div_euclid(DAY_MS);
+            let used = match state {
+                RuleState::Daily { day: d, used } if *d == day => *used,
+                _ => 0,
+            };
+            if used + cost as u64 > max {
+                let next_day = (day + 1) * DAY_MS;
+                return Err(((next_day - local) as u64, true));
+            }
+            Ok(RuleState::Daily {
+                day,
+                used: used + cost as u64,
+            })
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch by the local clock.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gcra_spaces_calls_evenly() {
+        let limit = Limit::Gcra {
+            rate: Rate::new(10, Duration::from_secs(1)),
+            burst: 1,
+        };
+        let s = evaluate(&RuleState::Fresh, &limit, 1, 1_000).unwrap();
+        assert_eq!(evaluate(&s, &limit, 1, 1_050), Err((50, false)));
+        assert!(evaluate(&s, &limit, 1, 1_100).is_ok());
+    }
+
+    #[test]
+    fn window_counts_exactly() {
+        let limit = Limit::Window(Rate::new(3, Duration::from_secs(300)));
+        let mut s = RuleState::Fresh;
+        for t in [0, 10, 20] {
+            s = evaluate(&s, &limit, 1, t).unwrap();
+        }
+        assert_eq!(evaluate(&s, &limit, 1, 100), Err((299_900, false)));
+        assert!(evaluate(&s, &limit, 1, 300_000).is_ok());
+        assert_eq!(evaluate(&s, &limit, 2, 300_000), Err((10, false)));
+    }
+
+    #[test]
+    fn daily_resets_on_the_providers_day() {
+        // UTC+8: 16:00 UTC is midnight.
+        let limit = Limit::Daily {
+            max: 5,
+            utc_offset_secs: 8 * 3600,
+        };
+        let before_midnight = 16 * 3_600_000 - 1_000;
+        let s = evaluate(&RuleState::Fresh, &limit, 5, before_midnight).unwrap();
+        assert_eq!(evaluate(&s, &limit, 1, before_midnight), Err((1_000, true)));
+        assert!(evaluate(&s, &limit, 5, before_midnight + 1_000).is_ok());
+    }
+}

@@ -1,0 +1,55 @@
+//! The purge-service binary: parse the command line, load config, serve until SIGTERM/SIGINT.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use purge_service::{App, config::Config, telemetry};
+
+#[derive(Parser)]
+#[command(version, about = "gRPC service that purges CDN caches")]
+struct Cli {
+    /// TOML config file; without one: 127.0.0.1:50051, memory backend, one sandbox provider.
+    #[arg(long, env = "PURGE_CONFIG", global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve gRPC (the default).
+    Serve,
+    /// Validate the config and print the effective settings (secrets are never printed).
+    CheckConfig,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let config =
+        Config::load(cli.config.as_deref(), std::env::vars()).context("loading configuration")?;
+    if let Some(Command::CheckConfig) = cli.command {
+        purge_service::providers::build::check_secrets(&config).context("checking secrets")?;
+        print!("{}", config.to_toml());
+        return Ok(());
+    }
+    telemetry::init(&config.telemetry);
+    let listen = config.server.listen;
+    let app = App::build(config).await.context("building the service")?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("binding {listen}"))?;
+    app.run(listener, shutdown_signal()).await?;
+    Ok(())
+}
+
+/// Resolves on the first SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

@@ -1,0 +1,63 @@
+//! Builds the provider registry from configuration, applying limit overrides.
+
+use std::sync::Arc;
+
+use super::sandbox::Sandbox;
+use super::{Provider, ProviderHandle, Registry};
+use crate::config::{Config, ConfigError, ProviderConfig, ProviderSettings};
+use crate::core::model::PurgeKind;
+
+/// One shared HTTP client for every provider: connection pools and TLS set up once.
+pub fn http_client() -> Result<reqwest::Client, ConfigError> {
+    reqwest::Client::builder()
+        .connect_timeout(std::time::Duration::from_secs(5))
+        .timeout(std::time::Duration::from_secs(30))
+        .pool_idle_timeout(std::time::Duration::from_secs(60))
+        .user_agent(concat!("purge-service/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| ConfigError::Invalid(format!("cannot build the HTTP client: {e}")))
+}
+
+pub fn registry(config: &Config, http: &reqwest::Client) -> Result<Registry, ConfigError> {
+    let mut registry = Registry::default();
+    for pc in &config.providers {
+        let client: Arc<dyn Provider> = match &pc.settings {
+            ProviderSettings::Sandbox(s) => {
+                let sandbox = Sandbox::new(s.clone()).map_err(|e| {
+                    ConfigError::Invalid(format!("providers.{}.fail_pattern: {e}", pc.name))
+                })?;
+                registry.insert_sandbox(&pc.name, sandbox.clone());
+                Arc::new(sandbox)
+            }
+        };
+        let _ = http;
+        registry.insert(handle(pc, client));
+    }
+    for g in &config.groups {
+        registry.insert_group(g.name.clone(), g.providers.clone());
+    }
+    Ok(registry)
+}
+
+fn handle(pc: &ProviderConfig, client: Arc<dyn Provider>) -> ProviderHandle {
+    let mut caps = client.capabilities();
+    if let Some(submit) = &pc.limits.submit {
+        caps.submit_rates = submit.clone();
+    }
+    if let Some(status) = &pc.limits.status {
+        caps.status_rates = status.clone();
+    }
+    for (kind, cap) in &pc.limits.max_per_call {
+        let kind = PurgeKind::parse(kind).expect("validated kind");
+        if let Some(c) = caps.max_per_call.get_mut(&kind) {
+            *c = (*cap).max(1);
+        }
+    }
+    ProviderHandle::new(pc.name.clone(), client, caps)
+}
+
+/// Resolves every provider's secrets once, so `check-config` reports a missing one.
+pub fn check_secrets(config: &Config) -> Result<(), ConfigError> {
+    let http = http_client()?;
+    registry(config, &http).map(|_| ())
+}

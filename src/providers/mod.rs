@@ -1,0 +1,295 @@
+//! The provider trait every CDN client implements, and the registry built from configuration.
+
+pub mod build;
+pub mod sandbox;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+use crate::core::model::{Action, PurgeKind};
+use crate::limiter::Rate;
+
+/// What a provider can do and what it allows, before configuration overrides.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Capabilities {
+    /// Supported kinds and the most targets one call may carry for each.
+    pub max_per_call: BTreeMap<PurgeKind, usize>,
+    /// Whether cache-key headers can be sent with URL purges.
+    pub headers: bool,
+    /// Whether TAG purges need a host scope.
+    pub tag_needs_hosts: bool,
+    /// Account-wide budget of the submit API.
+    pub submit_rates: Vec<Rate>,
+    /// Account-wide budget of the status API.
+    pub status_rates: Vec<Rate>,
+    /// Documented daily target quotas.
+    pub daily: Vec<DailyQuota>,
+    /// Most tasks one `poll` call should cover (one status API call per `poll`).
+    pub poll_batch: usize,
+}
+
+impl Capabilities {
+    pub fn supports(&self, kind: PurgeKind) -> bool {
+        self.max_per_call.contains_key(&kind)
+    }
+
+    pub fn kinds(&self) -> Vec<PurgeKind> {
+        self.max_per_call.keys().copied().collect()
+    }
+}
+
+/// At most `max` targets of `kinds` per day, the day starting at midnight UTC+`utc_offset_secs`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DailyQuota {
+    pub kinds: Vec<PurgeKind>,
+    pub max: u64,
+    pub utc_offset_secs: i32,
+}
+
+/// Targets of one lane, sent in one provider call.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Batch {
+    pub kind: PurgeKind,
+    pub action: Action,
+    pub targets: Vec<String>,
+    pub hosts: Vec<String>,
+    pub headers: BTreeMap<String, String>,
+}
+
+/// The provider's answer to a submit.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Submission {
+    pub task_id: String,
+    pub request_id: Option<String>,
+    /// Targets the provider refused outright, with its reason.
+    pub rejected: Vec<(String, String)>,
+}
+
+/// A submitted task to ask about.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TaskQuery {
+    pub task_id: String,
+    pub kind: PurgeKind,
+    pub targets: Vec<String>,
+    pub submitted_at: DateTime<Utc>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TaskProgress {
+    Running,
+    /// Done; these targets failed, with the provider's reason.
+    Finished {
+        failed: Vec<(String, String)>,
+    },
+    /// The whole task failed.
+    Failed {
+        reason: String,
+    },
+}
+
+/// What the provider reports of its quota for one kind.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KindQuota {
+    pub per_call: Option<usize>,
+    pub daily: Option<u64>,
+    pub remaining: Option<u64>,
+}
+
+/// A provider error, classified once where the response is read.
+#[derive(Debug, thiserror::Error)]
+pub enum ProviderError {
+    #[error("throttled by the provider: {message}")]
+    Throttled {
+        message: String,
+        retry_after: Option<Duration>,
+    },
+    #[error("provider temporarily unavailable: {message}")]
+    Transient {
+        message: String,
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
+    /// The request may or may not have reached the provider.
+    #[error("no answer from the provider after sending: {message}")]
+    Ambiguous { message: String },
+    #[error("too many targets for one call: {message}")]
+    BatchTooLarge { message: String },
+    #[error("daily quota exhausted: {message}")]
+    QuotaExhausted { message: String },
+    /// The same purge is still running at the provider; try again later.
+    #[error("provider busy with the same purge: {message}")]
+    Busy { message: String },
+    #[error("authentication failed: {message}")]
+    Auth { message: String },
+    #[error("rejected by the provider: {code}: {message}")]
+    Rejected { code: String, message: String },
+    #[error("unexpected provider response: {message}")]
+    Protocol { message: String },
+}
+
+impl ProviderError {
+    /// Worth sending again (after a backoff) as it is.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            ProviderError::Throttled { .. }
+            | ProviderError::Transient { .. }
+            | ProviderError::Ambiguous { .. }
+            | ProviderError::Busy { .. } => true,
+            ProviderError::BatchTooLarge { .. }
+            | ProviderError::QuotaExhausted { .. }
+            | ProviderError::Auth { .. }
+            | ProviderError::Rejected { .. }
+            | ProviderError::Protocol { .. } => false,
+        }
+    }
+
+    /// The provider asked for at least this much time before the next try.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            ProviderError::Throttled { retry_after, .. } => *retry_after,
+            ProviderError::Busy { .. } => Some(Duration::from_secs(60)),
+            _ => None,
+        }
+    }
+}
+
+/// A CDN purge API.
+#[async_trait]
+pub trait Provider: Send + Sync + 'static {
+    fn capabilities(&self) -> Capabilities;
+
+    /// Provider-specific rules for one target, checked at CreatePurge time; the error says
+    /// which rule the target breaks.
+    fn check_target(&self, _kind: PurgeKind, _target: &str) -> Result<(), String> {
+        Ok(())
+    }
+
+    async fn submit(&self, batch: &Batch) -> Result<Submission, ProviderError>;
+
+    /// Progress of submitted tasks; a task missing from the answer is still running.
+    async fn poll(&self, tasks: &[TaskQuery])
+    -> Result<Vec<(String, TaskProgress)>, ProviderError>;
+
+    /// The quota the provider reports now, if it has such an API.
+    async fn quota(&self) -> Result<BTreeMap<PurgeKind, KindQuota>, ProviderError> {
+        Ok(BTreeMap::new())
+    }
+
+    /// After an ambiguous submit: the task the provider made for `batch` since `since`, if any.
+    async fn find_submitted(
+        &self,
+        _batch: &Batch,
+        _since: DateTime<Utc>,
+    ) -> Result<Option<Submission>, ProviderError> {
+        Ok(None)
+    }
+}
+
+/// A configured provider: the client and its effective capabilities.
+#[derive(Clone)]
+pub struct ProviderHandle {
+    pub name: String,
+    pub client: Arc<dyn Provider>,
+    pub caps: Capabilities,
+    quota: Arc<Mutex<BTreeMap<PurgeKind, KindQuota>>>,
+}
+
+impl ProviderHandle {
+    pub fn new(name: String, client: Arc<dyn Provider>, caps: Capabilities) -> ProviderHandle {
+        ProviderHandle {
+            name,
+            client,
+            caps,
+            quota: Arc::default(),
+        }
+    }
+
+    /// The per-call cap for `kind`, lowered by what the provider last reported.
+    pub fn max_per_call(&self, kind: PurgeKind) -> usize {
+        let configured = self.caps.max_per_call.get(&kind).copied().unwrap_or(1);
+        let reported = self.known_quota(kind).per_call.unwrap_or(usize::MAX);
+        configured.min(reported).max(1)
+    }
+
+    pub fn known_quota(&self, kind: PurgeKind) -> KindQuota {
+        self.quota
+            .lock()
+            .expect("quota lock")
+            .get(&kind)
+            .copied()
+            .unwrap_or_default()
+    }
+
+    pub fn set_quota(&self, quota: BTreeMap<PurgeKind, KindQuota>) {
+        *self.quota.lock().expect("quota lock") = quota;
+    }
+
+    /// Records that the day's quota for `kind` is gone.
+    pub fn mark_exhausted(&self, kind: PurgeKind) {
+        self.quota
+            .lock()
+            .expect("quota lock")
+            .entry(kind)
+            .or_default()
+            .remaining = Some(0);
+    }
+}
+
+/// Every configured provider and group, by the name callers use.
+#[derive(Clone, Default)]
+pub struct Registry {
+    providers: HashMap<String, ProviderHandle>,
+    groups: HashMap<String, Vec<String>>,
+    sandboxes: HashMap<String, sandbox::Sandbox>,
+}
+
+impl Registry {
+    pub fn insert(&mut self, handle: ProviderHandle) {
+        self.providers.insert(handle.name.clone(), handle);
+    }
+
+    pub fn insert_sandbox(&mut self, name: &str, sandbox: sandbox::Sandbox) {
+        self.sandboxes.insert(name.to_owned(), sandbox);
+    }
+
+    pub fn insert_group(&mut self, name: String, members: Vec<String>) {
+        self.groups.insert(name, members);
+    }
+
+    pub fn get(&self, name: &str) -> Option<&ProviderHandle> {
+        self.providers.get(name)
+    }
+
+    /// A provider name resolves to itself, a group name to its members.
+    pub fn resolve(&self, name: &str) -> Option<Vec<&ProviderHandle>> {
+        if let Some(p) = self.providers.get(name) {
+            return Some(vec![p]);
+        }
+        let members = self.groups.get(name)?;
+        members.iter().map(|m| self.providers.get(m)).collect()
+    }
+
+    pub fn names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .providers
+            .keys()
+            .chain(self.groups.keys())
+            .cloned()
+            .collect();
+        names.sort();
+        names
+    }
+
+    pub fn handles(&self) -> impl Iterator<Item = &ProviderHandle> {
+        self.providers.values()
+    }
+
+    /// The simulated CDN behind a sandbox provider, for tests and demos.
+    pub fn sandbox(&self, name: &str) -> Option<&sandbox::Sandbox> {
+        self.sandboxes.get(name)
+    }
+}

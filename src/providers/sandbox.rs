@@ -1,0 +1,217 @@
+//! A simulated CDN: accepts every kind, finishes tasks after a delay, fails targets matching a
+//! pattern, and enforces its own per-call cap and call rate like a real provider would.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use super::{Batch, Capabilities, Provider, ProviderError, Submission, TaskProgress, TaskQuery};
+use crate::core::model::PurgeKind;
+use crate::limiter::Rate;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SandboxSettings {
+    /// How long a task runs before it finishes.
+    #[serde(default = "default_delay", with = "humantime_serde")]
+    pub delay: Duration,
+    /// Targets matching this regex fail.
+    #[serde(default)]
+    pub fail_pattern: Option<String>,
+    /// The most targets one call may carry.
+    #[serde(default = "default_max_per_call")]
+    pub max_per_call: usize,
+    /// The call rate the simulated CDN allows; calls above it are throttled.
+    #[serde(default)]
+    pub rate: Option<Rate>,
+}
+
+fn default_delay() -> Duration {
+    Duration::from_millis(200)
+}
+
+fn default_max_per_call() -> usize {
+    100
+}
+
+impl Default for SandboxSettings {
+    fn default() -> Self {
+        SandboxSettings {
+            delay: default_delay(),
+            fail_pattern: None,
+            max_per_call: default_max_per_call(),
+            rate: None,
+        }
+    }
+}
+
+/// One submit call as the simulated CDN saw it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SandboxCall {
+    pub at: SystemTime,
+    pub kind: PurgeKind,
+    pub targets: Vec<String>,
+    /// Whether the call was refused for going over the rate.
+    pub throttled: bool,
+}
+
+#[derive(Clone)]
+pub struct Sandbox {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    settings: SandboxSettings,
+    fail: Option<regex::Regex>,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    next_id: u64,
+    tasks: HashMap<String, SimTask>,
+    calls: Vec<SandboxCall>,
+    recent: VecDeque<SystemTime>,
+    polls: u64,
+}
+
+struct SimTask {
+    targets: Vec<String>,
+    done_at: SystemTime,
+}
+
+impl Sandbox {
+    pub fn new(settings: SandboxSettings) -> Result<Sandbox, regex::Error> {
+        let fail = settings
+            .fail_pattern
+            .as_deref()
+            .map(regex::Regex::new)
+            .transpose()?;
+        Ok(Sandbox {
+            inner: Arc::new(Inner {
+                settings,
+                fail,
+                state: Mutex::default(),
+            }),
+        })
+    }
+
+    /// Every submit call so far, throttled ones included.
+    pub fn calls(&self) -> Vec<SandboxCall> {
+        self.inner.state.lock().expect("sandbox lock").calls.clone()
+    }
+
+    /// How many status calls were made.
+    pub fn polls(&self) -> u64 {
+        self.inner.state.lock().expect("sandbox lock").polls
+    }
+
+    fn failure(&self, target: &str) -> Option<String> {
+        let re = self.inner.fail.as_ref()?;
+        re.is_match(target)
+            .then(|| format!("sandbox: target matches fail_pattern {:?}", re.as_str()))
+    }
+}
+
+#[async_trait]
+impl Provider for Sandbox {
+    fn capabilities(&self) -> Capabilities {
+        let cap = self.inner.settings.max_per_call;
+        Capabilities {
+            max_per_call: PurgeKind::EVERY.iter().map(|k| (*k, cap)).collect(),
+            headers: true,
+            tag_needs_hosts: false,
+            submit_rates: self.inner.settings.rate.into_iter().collect(),
+            status_rates: Vec::new(),
+            daily: Vec::new(),
+            poll_batch: 1000,
+        }
+    }
+
+    async fn submit(&self, batch: &Batch) -> Result<Submission, ProviderError> {
+        let now = SystemTime::now();
+        let mut state = self.inner.state.lock().expect("sandbox lock");
+        let mut call = SandboxCall {
+            at: now,
+            kind: batch.kind,
+            targets: batch.targets.clone(),
+            throttled: false,
+        };
+        if let Some(rate) = self.inner.settings.rate {
+            while state
+                .recent
+                .front()
+                .is_some_and(|t| now.duration_since(*t).unwrap_or_default() >= rate.per)
+            {
+                state.recent.pop_front();
+            }
+            if state.recent.len() >= rate.count as usize {
+                call.throttled = true;
+                state.calls.push(call);
+                return Err(ProviderError::Throttled {
+                    message: format!("more than {} calls per {:?}", rate.count, rate.per),
+                    retry_after: None,
+                });
+            }
+            state.recent.push_back(now);
+        }
+        state.calls.push(call);
+        if batch.targets.len() > self.inner.settings.max_per_call {
+            return Err(ProviderError::BatchTooLarge {
+                message: format!(
+                    "{} targets, at most {} per call",
+                    batch.targets.len(),
+                    self.inner.settings.max_per_call
+                ),
+            });
+        }
+        state.next_id += 1;
+        let task_id = format!("sbx-{}", state.next_id);
+        state.tasks.insert(
+            task_id.clone(),
+            SimTask {
+                targets: batch.targets.clone(),
+                done_at: now + self.inner.settings.delay,
+            },
+        );
+        Ok(Submission {
+            task_id,
+            request_id: None,
+            rejected: Vec::new(),
+        })
+    }
+
+    async fn poll(
+        &self,
+        tasks: &[TaskQuery],
+    ) -> Result<Vec<(String, TaskProgress)>, ProviderError> {
+        let now = SystemTime::now();
+        let mut state = self.inner.state.lock().expect("sandbox lock");
+        state.polls += 1;
+        let mut out = Vec::new();
+        for q in tasks {
+            let progress = match state.tasks.get(&q.task_id) {
+                None => TaskProgress::Failed {
+                    reason: format!("sandbox: unknown task {}", q.task_id),
+                },
+                Some(t) if t.done_at > now => TaskProgress::Running,
+                Some(t) => TaskProgress::Finished {
+                    failed: t
+                        .targets
+                        .iter()
+                        .filter_map(|tg| self.failure(tg).map(|r| (tg.clone(), r)))
+                        .collect(),
+                },
+            };
+            out.push((q.task_id.clone(), progress));
+        }
+        Ok(out)
+    }
+
+    async fn quota(&self) -> Result<BTreeMap<PurgeKind, super::KindQuota>, ProviderError> {
+        Ok(BTreeMap::new())
+    }
+}

@@ -1,0 +1,49 @@
+//! Pending work per provider: claimed by one replica's dispatcher at a time, acknowledged when
+//! done, reclaimed from a replica that stopped acknowledging.
+
+pub mod memory;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::core::model::WorkItem;
+use crate::store::StoreError;
+
+/// A claimed work item; `id` is what `ack` and `keep_alive` take.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Delivery {
+    pub id: String,
+    pub item: WorkItem,
+}
+
+#[async_trait]
+pub trait Queue: Send + Sync + 'static {
+    /// New work for `provider`, waiting up to `wait` for some to arrive.
+    async fn claim(
+        &self,
+        provider: &str,
+        consumer: &str,
+        max: usize,
+        wait: Duration,
+    ) -> Result<Vec<Delivery>, StoreError>;
+
+    /// Work another consumer claimed and has not touched for `min_idle`.
+    async fn reclaim(
+        &self,
+        provider: &str,
+        consumer: &str,
+        min_idle: Duration,
+        max: usize,
+    ) -> Result<Vec<Delivery>, StoreError>;
+
+    /// Marks held deliveries as still being worked on, so they are not reclaimed.
+    async fn keep_alive(
+        &self,
+        provider: &str,
+        consumer: &str,
+        ids: &[String],
+    ) -> Result<(), StoreError>;
+
+    async fn ack(&self, provider: &str, ids: &[String]) -> Result<(), StoreError>;
+}

@@ -1,0 +1,84 @@
+//! Purge records, idempotency keys and change events, behind one trait with a memory and a Redis
+//! implementation.
+
+pub mod memory;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::sync::broadcast;
+
+use crate::core::model::{PurgeRecord, WorkItem};
+
+/// Why the shared state could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("state backend unavailable")]
+    Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+impl StoreError {
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, StoreError::Unavailable(_))
+    }
+}
+
+/// "Caller `scope` used this key for a request with this fingerprint."
+#[derive(Clone, Debug)]
+pub struct IdempotencyClaim {
+    pub scope: String,
+    pub fingerprint: String,
+    pub retention: Duration,
+}
+
+#[derive(Debug)]
+pub enum CreateOutcome {
+    Created(PurgeRecord),
+    /// The idempotency key was used before for the same request.
+    Existing(PurgeRecord),
+    /// The idempotency key was used before for a different request.
+    Conflict {
+        existing_id: String,
+    },
+}
+
+/// A change to a record; returns false when it changed nothing. May run more than once.
+pub type Change<'a> = &'a (dyn Fn(&mut PurgeRecord) -> bool + Send + Sync);
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Checks the idempotency claim, records the purge and enqueues its work, atomically.
+    async fn create(
+        &self,
+        record: PurgeRecord,
+        idempotency: Option<IdempotencyClaim>,
+        work: Vec<WorkItem>,
+    ) -> Result<CreateOutcome, StoreError>;
+
+    async fn get(&self, id: &str) -> Result<Option<PurgeRecord>, StoreError>;
+
+    /// Applies `change` atomically, bumps the version and wakes watchers. `None`: no such purge.
+    async fn update(&self, id: &str, change: Change<'_>)
+    -> Result<Option<PurgeRecord>, StoreError>;
+
+    /// Wake-ups carrying the id of a purge that changed. A wake-up may be lost or lag: watchers
+    /// re-read the record, so nothing is lost with it.
+    fn events(&self) -> broadcast::Receiver<String>;
+
+    /// Whether the backend answers, for health.
+    async fn ping(&self) -> Result<(), StoreError>;
+}
+
+/// Bumps version and update time of a record that `change` changed.
+pub fn apply_change(record: &mut PurgeRecord, change: Change<'_>) -> bool {
+    if !change(record) {
+        return false;
+    }
+    let now = chrono::Utc::now();
+    record.version += 1;
+    record.update_time = now.max(record.update_time);
+    record.settle(now);
+    true
+}
