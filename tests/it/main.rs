@@ -1,0 +1,3 @@
+//! Integration tests: the service in-process on port 0, real sockets, real dependencies.
+
+mod support;

@@ -1,0 +1,162 @@
+//! Test support: start the service on a free port, talk to it, poll with a deadline.
+
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use purge_service::app::AppError;
+use purge_service::config::Config;
+use purge_service::pb::purge_service_client::PurgeServiceClient;
+use purge_service::pb::{self, CreatePurgeRequest, PurgeKind, PurgeState};
+use purge_service::providers::Registry;
+use purge_service::App;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::transport::Channel;
+
+pub type Client = PurgeServiceClient<Channel>;
+
+/// A running service; shut down when dropped.
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub client: Client,
+    pub registry: Registry,
+    shutdown: Option<oneshot::Sender<()>>,
+    handle: Option<JoinHandle<Result<(), AppError>>>,
+}
+
+impl TestApp {
+    /// Triggers graceful shutdown and waits for `run` to return.
+    pub async fn stop(mut self) -> Result<(), AppError> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        self.handle.take().expect("running").await.expect("run task")
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// A config from TOML, with test-friendly dispatch timings unless the TOML sets them.
+pub fn config(toml_text: &str) -> Config {
+    let mut table: toml::Table = toml::from_str(toml_text).expect("test config parses");
+    let dispatch = table
+        .entry("dispatch")
+        .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+        .as_table_mut()
+        .expect("dispatch table");
+    dispatch.entry("linger").or_insert("20ms".into());
+    dispatch.entry("poll_interval").or_insert("50ms".into());
+    let config: Config = toml::Value::Table(table).try_into().expect("test config is valid");
+    config.validate().expect("test config validates");
+    config
+}
+
+/// The default sandbox with a short delay.
+pub fn sandbox_config() -> Config {
+    config("[[providers]]\nname = \"sandbox\"\ntype = \"sandbox\"\ndelay = \"50ms\"\n")
+}
+
+pub async fn spawn_app(config: Config) -> TestApp {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let app = App::build(config).await.expect("app builds");
+    let registry = app.registry().clone();
+    let (tx, rx) = oneshot::channel::<()>();
+    let handle = tokio::spawn(app.run(listener, async {
+        let _ = rx.await;
+    }));
+    let client = connect(addr).await;
+    TestApp {
+        addr,
+        client,
+        registry,
+        shutdown: Some(tx),
+        handle: Some(handle),
+    }
+}
+
+pub async fn connect(addr: SocketAddr) -> Client {
+    eventually(Duration::from_secs(10), "the server accepts connections", || async move {
+        PurgeServiceClient::connect(format!("http://{addr}")).await.ok()
+    })
+    .await
+}
+
+/// Polls `f` every 20 ms until it returns `Some`, failing the test after `deadline`.
+pub async fn eventually<T, F, Fut>(deadline: Duration, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let until = tokio::time::Instant::now() + deadline;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(tokio::time::Instant::now() < until, "timed out after {deadline:?} waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+pub fn request(provider: &str, kind: PurgeKind, targets: &[&str]) -> CreatePurgeRequest {
+    CreatePurgeRequest {
+        provider: provider.into(),
+        kind: kind as i32,
+        targets: targets.iter().map(|t| t.to_string()).collect(),
+        ..Default::default()
+    }
+}
+
+pub fn is_terminal(p: &pb::Purge) -> bool {
+    matches!(
+        p.state(),
+        PurgeState::Succeeded | PurgeState::Failed | PurgeState::Cancelled
+    )
+}
+
+/// Polls GetPurge until the purge is terminal.
+pub async fn wait_terminal(client: &Client, id: &str, deadline: Duration) -> pb::Purge {
+    eventually(deadline, &format!("purge {id} is terminal"), || {
+        let mut c = client.clone();
+        let id = id.to_owned();
+        async move {
+            let p = c.get_purge(pb::GetPurgeRequest { id }).await.ok()?.into_inner();
+            is_terminal(&p).then_some(p)
+        }
+    })
+    .await
+}
+
+/// The BadRequest field names of an INVALID_ARGUMENT status.
+pub fn violations(status: &tonic::Status) -> Vec<(String, String)> {
+    use tonic_types::StatusExt;
+    status
+        .get_error_details()
+        .bad_request()
+        .map(|b| {
+            b.field_violations
+                .iter()
+                .map(|v| (v.field.clone(), v.description.clone()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The ErrorInfo reason of a status.
+pub fn reason(status: &tonic::Status) -> String {
+    use tonic_types::StatusExt;
+    let info = status.get_error_details().error_info().cloned();
+    let info = info.expect("every error carries ErrorInfo");
+    assert_eq!(info.domain, "purge.v1");
+    info.reason
+}
