@@ -27,6 +27,9 @@ pub struct SandboxSettings {
     /// The call rate the simulated CDN allows; calls above it are throttled.
     #[serde(default)]
     pub rate: Option<Rate>,
+    /// The kinds it accepts; all by default.
+    #[serde(default)]
+    pub kinds: Option<Vec<PurgeKind>>,
 }
 
 fn default_delay() -> Duration {
@@ -44,6 +47,7 @@ impl Default for SandboxSettings {
             fail_pattern: None,
             max_per_call: default_max_per_call(),
             rate: None,
+            kinds: None,
         }
     }
 }
@@ -121,7 +125,15 @@ impl Provider for Sandbox {
     fn capabilities(&self) -> Capabilities {
         let cap = self.inner.settings.max_per_call;
         Capabilities {
-            max_per_call: PurgeKind::EVERY.iter().map(|k| (*k, cap)).collect(),
+            max_per_call: self
+                .inner
+                .settings
+                .kinds
+                .as_deref()
+                .unwrap_or(&PurgeKind::EVERY)
+                .iter()
+                .map(|k| (*k, cap))
+                .collect(),
             headers: true,
             tag_needs_hosts: false,
             submit_rates: self.inner.settings.rate.into_iter().collect(),

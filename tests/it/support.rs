@@ -6,12 +6,12 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use purge_service::App;
 use purge_service::app::AppError;
 use purge_service::config::Config;
 use purge_service::pb::purge_service_client::PurgeServiceClient;
 use purge_service::pb::{self, CreatePurgeRequest, PurgeKind, PurgeState};
 use purge_service::providers::Registry;
-use purge_service::App;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -34,7 +34,11 @@ impl TestApp {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
-        self.handle.take().expect("running").await.expect("run task")
+        self.handle
+            .take()
+            .expect("running")
+            .await
+            .expect("run task")
     }
 }
 
@@ -56,7 +60,9 @@ pub fn config(toml_text: &str) -> Config {
         .expect("dispatch table");
     dispatch.entry("linger").or_insert("20ms".into());
     dispatch.entry("poll_interval").or_insert("50ms".into());
-    let config: Config = toml::Value::Table(table).try_into().expect("test config is valid");
+    let config: Config = toml::Value::Table(table)
+        .try_into()
+        .expect("test config is valid");
     config.validate().expect("test config validates");
     config
 }
@@ -86,9 +92,15 @@ pub async fn spawn_app(config: Config) -> TestApp {
 }
 
 pub async fn connect(addr: SocketAddr) -> Client {
-    eventually(Duration::from_secs(10), "the server accepts connections", || async move {
-        PurgeServiceClient::connect(format!("http://{addr}")).await.ok()
-    })
+    eventually(
+        Duration::from_secs(10),
+        "the server accepts connections",
+        || async move {
+            PurgeServiceClient::connect(format!("http://{addr}"))
+                .await
+                .ok()
+        },
+    )
     .await
 }
 
@@ -103,7 +115,10 @@ where
         if let Some(v) = f().await {
             return v;
         }
-        assert!(tokio::time::Instant::now() < until, "timed out after {deadline:?} waiting until {what}");
+        assert!(
+            tokio::time::Instant::now() < until,
+            "timed out after {deadline:?} waiting until {what}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -130,7 +145,11 @@ pub async fn wait_terminal(client: &Client, id: &str, deadline: Duration) -> pb:
         let mut c = client.clone();
         let id = id.to_owned();
         async move {
-            let p = c.get_purge(pb::GetPurgeRequest { id }).await.ok()?.into_inner();
+            let p = c
+                .get_purge(pb::GetPurgeRequest { id })
+                .await
+                .ok()?
+                .into_inner();
             is_terminal(&p).then_some(p)
         }
     })
@@ -159,4 +178,12 @@ pub fn reason(status: &tonic::Status) -> String {
     let info = info.expect("every error carries ErrorInfo");
     assert_eq!(info.domain, "purge.v1");
     info.reason
+}
+
+/// A port nothing listens on right now, for processes that must be told their port.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
 }

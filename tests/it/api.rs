@@ -1,0 +1,437 @@
+//! The purge.v1 API on the embedded backend: create, get, watch, idempotency, bad inputs.
+
+use std::time::Duration;
+
+use purge_service::pb::{self, PurgeKind, PurgeState};
+use tokio_stream::StreamExt;
+use tonic::Code;
+
+use crate::support::{
+    config, reason, request, sandbox_config, spawn_app, violations, wait_terminal,
+};
+
+#[tokio::test]
+async fn create_then_watch_until_succeeded() {
+    let app = spawn_app(sandbox_config()).await;
+    let mut client = app.client.clone();
+    let mut req = request(
+        "sandbox",
+        PurgeKind::Url,
+        &["https://example.com/a.png", "https://example.com/b.css"],
+    );
+    req.labels.insert("team".into(), "web".into());
+    let created = client.create_purge(req).await.unwrap().into_inner();
+    assert_eq!(created.state(), PurgeState::Queued);
+    assert_eq!(created.labels["team"], "web");
+    assert_eq!(created.progress.unwrap().total, 2);
+    assert!(uuid::Uuid::parse_str(&created.id).is_ok_and(|u| u.get_version_num() == 7));
+
+    let mut stream = client
+        .watch_purge(pb::WatchPurgeRequest {
+            id: created.id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut versions = Vec::new();
+    let mut last = None;
+    while let Some(msg) = tokio::time::timeout(Duration::from_secs(10), stream.next())
+        .await
+        .expect("watch progresses")
+    {
+        let p = msg.expect("stream ends with OK");
+        versions.push(p.version);
+        last = Some(p);
+    }
+    let last = last.expect("at least the snapshot");
+    assert_eq!(last.state(), PurgeState::Succeeded, "{last:?}");
+    assert!(
+        versions.windows(2).all(|w| w[0] < w[1]),
+        "versions strictly increase: {versions:?}"
+    );
+    assert_eq!(last.progress.unwrap().succeeded, 2);
+    assert_eq!(last.tasks.len(), 1);
+    assert_eq!(last.tasks[0].target_count, 2);
+    assert!(last.finish_time.is_some());
+
+    // Watching a finished purge yields the snapshot and ends.
+    let mut again = client
+        .watch_purge(pb::WatchPurgeRequest { id: created.id })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        again.next().await.unwrap().unwrap().state(),
+        PurgeState::Succeeded
+    );
+    assert!(again.next().await.is_none());
+}
+
+#[tokio::test]
+async fn failing_targets_end_failed_and_are_listed() {
+    let app = spawn_app(config(
+        "[[providers]]\nname = \"sandbox\"\ntype = \"sandbox\"\ndelay = \"30ms\"\nfail_pattern = \"/broken/\"\n",
+    ))
+    .await;
+    let mut client = app.client.clone();
+    let created = client
+        .create_purge(request(
+            "sandbox",
+            PurgeKind::Url,
+            &[
+                "https://example.com/ok.png",
+                "https://example.com/broken/x.png",
+                "https://example.com/broken/y.png",
+            ],
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let done = wait_terminal(&client, &created.id, Duration::from_secs(10)).await;
+    assert_eq!(done.state(), PurgeState::Failed);
+    let mut failed: Vec<&str> = done.failures.iter().map(|f| f.target.as_str()).collect();
+    failed.sort();
+    assert_eq!(
+        failed,
+        [
+            "https://example.com/broken/x.png",
+            "https://example.com/broken/y.png"
+        ]
+    );
+    assert!(
+        done.failures
+            .iter()
+            .all(|f| f.provider == "sandbox" && f.reason.contains("fail_pattern"))
+    );
+    assert_eq!(done.progress.unwrap().succeeded, 1);
+    assert_eq!(done.error, "2 of 3 targets failed");
+}
+
+#[tokio::test]
+async fn groups_fan_out_to_every_member() {
+    let app = spawn_app(config(
+        "[[providers]]\nname = \"a\"\ntype = \"sandbox\"\ndelay = \"10ms\"\n[[providers]]\nname = \"b\"\ntype = \"sandbox\"\ndelay = \"10ms\"\n[[groups]]\nname = \"both\"\nproviders = [\"a\", \"b\"]\n",
+    ))
+    .await;
+    let mut client = app.client.clone();
+    let created = client
+        .create_purge(request("both", PurgeKind::Host, &["www.example.com"]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(created.providers, ["a", "b"]);
+    let done = wait_terminal(&client, &created.id, Duration::from_secs(10)).await;
+    assert_eq!(done.state(), PurgeState::Succeeded);
+    assert_eq!(done.progress.unwrap().total, 2);
+    assert_eq!(app.registry.sandbox("a").unwrap().calls().len(), 1);
+    assert_eq!(app.registry.sandbox("b").unwrap().calls().len(), 1);
+}
+
+#[tokio::test]
+async fn idempotency_keys_return_the_same_purge_or_conflict() {
+    let app = spawn_app(sandbox_config()).await;
+    let mut client = app.client.clone();
+    let mut req = request("sandbox", PurgeKind::Url, &["https://example.com/a"]);
+    req.idempotency_key = "deploy-42".into();
+    let first = client.create_purge(req.clone()).await.unwrap().into_inner();
+    let done = wait_terminal(&client, &first.id, Duration::from_secs(10)).await;
+    // Same key and request after completion: the same purge, as it is now.
+    let again = client.create_purge(req.clone()).await.unwrap().into_inner();
+    assert_eq!(again.id, first.id);
+    assert_eq!(again.state(), done.state());
+
+    // The key also comes as metadata.
+    let mut via_metadata = tonic::Request::new(request(
+        "sandbox",
+        PurgeKind::Url,
+        &["https://example.com/a"],
+    ));
+    via_metadata
+        .metadata_mut()
+        .insert("idempotency-key", "deploy-42".parse().unwrap());
+    assert_eq!(
+        client
+            .create_purge(via_metadata)
+            .await
+            .unwrap()
+            .into_inner()
+            .id,
+        first.id
+    );
+
+    // Same key, different request.
+    let mut other = req.clone();
+    other.targets = vec!["https://example.com/b".into()];
+    let err = client.create_purge(other).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert_eq!(reason(&err), "IDEMPOTENCY_KEY_REUSED");
+
+    // Field and metadata disagree.
+    let mut both = tonic::Request::new(req);
+    both.metadata_mut()
+        .insert("idempotency-key", "other".parse().unwrap());
+    let err = client.create_purge(both).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert_eq!(violations(&err)[0].0, "idempotency_key");
+}
+
+#[tokio::test]
+async fn concurrent_creates_with_one_key_make_one_purge() {
+    let app = spawn_app(sandbox_config()).await;
+    let mut req = request("sandbox", PurgeKind::Url, &["https://example.com/c"]);
+    req.idempotency_key = "burst".into();
+    let calls = (0..50).map(|_| {
+        let mut c = app.client.clone();
+        let r = req.clone();
+        tokio::spawn(async move { c.create_purge(r).await.map(|p| p.into_inner().id) })
+    });
+    let ids: std::collections::HashSet<String> = futures::future::join_all(calls)
+        .await
+        .into_iter()
+        .map(|r| r.unwrap().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 1, "{ids:?}");
+}
+
+#[tokio::test]
+async fn unknown_and_malformed_ids() {
+    let app = spawn_app(sandbox_config()).await;
+    let mut client = app.client.clone();
+    let err = client
+        .get_purge(pb::GetPurgeRequest {
+            id: uuid::Uuid::now_v7().to_string(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    assert_eq!(reason(&err), "PURGE_NOT_FOUND");
+    let err = client
+        .get_purge(pb::GetPurgeRequest { id: "nope".into() })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert_eq!(violations(&err)[0].0, "id");
+    let err = client
+        .watch_purge(pb::WatchPurgeRequest {
+            id: uuid::Uuid::now_v7().to_string(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+}
+
+/// Each case: a request and the field violations it must produce.
+#[tokio::test]
+async fn bad_inputs_name_the_field_and_value() {
+    let app = spawn_app(config(
+        "[server]\nmax_targets = 5\n[[providers]]\nname = \"sandbox\"\ntype = \"sandbox\"\ndelay = \"10ms\"\n[[providers]]\nname = \"urls-only\"\ntype = \"sandbox\"\nkinds = [\"URL\"]\n",
+    ))
+    .await;
+    let mut client = app.client.clone();
+    let url = |t: &[&str]| request("sandbox", PurgeKind::Url, t);
+    let long = format!("https://example.com/{}", "a".repeat(3000));
+    let cases: Vec<(pb::CreatePurgeRequest, &[&str], &str)> = vec![
+        (url(&["example.com/a"]), &["targets[0]"], "absolute"),
+        (
+            url(&["https://example.com/ok", "ftp://example.com/x"]),
+            &["targets[1]"],
+            "ftp://",
+        ),
+        (
+            url(&["https://example.com/a b"]),
+            &["targets[0]"],
+            "whitespace",
+        ),
+        (
+            url(&["https://example.com/\u{1}"]),
+            &["targets[0]"],
+            "control",
+        ),
+        (url(&[long.as_str()]), &["targets[0]"], "at most 2048"),
+        (url(&[]), &["targets"], "at least one"),
+        (
+            url(&[
+                "https://e.com/1",
+                "https://e.com/2",
+                "https://e.com/3",
+                "https://e.com/4",
+                "https://e.com/5",
+                "https://e.com/6",
+            ]),
+            &["targets"],
+            "at most 5",
+        ),
+        (
+            request("sandbox", PurgeKind::Prefix, &["/relative/"]),
+            &["targets[0]"],
+            "absolute",
+        ),
+        (
+            request("sandbox", PurgeKind::Host, &["bad_host!"]),
+            &["targets[0]"],
+            "host name",
+        ),
+        (
+            request("sandbox", PurgeKind::Tag, &["two words"]),
+            &["targets[0]"],
+            "whitespace",
+        ),
+        (
+            request(
+                "sandbox",
+                PurgeKind::Wildcard,
+                &["https://example.com/no-star"],
+            ),
+            &["targets[0]"],
+            "`*`",
+        ),
+        (
+            request("sandbox", PurgeKind::Regex, &["https://example.com/(open"]),
+            &["targets[0]"],
+            "regular expression",
+        ),
+        (
+            request("sandbox", PurgeKind::All, &["https://example.com/"]),
+            &["targets"],
+            "must be empty",
+        ),
+        (
+            request("nowhere", PurgeKind::Url, &["https://example.com/a"]),
+            &["provider"],
+            "\"nowhere\"",
+        ),
+        (
+            request("", PurgeKind::Url, &["https://example.com/a"]),
+            &["provider"],
+            "required",
+        ),
+        (
+            request("urls-only", PurgeKind::Url, &["https://example.com/a"]),
+            &[],
+            "",
+        ),
+        (
+            request("urls-only", PurgeKind::Tag, &["t1"]),
+            &["kind"],
+            "cannot purge TAG; it supports URL",
+        ),
+        (
+            request(
+                "sandbox",
+                PurgeKind::Unspecified,
+                &["https://example.com/a"],
+            ),
+            &["kind"],
+            "not a purge kind",
+        ),
+        (
+            pb::CreatePurgeRequest {
+                kind: 99,
+                ..url(&["https://example.com/a"])
+            },
+            &["kind"],
+            "99",
+        ),
+        (
+            pb::CreatePurgeRequest {
+                action: 7,
+                ..url(&["https://example.com/a"])
+            },
+            &["action"],
+            "7",
+        ),
+        (
+            pb::CreatePurgeRequest {
+                hosts: vec!["a.com".into()],
+                ..url(&["https://example.com/a"])
+            },
+            &["hosts"],
+            "TAG",
+        ),
+        (
+            pb::CreatePurgeRequest {
+                labels: [("Bad Key".to_string(), "v".to_string())].into(),
+                ..url(&["https://example.com/a"])
+            },
+            &["labels[\"Bad Key\"]"],
+            "keys",
+        ),
+        (
+            pb::CreatePurgeRequest {
+                idempotency_key: "has space".into(),
+                ..url(&["https://example.com/a"])
+            },
+            &["idempotency_key"],
+            "printable",
+        ),
+    ];
+    for (req, fields, needle) in cases {
+        let shown = format!("{req:?}");
+        let result = client.create_purge(req).await;
+        if fields.is_empty() {
+            assert!(result.is_ok(), "{shown} should be accepted: {result:?}");
+            continue;
+        }
+        let err = result.expect_err(&shown);
+        assert_eq!(err.code(), Code::InvalidArgument, "{shown}");
+        assert_eq!(reason(&err), "INVALID_ARGUMENT");
+        let got = violations(&err);
+        let names: Vec<&str> = got.iter().map(|(f, _)| f.as_str()).collect();
+        assert_eq!(names, fields, "{shown}: {got:?}");
+        assert!(
+            got[0].1.contains(needle),
+            "{shown}: {:?} should mention {needle:?}",
+            got[0].1
+        );
+    }
+    // Several bad targets: one violation each, with its index.
+    let err = client
+        .create_purge(url(&["x", "https://example.com/fine", "y"]))
+        .await
+        .unwrap_err();
+    let names: Vec<String> = violations(&err).into_iter().map(|(f, _)| f).collect();
+    assert_eq!(names, ["targets[0]", "targets[2]"]);
+    // And the server keeps serving.
+    let ok = client
+        .create_purge(url(&["https://example.com/still-fine"]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        wait_terminal(&client, &ok.id, Duration::from_secs(10))
+            .await
+            .state(),
+        PurgeState::Succeeded
+    );
+}
+
+#[tokio::test]
+async fn a_caller_over_its_rate_gets_resource_exhausted() {
+    let app = spawn_app(config(
+        "[[providers]]\nname = \"sandbox\"\ntype = \"sandbox\"\n[server]\ncaller_rate = { count = 2, per = \"1m\" }\n",
+    ))
+    .await;
+    let mut client = app.client.clone();
+    // The caller rate: the third create within a minute is refused with RetryInfo.
+    for _ in 0..2 {
+        client
+            .create_purge(request("sandbox", PurgeKind::Host, &["a.example.com"]))
+            .await
+            .unwrap();
+    }
+    let err = client
+        .create_purge(request("sandbox", PurgeKind::Host, &["a.example.com"]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted);
+    assert_eq!(reason(&err), "CALLER_RATE_EXCEEDED");
+    use tonic_types::StatusExt;
+    let details = err.get_error_details();
+    assert!(
+        details
+            .retry_info()
+            .and_then(|r| r.retry_delay)
+            .is_some_and(|d| d > Duration::ZERO)
+    );
+    assert!(details.quota_failure().is_some());
+}

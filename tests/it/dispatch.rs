@@ -1,0 +1,107 @@
+//! The dispatcher seen from outside: batching, duplicate folding, and the provider budget.
+
+use std::time::{Duration, SystemTime};
+
+use purge_service::pb::{PurgeKind, PurgeState};
+
+use crate::support::{Client, config, request, spawn_app, wait_terminal};
+
+async fn create_all(client: &Client, targets: Vec<String>) -> Vec<String> {
+    let calls = targets.into_iter().map(|t| {
+        let mut c = client.clone();
+        tokio::spawn(async move {
+            c.create_purge(request("sandbox", PurgeKind::Url, &[t.as_str()]))
+                .await
+                .map(|p| p.into_inner().id)
+        })
+    });
+    futures::future::join_all(calls)
+        .await
+        .into_iter()
+        .map(|r| r.unwrap().unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn single_url_creates_are_packed_into_few_batches_within_the_cap() {
+    let app = spawn_app(config(
+        "[dispatch]\nlinger = \"1s\"\n[[providers]]\nname = \"sandbox\"\ntype = \"sandbox\"\ndelay = \"20ms\"\nmax_per_call = 50\n",
+    ))
+    .await;
+    let targets: Vec<String> = (0..200)
+        .map(|i| format!("https://example.com/item/{i}"))
+        .collect();
+    let ids = create_all(&app.client, targets).await;
+    for id in &ids {
+        let p = wait_terminal(&app.client, id, Duration::from_secs(20)).await;
+        assert_eq!(p.state(), PurgeState::Succeeded);
+    }
+    let calls = app.registry.sandbox("sandbox").unwrap().calls();
+    let sizes: Vec<usize> = calls.iter().map(|c| c.targets.len()).collect();
+    assert!(
+        sizes.iter().all(|&n| n <= 50),
+        "a batch above the cap: {sizes:?}"
+    );
+    assert_eq!(sizes.iter().sum::<usize>(), 200, "{sizes:?}");
+    assert!(
+        calls.len() <= 6,
+        "200 creates in one linger window should need 4 calls, got {sizes:?}"
+    );
+}
+
+#[tokio::test]
+async fn identical_waiting_targets_are_sent_once_and_credited_to_all() {
+    let app = spawn_app(config(
+        "[dispatch]\nlinger = \"2s\"\n[[providers]]\nname = \"sandbox\"\ntype = \"sandbox\"\ndelay = \"20ms\"\nmax_per_call = 500\n",
+    ))
+    .await;
+    let mut targets = vec!["https://example.com/shared.css".to_string(); 40];
+    targets.extend((0..10).map(|i| format!("https://example.com/own/{i}")));
+    let ids = create_all(&app.client, targets).await;
+    for id in &ids {
+        let p = wait_terminal(&app.client, id, Duration::from_secs(20)).await;
+        assert_eq!(p.state(), PurgeState::Succeeded, "{p:?}");
+        assert_eq!(p.tasks.len(), 1);
+    }
+    let calls = app.registry.sandbox("sandbox").unwrap().calls();
+    let sent: Vec<&String> = calls.iter().flat_map(|c| &c.targets).collect();
+    let shared = sent.iter().filter(|t| t.ends_with("shared.css")).count();
+    assert_eq!(
+        shared,
+        1,
+        "the shared target went out {shared} times in {} calls",
+        calls.len()
+    );
+    assert_eq!(sent.len(), 11);
+}
+
+#[tokio::test]
+async fn the_provider_budget_is_never_exceeded() {
+    const N: usize = 5;
+    let app = spawn_app(config(
+        "[dispatch]\nlinger = \"5ms\"\n[[providers]]\nname = \"sandbox\"\ntype = \"sandbox\"\ndelay = \"10ms\"\nmax_per_call = 1\nrate = { count = 5, per = \"1s\" }\n",
+    ))
+    .await;
+    let targets: Vec<String> = (0..16)
+        .map(|i| format!("https://example.com/r/{i}"))
+        .collect();
+    let ids = create_all(&app.client, targets).await;
+    for id in &ids {
+        let p = wait_terminal(&app.client, id, Duration::from_secs(30)).await;
+        assert_eq!(p.state(), PurgeState::Succeeded, "{p:?}");
+    }
+    let calls = app.registry.sandbox("sandbox").unwrap().calls();
+    assert!(
+        calls.iter().all(|c| !c.throttled),
+        "the sandbox throttled a call"
+    );
+    assert_eq!(calls.len(), 16);
+    let times: Vec<SystemTime> = calls.iter().map(|c| c.at).collect();
+    for (i, start) in times.iter().enumerate() {
+        let in_window = times[i..]
+            .iter()
+            .take_while(|t| t.duration_since(*start).unwrap_or_default() < Duration::from_secs(1))
+            .count();
+        assert!(in_window <= N, "{in_window} calls within 1 s from call {i}");
+    }
+}
