@@ -53,7 +53,10 @@ impl Backends {
             Backend::Memory => {
                 let queue = MemoryQueue::default();
                 Ok(Backends {
-                    store: Arc::new(MemoryStore::new(queue.clone())),
+                    store: Arc::new(MemoryStore::new(
+                        queue.clone(),
+                        config.server.record_retention,
+                    )),
                     queue: Arc::new(queue),
                     limiter: Arc::new(MemoryLimiter::default()),
                 })

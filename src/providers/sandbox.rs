@@ -82,6 +82,9 @@ struct State {
     polls: u64,
 }
 
+/// Calls remembered for `calls()`; older ones are forgotten so a long run stays small.
+const CALL_HISTORY: usize = 100_000;
+
 struct SimTask {
     targets: Vec<String>,
     done_at: SystemTime,
@@ -170,6 +173,9 @@ impl Provider for Sandbox {
             }
             state.recent.push_back(now);
         }
+        if state.calls.len() >= CALL_HISTORY {
+            state.calls.drain(..CALL_HISTORY / 2);
+        }
         state.calls.push(call);
         if batch.targets.len() > self.inner.settings.max_per_call {
             return Err(ProviderError::BatchTooLarge {
@@ -210,13 +216,16 @@ impl Provider for Sandbox {
                     reason: format!("sandbox: unknown task {}", q.task_id),
                 },
                 Some(t) if t.done_at > now => TaskProgress::Running,
-                Some(t) => TaskProgress::Finished {
-                    failed: t
-                        .targets
-                        .iter()
-                        .filter_map(|tg| self.failure(tg).map(|r| (tg.clone(), r)))
-                        .collect(),
-                },
+                Some(_) => {
+                    let t = state.tasks.remove(&q.task_id).expect("task exists");
+                    TaskProgress::Finished {
+                        failed: t
+                            .targets
+                            .iter()
+                            .filter_map(|tg| self.failure(tg).map(|r| (tg.clone(), r)))
+                            .collect(),
+                    }
+                }
             };
             out.push((q.task_id.clone(), progress));
         }

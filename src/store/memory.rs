@@ -1,8 +1,8 @@
 //! In-process store for a single replica: the default when no Redis is configured.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use tokio::sync::broadcast;
@@ -20,12 +20,36 @@ struct Inner {
     state: Mutex<State>,
     queue: MemoryQueue,
     events: broadcast::Sender<String>,
+    retention: Duration,
 }
 
 #[derive(Default)]
 struct State {
     purges: HashMap<String, PurgeRecord>,
+    /// Purge ids oldest first, for expiring finished records after the retention.
+    created: VecDeque<(Instant, String)>,
     keys: HashMap<String, KeyEntry>,
+}
+
+impl State {
+    /// Forgets finished purges created more than `retention` ago, and expired keys.
+    fn expire(&mut self, now: Instant, retention: Duration) {
+        while let Some((at, _)) = self.created.front() {
+            if now.duration_since(*at) < retention {
+                break;
+            }
+            let (_, id) = self.created.pop_front().expect("front exists");
+            match self.purges.get(&id) {
+                Some(r) if !r.state.is_terminal() => self.created.push_back((now, id)),
+                _ => {
+                    self.purges.remove(&id);
+                }
+            }
+        }
+        if self.keys.len() > 1024 && self.created.len() % 1024 == 0 {
+            self.keys.retain(|_, e| e.expires > now);
+        }
+    }
 }
 
 struct KeyEntry {
@@ -35,14 +59,15 @@ struct KeyEntry {
 }
 
 impl MemoryStore {
-    /// A store that enqueues created work on `queue`.
-    pub fn new(queue: MemoryQueue) -> MemoryStore {
+    /// A store that enqueues created work on `queue` and keeps finished purges `retention`.
+    pub fn new(queue: MemoryQueue, retention: Duration) -> MemoryStore {
         let (events, _) = broadcast::channel(4096);
         MemoryStore {
             inner: Arc::new(Inner {
                 state: Mutex::new(State::default()),
                 queue,
                 events,
+                retention,
             }),
         }
     }
@@ -74,7 +99,6 @@ impl Store for MemoryStore {
                     return Ok(CreateOutcome::Existing(existing.clone()));
                 }
             }
-            state.keys.retain(|_, e| e.expires > now);
             state.keys.insert(
                 claim.scope.clone(),
                 KeyEntry {
@@ -84,6 +108,8 @@ impl Store for MemoryStore {
                 },
             );
         }
+        state.expire(now, self.inner.retention);
+        state.created.push_back((now, record.id.clone()));
         state.purges.insert(record.id.clone(), record.clone());
         drop(state);
         self.inner.queue.enqueue(work);
