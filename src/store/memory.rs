@@ -46,7 +46,7 @@ impl State {
                 }
             }
         }
-        if self.keys.len() > 1024 && self.created.len() % 1024 == 0 {
+        if self.keys.len() > 1024 && self.created.len().is_multiple_of(1024) {
             self.keys.retain(|_, e| e.expires > now);
         }
     }
