@@ -90,6 +90,7 @@ impl App {
         let http = build::http_client()?;
         let registry = build::registry(&config, &http)?;
         let hub = WatchHub::default();
+        let callers = crate::core::Callers::from_config(&config.callers)?;
         let closing = CancellationToken::new();
         let settings = CoreSettings {
             limits: Limits {
@@ -105,6 +106,7 @@ impl App {
             backends.limiter.clone(),
             registry.clone(),
             hub.clone(),
+            callers,
             settings,
             closing.clone(),
         );
@@ -211,7 +213,15 @@ impl App {
 }
 
 /// The tower layers every call passes, outermost first.
-fn layered(builder: Server, config: &Config) -> Server {
+fn layered(
+    builder: Server,
+    config: &Config,
+) -> Server<
+    tower::layer::util::Stack<
+        tower::limit::GlobalConcurrencyLimitLayer,
+        tower::layer::util::Identity,
+    >,
+> {
     builder
         // Bound how long a unary call may take; streams are bounded only until their headers.
         .timeout(config.server.request_timeout)
@@ -219,6 +229,10 @@ fn layered(builder: Server, config: &Config) -> Server {
         .concurrency_limit_per_connection(256)
         // Keep idle clients' connections healthy through proxies.
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        // Bound the calls served at once across all connections; more wait for a slot.
+        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
+            config.server.max_concurrent_requests,
+        ))
 }
 
 /// Reports SERVING while the state backend answers, NOT_SERVING while it does not.

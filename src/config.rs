@@ -41,6 +41,9 @@ pub struct Config {
     pub providers: Vec<ProviderConfig>,
     #[serde(default)]
     pub groups: Vec<GroupConfig>,
+    /// Callers and their bearer tokens; with none, every call is anonymous and allowed.
+    #[serde(default)]
+    pub callers: Vec<CallerConfig>,
 }
 
 impl Default for Config {
@@ -52,6 +55,7 @@ impl Default for Config {
             telemetry: TelemetryConfig::default(),
             providers: default_providers(),
             groups: Vec::new(),
+            callers: Vec::new(),
         }
     }
 }
@@ -243,6 +247,25 @@ pub struct GroupConfig {
     pub providers: Vec<String>,
 }
 
+/// A caller: its name, where its bearer token comes from, and what it may purge.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CallerConfig {
+    pub name: String,
+    pub token_env: Option<String>,
+    pub token_file: Option<PathBuf>,
+    /// Providers or groups it may use; all when absent.
+    pub providers: Option<Vec<String>>,
+    /// Hosts it may purge (`example.com`, or `.example.com` for subdomains); all when absent.
+    pub hosts: Option<Vec<String>>,
+}
+
+impl CallerConfig {
+    pub fn resolve_token(&self, what: &str) -> Result<SecretString, ConfigError> {
+        SecretRef::new(self.token_env.clone(), self.token_file.clone()).resolve(what)
+    }
+}
+
 /// Where a secret comes from: an environment variable or a file, never the config itself.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct SecretRef {
@@ -336,6 +359,23 @@ impl Config {
                 .find(|m| !self.providers.iter().any(|p| &p.name == *m))
             {
                 return invalid(format!("groups.{}: unknown provider {m:?}", g.name));
+            }
+        }
+        let mut callers = std::collections::HashSet::new();
+        for c in &self.callers {
+            if !callers.insert(c.name.as_str()) {
+                return invalid(format!("callers: duplicate name {:?}", c.name));
+            }
+            if let Some(p) = c
+                .providers
+                .iter()
+                .flatten()
+                .find(|p| !names.contains(p.as_str()))
+            {
+                return invalid(format!(
+                    "callers.{}.providers: unknown provider or group {p:?}",
+                    c.name
+                ));
             }
         }
         if self.store.backend == Backend::Redis

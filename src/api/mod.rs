@@ -23,6 +23,15 @@ impl PurgeApi {
     }
 }
 
+/// The caller the `authorization` metadata names.
+fn caller<T>(core: &PurgeCore, req: &Request<T>) -> Result<Caller, Status> {
+    let header = req
+        .metadata()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok());
+    core.authenticate(header).map_err(status::from_error)
+}
+
 /// The `idempotency-key` metadata, if the caller sent one.
 fn metadata_key<T>(req: &Request<T>) -> Option<String> {
     req.metadata().get("idempotency-key").map(|v| {
@@ -39,11 +48,12 @@ impl PurgeService for PurgeApi {
         &self,
         request: Request<pb::CreatePurgeRequest>,
     ) -> Result<Response<pb::Purge>, Status> {
+        let caller = caller(&self.core, &request)?;
         let key = metadata_key(&request);
         let req = convert::create_request(request.into_inner(), key);
         let purge = self
             .core
-            .create(&Caller::anonymous(), req)
+            .create(&caller, req)
             .await
             .map_err(status::from_error)?;
         tracing::Span::current().record("purge_id", purge.id.as_str());
@@ -55,9 +65,10 @@ impl PurgeService for PurgeApi {
         &self,
         request: Request<pb::GetPurgeRequest>,
     ) -> Result<Response<pb::Purge>, Status> {
+        let caller = caller(&self.core, &request)?;
         let purge = self
             .core
-            .get(&request.get_ref().id)
+            .get(&caller, &request.get_ref().id)
             .await
             .map_err(status::from_error)?;
         Ok(Response::new(convert::purge(&purge)))
@@ -70,9 +81,10 @@ impl PurgeService for PurgeApi {
         &self,
         request: Request<pb::WatchPurgeRequest>,
     ) -> Result<Response<Self::WatchPurgeStream>, Status> {
+        let caller = caller(&self.core, &request)?;
         let updates = self
             .core
-            .watch(&request.get_ref().id)
+            .watch(&caller, &request.get_ref().id)
             .await
             .map_err(status::from_error)?;
         let stream = ReceiverStream::new(updates)

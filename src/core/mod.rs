@@ -1,11 +1,13 @@
 //! The domain: validation, planning and the purge use cases, independent of gRPC and storage.
 
+pub mod auth;
 pub mod error;
 pub mod model;
 pub mod service;
 pub mod validate;
 pub mod watch;
 
+pub use auth::{Caller, Callers};
 pub use error::{Error, FieldViolation};
-pub use service::{Caller, PurgeCore};
+pub use service::PurgeCore;
 pub use validate::CreateRequest;

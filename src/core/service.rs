@@ -7,6 +7,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use super::auth::{Caller, Callers};
 use super::error::{Error, FieldViolation};
 use super::model::PurgeRecord;
 use super::validate::{CreateRequest, Limits, validate};
@@ -15,16 +16,6 @@ use crate::core::model::WorkItem;
 use crate::limiter::{Charge, Decision, Limit, Limiter, Rate};
 use crate::providers::Registry;
 use crate::store::{CreateOutcome, IdempotencyClaim, Store};
-
-/// Who is calling; scopes idempotency keys and caller rates.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Caller(pub String);
-
-impl Caller {
-    pub fn anonymous() -> Caller {
-        Caller("anonymous".into())
-    }
-}
 
 /// Settings of the use cases, from the server configuration.
 #[derive(Clone, Debug)]
@@ -46,6 +37,7 @@ struct Inner {
     limiter: Arc<dyn Limiter>,
     registry: Registry,
     hub: WatchHub,
+    callers: Callers,
     settings: CoreSettings,
     /// Cancelled at shutdown: open watches end with UNAVAILABLE.
     closing: CancellationToken,
@@ -57,6 +49,7 @@ impl PurgeCore {
         limiter: Arc<dyn Limiter>,
         registry: Registry,
         hub: WatchHub,
+        callers: Callers,
         settings: CoreSettings,
         closing: CancellationToken,
     ) -> PurgeCore {
@@ -66,6 +59,7 @@ impl PurgeCore {
                 limiter,
                 registry,
                 hub,
+                callers,
                 settings,
                 closing,
             }),
@@ -76,10 +70,16 @@ impl PurgeCore {
         &self.inner.registry
     }
 
+    /// The caller an `authorization` header names.
+    pub fn authenticate(&self, authorization: Option<&str>) -> Result<Caller, Error> {
+        self.inner.callers.authenticate(authorization)
+    }
+
     /// Validates, checks quotas and the caller's rate, then records and enqueues in one step.
     pub async fn create(&self, caller: &Caller, req: CreateRequest) -> Result<PurgeRecord, Error> {
         let inner = &self.inner;
         let spec = validate(req, &inner.registry, inner.settings.limits)?;
+        caller.authorize(&spec)?;
         for name in &spec.providers {
             let handle = inner.registry.get(name).expect("resolved provider exists");
             let remaining = handle.known_quota(spec.kind).remaining;
@@ -93,7 +93,7 @@ impl PurgeCore {
         }
         if let Some(rate) = inner.settings.caller_rate {
             let charge = Charge {
-                key: format!("caller:{}", caller.0),
+                key: format!("caller:{}", caller.name),
                 limit: Limit::Gcra {
                     rate,
                     burst: rate.count,
@@ -104,7 +104,7 @@ impl PurgeCore {
                 Decision::Granted => {}
                 Decision::Wait(retry_after) | Decision::Exhausted(retry_after) => {
                     return Err(Error::CallerRateLimited {
-                        caller: caller.0.clone(),
+                        caller: caller.name.clone(),
                         limit: rate,
                         retry_after,
                     });
@@ -113,7 +113,7 @@ impl PurgeCore {
         }
         let id = uuid::Uuid::now_v7().to_string();
         let claim = spec.idempotency_key.as_ref().map(|key| IdempotencyClaim {
-            scope: format!("{}\u{1f}{key}", caller.0),
+            scope: format!("{}\u{1f}{key}", caller.name),
             fingerprint: spec.fingerprint(),
             retention: inner.settings.idempotency_retention,
         });
@@ -126,7 +126,7 @@ impl PurgeCore {
             })
             .collect();
         let key = spec.idempotency_key.clone();
-        let record = PurgeRecord::new(id, caller.0.clone(), spec, chrono::Utc::now());
+        let record = PurgeRecord::new(id, caller.name.clone(), spec, chrono::Utc::now());
         match inner.store.create(record, claim, work).await? {
             CreateOutcome::Created(r) => {
                 tracing::info!(purge_id = %r.id, kind = %r.spec.kind, targets = r.units.len(), "purge accepted");
@@ -140,7 +140,7 @@ impl PurgeCore {
         }
     }
 
-    pub async fn get(&self, id: &str) -> Result<PurgeRecord, Error> {
+    pub async fn get(&self, caller: &Caller, id: &str) -> Result<PurgeRecord, Error> {
         if uuid::Uuid::parse_str(id).is_err() {
             return Err(Error::InvalidArgument(vec![FieldViolation::new(
                 "id",
@@ -151,6 +151,7 @@ impl PurgeCore {
             .store
             .get(id)
             .await?
+            .filter(|r| caller.may_read(r))
             .ok_or_else(|| Error::NotFound { id: id.to_owned() })
     }
 
@@ -158,10 +159,11 @@ impl PurgeCore {
     /// shutdown the stream's last item is `Error::ShuttingDown`.
     pub async fn watch(
         &self,
+        caller: &Caller,
         id: &str,
     ) -> Result<mpsc::Receiver<Result<PurgeRecord, Error>>, Error> {
         let mut changes = self.inner.hub.subscribe(id);
-        let first = self.get(id).await?;
+        let first = self.get(caller, id).await?;
         let (tx, rx) = mpsc::channel(4);
         let core = self.clone();
         let id = id.to_owned();

@@ -435,3 +435,88 @@ async fn a_caller_over_its_rate_gets_resource_exhausted() {
     );
     assert!(details.quota_failure().is_some());
 }
+
+#[tokio::test]
+async fn callers_need_a_token_and_stay_within_their_providers_and_hosts() {
+    let dir = tempfile::tempdir().unwrap();
+    let web = dir.path().join("web.token");
+    let ops = dir.path().join("ops.token");
+    std::fs::write(&web, "web-secret-token\n").unwrap();
+    std::fs::write(&ops, "ops-secret-token").unwrap();
+    let app = spawn_app(config(&format!(
+        "[[providers]]\nname = \"sandbox\"\ntype = \"sandbox\"\ndelay = \"10ms\"\n[[providers]]\nname = \"other\"\ntype = \"sandbox\"\n\
+         [[callers]]\nname = \"web\"\ntoken_file = {web:?}\nproviders = [\"sandbox\"]\nhosts = [\"www.example.com\", \".static.example.com\"]\n\
+         [[callers]]\nname = \"ops\"\ntoken_file = {ops:?}\n"
+    )))
+    .await;
+    let mut client = app.client.clone();
+    let with_token = |token: &str, req: pb::CreatePurgeRequest| {
+        let mut r = tonic::Request::new(req);
+        r.metadata_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+        r
+    };
+    let ok = request(
+        "sandbox",
+        PurgeKind::Url,
+        &[
+            "https://www.example.com/a",
+            "https://img.static.example.com/b",
+        ],
+    );
+
+    let err = client.create_purge(ok.clone()).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+    let err = client
+        .create_purge(with_token("wrong", ok.clone()))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+    assert!(!err.message().contains("web-secret-token"));
+
+    let created = client
+        .create_purge(with_token("web-secret-token", ok.clone()))
+        .await
+        .unwrap()
+        .into_inner();
+    let cases = [
+        request("other", PurgeKind::Url, &["https://www.example.com/a"]),
+        request("sandbox", PurgeKind::Url, &["https://evil.example.net/a"]),
+        request("sandbox", PurgeKind::All, &[]),
+    ];
+    for req in cases {
+        let err = client
+            .create_purge(with_token("web-secret-token", req))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+        assert_eq!(reason(&err), "PERMISSION_DENIED");
+    }
+    // Idempotency and reads are scoped to the caller: another caller does not see web's purge.
+    let mut get = tonic::Request::new(pb::GetPurgeRequest {
+        id: created.id.clone(),
+    });
+    get.metadata_mut()
+        .insert("authorization", "Bearer ops-secret-token".parse().unwrap());
+    assert_eq!(
+        client.get_purge(get).await.unwrap_err().code(),
+        Code::NotFound
+    );
+    let mut get = tonic::Request::new(pb::GetPurgeRequest {
+        id: created.id.clone(),
+    });
+    get.metadata_mut()
+        .insert("authorization", "Bearer web-secret-token".parse().unwrap());
+    assert_eq!(
+        client.get_purge(get).await.unwrap().into_inner().id,
+        created.id
+    );
+    // ops may do anything.
+    client
+        .create_purge(with_token(
+            "ops-secret-token",
+            request("other", PurgeKind::All, &[]),
+        ))
+        .await
+        .unwrap();
+}

@@ -1,0 +1,174 @@
+//! Callers: bearer tokens mapped to a caller name and what that caller may purge. With no
+//! callers configured every request is the anonymous caller, allowed everything.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
+
+use super::error::Error;
+use super::model::{PurgeKind, PurgeRecord, PurgeSpec};
+use crate::config::{CallerConfig, ConfigError};
+
+/// What one configured caller may do.
+#[derive(Debug)]
+struct Policy {
+    /// Provider or group names it may name; `None`: any.
+    providers: Option<HashSet<String>>,
+    /// Hosts it may purge: `example.com` exactly, `.example.com` any subdomain; `None`: any.
+    hosts: Option<Vec<String>>,
+}
+
+/// Who is calling; scopes idempotency keys, caller rates and which purges it can read.
+#[derive(Clone, Debug)]
+pub struct Caller {
+    pub name: String,
+    policy: Option<Arc<Policy>>,
+}
+
+impl PartialEq for Caller {
+    fn eq(&self, other: &Caller) -> bool {
+        self.name == other.name
+    }
+}
+
+impl Caller {
+    pub fn anonymous() -> Caller {
+        Caller {
+            name: "anonymous".into(),
+            policy: None,
+        }
+    }
+
+    /// Whether this caller may run `spec`; the error says what it may not touch.
+    pub fn authorize(&self, spec: &PurgeSpec) -> Result<(), Error> {
+        let Some(policy) = &self.policy else {
+            return Ok(());
+        };
+        if let Some(providers) = &policy.providers
+            && !providers.contains(&spec.provider)
+            && !spec.providers.iter().all(|p| providers.contains(p))
+        {
+            return Err(Error::PermissionDenied(format!(
+                "caller {:?} may not use provider {:?}",
+                self.name, spec.provider
+            )));
+        }
+        let Some(allowed) = &policy.hosts else {
+            return Ok(());
+        };
+        let hosts: Vec<String> = match spec.kind {
+            PurgeKind::All | PurgeKind::Regex => {
+                return Err(Error::PermissionDenied(format!(
+                    "caller {:?} is limited to some hosts and may not run {} purges",
+                    self.name, spec.kind
+                )));
+            }
+            PurgeKind::Tag if spec.hosts.is_empty() => {
+                return Err(Error::PermissionDenied(format!(
+                    "caller {:?} is limited to some hosts: TAG purges must name their hosts",
+                    self.name
+                )));
+            }
+            PurgeKind::Tag => spec.hosts.clone(),
+            PurgeKind::Host => spec.targets.clone(),
+            PurgeKind::Url | PurgeKind::Prefix | PurgeKind::Wildcard => spec
+                .targets
+                .iter()
+                .map(|t| {
+                    url::Url::parse(t)
+                        .ok()
+                        .and_then(|u| u.host_str().map(str::to_owned))
+                        .unwrap_or_default()
+                })
+                .collect(),
+        };
+        match hosts.iter().find(|h| !host_allowed(allowed, h)) {
+            Some(h) => Err(Error::PermissionDenied(format!(
+                "caller {:?} may not purge host {h:?}",
+                self.name
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// A caller reads only its own purges when callers are configured.
+    pub fn may_read(&self, record: &PurgeRecord) -> bool {
+        self.policy.is_none() || record.caller == self.name
+    }
+}
+
+fn host_allowed(allowed: &[String], host: &str) -> bool {
+    let host = host.trim_end_matches('.').to_ascii_lowercase();
+    allowed.iter().any(|a| match a.strip_prefix('.') {
+        Some(suffix) => host.ends_with(&format!(".{suffix}")),
+        None => a == "*" || *a == host,
+    })
+}
+
+/// The configured callers by the SHA-256 of their token.
+#[derive(Clone, Default)]
+pub struct Callers {
+    by_token: Arc<HashMap<[u8; 32], Caller>>,
+}
+
+impl Callers {
+    pub fn from_config(configs: &[CallerConfig]) -> Result<Callers, ConfigError> {
+        let mut by_token = HashMap::new();
+        for c in configs {
+            let token = c.resolve_token(&format!("callers.{}.token", c.name))?;
+            let digest: [u8; 32] =
+                Sha256::digest(secrecy::ExposeSecret::expose_secret(&token).as_bytes()).into();
+            let caller = Caller {
+                name: c.name.clone(),
+                policy: Some(Arc::new(Policy {
+                    providers: c.providers.as_ref().map(|p| p.iter().cloned().collect()),
+                    hosts: c
+                        .hosts
+                        .as_ref()
+                        .map(|h| h.iter().map(|h| h.to_ascii_lowercase()).collect()),
+                })),
+            };
+            if by_token.insert(digest, caller).is_some() {
+                return Err(ConfigError::Invalid(format!(
+                    "callers.{}: token shared with another caller",
+                    c.name
+                )));
+            }
+        }
+        Ok(Callers {
+            by_token: Arc::new(by_token),
+        })
+    }
+
+    /// The caller an `authorization` header names (`Bearer <token>`).
+    pub fn authenticate(&self, authorization: Option<&str>) -> Result<Caller, Error> {
+        if self.by_token.is_empty() {
+            return Ok(Caller::anonymous());
+        }
+        let token = authorization
+            .and_then(|h| h.strip_prefix("Bearer "))
+            .ok_or_else(|| Error::Unauthenticated("send `authorization: Bearer <token>`".into()))?;
+        let digest: [u8; 32] = Sha256::digest(token.trim().as_bytes()).into();
+        self.by_token
+            .get(&digest)
+            .cloned()
+            .ok_or_else(|| Error::Unauthenticated("unknown token".into()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts_match_exactly_or_by_subdomain() {
+        let allowed = vec!["example.com".to_string(), ".cdn.example.org".to_string()];
+        assert!(host_allowed(&allowed, "example.com"));
+        assert!(host_allowed(&allowed, "EXAMPLE.com."));
+        assert!(!host_allowed(&allowed, "www.example.com"));
+        assert!(host_allowed(&allowed, "img.cdn.example.org"));
+        assert!(!host_allowed(&allowed, "cdn.example.org"));
+        assert!(!host_allowed(&allowed, "evilcdn.example.org"));
+    }
+}
