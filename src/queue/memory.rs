@@ -84,7 +84,10 @@ impl Queue for MemoryQueue {
     ) -> Result<Vec<Delivery>, StoreError> {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
+            // Registered before looking, so an enqueue in between is not missed.
             let arrived = self.inner.arrived.notified();
+            tokio::pin!(arrived);
+            arrived.as_mut().enable();
             let taken = self.take(provider, consumer, max);
             if !taken.is_empty() {
                 return Ok(taken);
