@@ -105,3 +105,53 @@ async fn the_provider_budget_is_never_exceeded() {
         assert!(in_window <= N, "{in_window} calls within 1 s from call {i}");
     }
 }
+
+/// The dispatcher believes it may send 100 calls/s; the CDN throttles above 2/s. Throttled
+/// calls are retried with backoff until every purge succeeds.
+#[tokio::test]
+async fn throttled_calls_are_retried_with_backoff() {
+    let app = spawn_app(config(
+        "[dispatch]\nlinger = \"5ms\"\n[[providers]]\nname = \"sandbox\"\ntype = \"sandbox\"\ndelay = \"10ms\"\nmax_per_call = 1\nrate = { count = 2, per = \"1s\" }\n[providers.limits]\nsubmit = [{ count = 100, per = \"1s\" }]\n",
+    ))
+    .await;
+    let targets: Vec<String> = (0..6)
+        .map(|i| format!("https://example.com/t/{i}"))
+        .collect();
+    let ids = create_all(&app.client, targets).await;
+    for id in &ids {
+        let p = wait_terminal(&app.client, id, Duration::from_secs(30)).await;
+        assert_eq!(p.state(), PurgeState::Succeeded, "{p:?}");
+    }
+    let calls = app.registry.sandbox("sandbox").unwrap().calls();
+    let throttled = calls.iter().filter(|c| c.throttled).count();
+    assert!(throttled > 0, "the test should provoke throttling");
+    assert_eq!(calls.len() - throttled, 6);
+}
+
+/// The dispatcher believes 20 targets fit one call; the CDN takes 5. Refused batches are
+/// split and resent until they fit.
+#[tokio::test]
+async fn a_batch_the_provider_finds_too_large_is_split() {
+    let app = spawn_app(config(
+        "[dispatch]\nlinger = \"200ms\"\n[[providers]]\nname = \"sandbox\"\ntype = \"sandbox\"\ndelay = \"10ms\"\nmax_per_call = 5\n[providers.limits.max_per_call]\nURL = 20\n",
+    ))
+    .await;
+    let many: Vec<String> = (0..20)
+        .map(|i| format!("https://example.com/s/{i}"))
+        .collect();
+    let refs: Vec<&str> = many.iter().map(String::as_str).collect();
+    let mut client = app.client.clone();
+    let created = client
+        .create_purge(request("sandbox", PurgeKind::Url, &refs))
+        .await
+        .unwrap()
+        .into_inner();
+    let p = wait_terminal(&app.client, &created.id, Duration::from_secs(20)).await;
+    assert_eq!(p.state(), PurgeState::Succeeded, "{p:?}");
+    let calls = app.registry.sandbox("sandbox").unwrap().calls();
+    let sizes: Vec<usize> = calls.iter().map(|c| c.targets.len()).collect();
+    assert_eq!(sizes.first(), Some(&20), "{sizes:?}");
+    let accepted: usize = sizes.iter().filter(|&&n| n <= 5).sum();
+    assert_eq!(accepted, 20, "{sizes:?}");
+    assert!(p.tasks.len() >= 4, "{:?}", p.tasks);
+}
