@@ -4,7 +4,9 @@ use std::time::{Duration, SystemTime};
 
 use purge_service::pb::{PurgeKind, PurgeState};
 
-use crate::support::{Client, config, request, spawn_app, wait_terminal};
+use purge_service::providers::sandbox::SandboxCall;
+
+use crate::support::{Client, TestApp, config, max_in_window, request, spawn_app, wait_terminal};
 
 async fn create_all(client: &Client, targets: Vec<String>) -> Vec<String> {
     let calls = targets.into_iter().map(|t| {
@@ -22,21 +24,25 @@ async fn create_all(client: &Client, targets: Vec<String>) -> Vec<String> {
         .collect()
 }
 
+/// Creates `n` single-URL purges at once, waits until each succeeds, returns the CDN's calls.
+async fn create_and_finish(app: &TestApp, path: &str, n: usize) -> Vec<SandboxCall> {
+    let targets = (0..n)
+        .map(|i| format!("https://example.com/{path}/{i}"))
+        .collect();
+    for id in create_all(&app.client, targets).await {
+        let p = wait_terminal(&app.client, &id, Duration::from_secs(30)).await;
+        assert_eq!(p.state(), PurgeState::Succeeded, "{p:?}");
+    }
+    app.registry.sandbox("sandbox").expect("sandbox").calls()
+}
+
 #[tokio::test]
 async fn single_url_creates_are_packed_into_few_batches_within_the_cap() {
     let app = spawn_app(config(
         "[dispatch]\nlinger = \"1s\"\n[[providers]]\nname = \"sandbox\"\ntype = \"sandbox\"\ndelay = \"20ms\"\nmax_per_call = 50\n",
     ))
     .await;
-    let targets: Vec<String> = (0..200)
-        .map(|i| format!("https://example.com/item/{i}"))
-        .collect();
-    let ids = create_all(&app.client, targets).await;
-    for id in &ids {
-        let p = wait_terminal(&app.client, id, Duration::from_secs(20)).await;
-        assert_eq!(p.state(), PurgeState::Succeeded);
-    }
-    let calls = app.registry.sandbox("sandbox").unwrap().calls();
+    let calls = create_and_finish(&app, "item", 200).await;
     let sizes: Vec<usize> = calls.iter().map(|c| c.targets.len()).collect();
     assert!(
         sizes.iter().all(|&n| n <= 50),
@@ -82,28 +88,15 @@ async fn the_provider_budget_is_never_exceeded() {
         "[dispatch]\nlinger = \"5ms\"\n[[providers]]\nname = \"sandbox\"\ntype = \"sandbox\"\ndelay = \"10ms\"\nmax_per_call = 1\nrate = { count = 5, per = \"1s\" }\n",
     ))
     .await;
-    let targets: Vec<String> = (0..16)
-        .map(|i| format!("https://example.com/r/{i}"))
-        .collect();
-    let ids = create_all(&app.client, targets).await;
-    for id in &ids {
-        let p = wait_terminal(&app.client, id, Duration::from_secs(30)).await;
-        assert_eq!(p.state(), PurgeState::Succeeded, "{p:?}");
-    }
-    let calls = app.registry.sandbox("sandbox").unwrap().calls();
+    let calls = create_and_finish(&app, "r", 16).await;
     assert!(
         calls.iter().all(|c| !c.throttled),
         "the sandbox throttled a call"
     );
     assert_eq!(calls.len(), 16);
     let times: Vec<SystemTime> = calls.iter().map(|c| c.at).collect();
-    for (i, start) in times.iter().enumerate() {
-        let in_window = times[i..]
-            .iter()
-            .take_while(|t| t.duration_since(*start).unwrap_or_default() < Duration::from_secs(1))
-            .count();
-        assert!(in_window <= N, "{in_window} calls within 1 s from call {i}");
-    }
+    let busiest = max_in_window(&times, Duration::from_secs(1));
+    assert!(busiest <= N, "{busiest} calls within 1 s");
 }
 
 /// The dispatcher believes it may send 100 calls/s; the CDN throttles above 2/s. Throttled
@@ -114,15 +107,7 @@ async fn throttled_calls_are_retried_with_backoff() {
         "[dispatch]\nlinger = \"5ms\"\n[[providers]]\nname = \"sandbox\"\ntype = \"sandbox\"\ndelay = \"10ms\"\nmax_per_call = 1\nrate = { count = 2, per = \"1s\" }\n[providers.limits]\nsubmit = [{ count = 100, per = \"1s\" }]\n",
     ))
     .await;
-    let targets: Vec<String> = (0..6)
-        .map(|i| format!("https://example.com/t/{i}"))
-        .collect();
-    let ids = create_all(&app.client, targets).await;
-    for id in &ids {
-        let p = wait_terminal(&app.client, id, Duration::from_secs(30)).await;
-        assert_eq!(p.state(), PurgeState::Succeeded, "{p:?}");
-    }
-    let calls = app.registry.sandbox("sandbox").unwrap().calls();
+    let calls = create_and_finish(&app, "t", 6).await;
     let throttled = calls.iter().filter(|c| c.throttled).count();
     assert!(throttled > 0, "the test should provoke throttling");
     assert_eq!(calls.len() - throttled, 6);

@@ -187,3 +187,18 @@ pub fn free_port() -> u16 {
         .map(|a| a.port())
         .expect("free port")
 }
+
+/// The most events in any window of `window` (half-open), for checking rate limits.
+pub fn max_in_window(times: &[std::time::SystemTime], window: Duration) -> usize {
+    let mut sorted = times.to_vec();
+    sorted.sort();
+    (0..sorted.len())
+        .map(|i| {
+            sorted[i..]
+                .iter()
+                .take_while(|t| t.duration_since(sorted[i]).unwrap_or_default() < window)
+                .count()
+        })
+        .max()
+        .unwrap_or(0)
+}
