@@ -61,10 +61,14 @@ impl Backends {
                     limiter: Arc::new(MemoryLimiter::default()),
                 })
             }
-            Backend::Redis => Err(ConfigError::Invalid(
-                "store.backend \"redis\" is not available in this build".into(),
-            )
-            .into()),
+            Backend::Redis => {
+                let (store, queue, limiter) = crate::store::redis::connect(config)?;
+                Ok(Backends {
+                    store: Arc::new(store),
+                    queue: Arc::new(queue),
+                    limiter: Arc::new(limiter),
+                })
+            }
         }
     }
 }

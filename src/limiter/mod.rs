@@ -2,6 +2,7 @@
 //! long windows, and daily counters on the provider's own day.
 
 pub mod memory;
+pub mod redis;
 
 use std::time::Duration;
 

@@ -2,6 +2,7 @@
 //! done, reclaimed from a replica that stopped acknowledging.
 
 pub mod memory;
+pub mod redis;
 
 use std::time::Duration;
 

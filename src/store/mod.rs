@@ -2,6 +2,8 @@
 //! implementation.
 
 pub mod memory;
+pub mod redis;
+pub mod redis_shared;
 
 use std::time::Duration;
 

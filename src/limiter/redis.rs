@@ -1,0 +1,154 @@
+//! Rate budgets in Redis, shared by every replica: one script decides all charges of an
+//! acquire atomically with Redis `TIME` as the clock, following `limiter::evaluate` rule by
+//! rule (GCRA theoretical arrival time, exact sliding window, daily counter on the provider's
+//! day), so the memory and Redis limiters agree.
+
+use std::sync::{Arc, LazyLock};
+
+use ::redis::Script;
+use async_trait::async_trait;
+
+use super::{Charge, Decision, Limit, Limiter};
+use crate::store::StoreError;
+use crate::store::redis_shared::Shared;
+
+/// KEYS: one per charge. ARGV: four per charge: kind, a, b, cost, where kind `g` (GCRA: a =
+/// emission interval ms, b = tolerance ms), `w` (window: a = count, b = window ms) or `d`
+/// (daily: a = max, b = UTC offset ms). Returns {granted, wait ms, exhausted}.
+///
+/// State: GCRA a string (tat ms); window a list of grant times, oldest first, one per unit;
+/// daily a hash {day, used}. Every key expires once it no longer matters.
+static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local DAY = 86400000
+local plans = {}
+local wait, denied, exhausted = 0, false, false
+for i, key in ipairs(KEYS) do
+  local kind = ARGV[i * 4 - 3]
+  local a = tonumber(ARGV[i * 4 - 2])
+  local b = tonumber(ARGV[i * 4 - 1])
+  local cost = tonumber(ARGV[i * 4])
+  if kind == 'g' then
+    local tat = tonumber(redis.call('GET', key) or '0')
+    if tat < now then tat = now end
+    local allowed = tat - b
+    if allowed < 0 then allowed = 0 end
+    if now < allowed then
+      denied = true
+      wait = math.max(wait, allowed - now)
+    else
+      plans[i] = tat + a * cost
+    end
+  elseif kind == 'w' then
+    while true do
+      local first = redis.call('LINDEX', key, 0)
+      if first and tonumber(first) + b <= now then redis.call('LPOP', key) else break end
+    end
+    local room = a - redis.call('LLEN', key)
+    if room < 0 then room = 0 end
+    if cost > room then
+      local oldest = redis.call('LINDEX', key, cost - room - 1)
+      local w = b
+      if oldest then w = tonumber(oldest) + b - now end
+      if w < 1 then w = 1 end
+      denied = true
+      wait = math.max(wait, w)
+    else
+      plans[i] = true
+    end
+  elseif kind == 'd' then
+    local lo = now + b
+    local day = math.floor(lo / DAY)
+    local s = redis.call('HMGET', key, 'day', 'used')
+    local used = 0
+    if s[1] and tonumber(s[1]) == day then used = tonumber(s[2]) end
+    if used + cost > a then
+      denied = true
+      exhausted = true
+      wait = math.max(wait, (day + 1) * DAY - lo)
+    else
+      plans[i] = {day, used + cost, (day + 1) * DAY - lo}
+    end
+  else
+    return redis.error_reply('unknown rule kind ' .. tostring(kind))
+  end
+end
+if denied then
+  if exhausted then return {0, wait, 1} end
+  return {0, wait, 0}
+end
+for i, key in ipairs(KEYS) do
+  local kind = ARGV[i * 4 - 3]
+  local p = plans[i]
+  if kind == 'g' then
+    redis.call('SET', key, string.format('%.0f', p), 'PX', string.format('%.0f', p - now + 1000))
+  elseif kind == 'w' then
+    for _ = 1, tonumber(ARGV[i * 4]) do redis.call('RPUSH', key, string.format('%.0f', now)) end
+    redis.call('PEXPIRE', key, ARGV[i * 4 - 1])
+  else
+    redis.call('HSET', key, 'day', string.format('%.0f', p[1]), 'used', string.format('%.0f', p[2]))
+    redis.call('PEXPIRE', key, string.format('%.0f', p[3] + DAY))
+  end
+end
+return {1, 0, 0}
+",
+    )
+});
+
+#[derive(Clone)]
+pub struct RedisLimiter {
+    shared: Arc<Shared>,
+}
+
+impl RedisLimiter {
+    pub fn new(shared: Arc<Shared>) -> RedisLimiter {
+        RedisLimiter { shared }
+    }
+}
+
+/// The script's `kind, a, b` of a rule, computed as `limiter::evaluate` does.
+fn rule_args(limit: &Limit) -> (&'static str, i64, i64) {
+    match *limit {
+        Limit::Gcra { rate, burst } => {
+            let interval = (rate.per.as_millis() as u64 / rate.count.max(1) as u64).max(1);
+            let tolerance = interval * burst.saturating_sub(1) as u64;
+            ("g", interval as i64, tolerance as i64)
+        }
+        Limit::Window(rate) => ("w", rate.count as i64, rate.per.as_millis() as i64),
+        Limit::Daily {
+            max,
+            utc_offset_secs,
+        } => ("d", max as i64, utc_offset_secs as i64 * 1000),
+    }
+}
+
+#[async_trait]
+impl Limiter for RedisLimiter {
+    async fn acquire(&self, charges: &[Charge]) -> Result<Decision, StoreError> {
+        if charges.is_empty() {
+            return Ok(Decision::Granted);
+        }
+        let mut call = ACQUIRE.prepare_invoke();
+        for c in charges {
+            let (kind, a, b) = rule_args(&c.limit);
+            call.key(self.shared.keys.limit(&c.key))
+                .arg(kind)
+                .arg(a)
+                .arg(b)
+                .arg(c.cost);
+        }
+        let (granted, wait, exhausted): (i64, u64, i64) = self
+            .shared
+            .with(|mut conn| async move { call.invoke_async(&mut conn).await })
+            .await?;
+        let wait = std::time::Duration::from_millis(wait);
+        Ok(match (granted, exhausted) {
+            (1, _) => Decision::Granted,
+            (_, 1) => Decision::Exhausted(wait),
+            _ => Decision::Wait(wait),
+        })
+    }
+}

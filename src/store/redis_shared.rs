@@ -1,0 +1,411 @@
+//! What the Redis store, queue and limiter share: one connection (a single node or a cluster),
+//! the key layout with its hash tags, the one pub/sub subscriber per replica, bounded calls.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ::redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use ::redis::cluster::ClusterClientBuilder;
+use ::redis::cluster_async::ClusterConnection;
+use ::redis::{Cmd, ErrorKind, Pipeline, RedisError, RedisFuture, Value};
+use futures::StreamExt;
+use sha2::{Digest, Sha256};
+use tokio::sync::{Notify, OnceCell, broadcast};
+use tokio_util::sync::{CancellationToken, DropGuard};
+
+use super::StoreError;
+use crate::config::StoreConfig;
+
+/// Shards of the create path. Everything one create touches (record, idempotency key, the
+/// provider streams) carries the tag `{<prefix>:<shard>}`, so it sits in one cluster slot,
+/// while the shards spread purges over the cluster.
+pub const SHARDS: u8 = 16;
+/// Every shard set in a shard mask.
+pub const ALL_SHARDS: u32 = (1 << SHARDS) - 1;
+
+/// A connection to one node (reconnecting by itself) or to a cluster.
+#[derive(Clone)]
+pub enum Conn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+enum Source {
+    Single(ConnectionManager),
+    /// Connected on first use, so a replica starts (NOT_SERVING) while the cluster is down.
+    Cluster {
+        client: ::redis::cluster::ClusterClient,
+        conn: OnceCell<ClusterConnection>,
+    },
+}
+
+/// Key names. `{...}` is the hash tag: only it decides the cluster slot.
+#[derive(Clone, Debug)]
+pub struct Keys {
+    prefix: String,
+}
+
+impl Keys {
+    pub fn new(prefix: &str) -> Keys {
+        Keys {
+            prefix: prefix.to_owned(),
+        }
+    }
+
+    fn tag(&self, shard: u8) -> String {
+        format!("{{{}:{shard:02}}}", self.prefix)
+    }
+
+    /// What a record key starts with; the create script appends an id of the same shard.
+    pub fn record_prefix(&self, shard: u8) -> String {
+        format!("{}:purge:", self.tag(shard))
+    }
+
+    pub fn record(&self, id: &str) -> String {
+        format!("{}{id}", self.record_prefix(shard_of_id(id)))
+    }
+
+    /// The idempotency key of a caller scope (hashed: bounded length, no caller text).
+    pub fn idempotency(&self, scope: &str) -> String {
+        let digest = hex::encode(Sha256::digest(scope.as_bytes()));
+        format!("{}:idem:{digest}", self.tag(shard_of_scope(scope)))
+    }
+
+    /// The work stream of `provider` in `shard`.
+    pub fn stream(&self, shard: u8, provider: &str) -> String {
+        format!("{}:q:{provider}", self.tag(shard))
+    }
+
+    /// A limiter key. Charge keys that differ only in a trailing `:<number>` (the rules of one
+    /// provider API) share a tag, so one acquire touches one slot.
+    pub fn limit(&self, charge_key: &str) -> String {
+        let group = match charge_key.rsplit_once(':') {
+            Some((head, idx)) if !idx.is_empty() && idx.bytes().all(|b| b.is_ascii_digit()) => head,
+            _ => charge_key,
+        };
+        format!("{{{}:lim:{group}}}:{charge_key}", self.prefix)
+    }
+
+    /// Wake-ups for watchers: the payload is a purge id.
+    pub fn events_channel(&self) -> String {
+        format!("{}:events", self.prefix)
+    }
+
+    /// Wake-ups for claimers: the payload is `<shard> <provider> <provider>...`.
+    pub fn work_channel(&self) -> String {
+        format!("{}:work", self.prefix)
+    }
+}
+
+/// The shard of a purge id: the low bits of its last byte (random in a UUIDv7).
+pub fn shard_of_id(id: &str) -> u8 {
+    match uuid::Uuid::parse_str(id) {
+        Ok(u) => u.as_bytes()[15] % SHARDS,
+        Err(_) => Sha256::digest(id.as_bytes())[0] % SHARDS,
+    }
+}
+
+/// The shard an idempotency scope pins its purge to.
+pub fn shard_of_scope(scope: &str) -> u8 {
+    Sha256::digest(scope.as_bytes())[0] % SHARDS
+}
+
+/// `id` with its last byte's low bits set to `shard`: still a UUIDv7 of the same time.
+pub fn pin_id(id: &str, shard: u8) -> String {
+    match uuid::Uuid::parse_str(id) {
+        Ok(u) => {
+            let mut bytes = *u.as_bytes();
+            bytes[15] = bytes[15] - bytes[15] % SHARDS + shard;
+            uuid::Uuid::from_bytes(bytes).to_string()
+        }
+        Err(_) => id.to_owned(),
+    }
+}
+
+/// Which shards of which provider may hold new work, fed by the work channel.
+#[derive(Default)]
+pub struct WorkSignal {
+    pub arrived: Notify,
+    dirty: Mutex<HashMap<String, u32>>,
+}
+
+impl WorkSignal {
+    /// Takes the shards of `provider` to read; every shard the first time.
+    pub fn take(&self, provider: &str) -> u32 {
+        let mut dirty = self.dirty.lock().expect("work lock");
+        std::mem::take(dirty.entry(provider.to_owned()).or_insert(ALL_SHARDS))
+    }
+
+    pub fn mark(&self, provider: &str, shards: u32) {
+        *self
+            .dirty
+            .lock()
+            .expect("work lock")
+            .entry(provider.to_owned())
+            .or_insert(0) |= shards;
+        self.arrived.notify_waiters();
+    }
+
+    /// After a reconnect: wake-ups may have been missed, so read everything once.
+    fn mark_all(&self) {
+        for mask in self.dirty.lock().expect("work lock").values_mut() {
+            *mask = ALL_SHARDS;
+        }
+        self.arrived.notify_waiters();
+    }
+
+    fn on_message(&self, payload: &str) {
+        let mut parts = payload.split(' ');
+        let Some(shard) = parts.next().and_then(|s| s.parse::<u8>().ok()) else {
+            return;
+        };
+        if shard < SHARDS {
+            for provider in parts {
+                self.mark(provider, 1 << shard);
+            }
+        }
+    }
+}
+
+/// The connection, keys and wake-ups of one replica, shared by its store, queue and limiter.
+pub struct Shared {
+    source: Source,
+    pub keys: Keys,
+    pub timeout: Duration,
+    pub events: broadcast::Sender<String>,
+    pub work: Arc<WorkSignal>,
+    /// Stops the subscriber task when the last user is gone.
+    _subscriber: DropGuard,
+}
+
+impl Shared {
+    /// Connects lazily (a replica starts while Redis is down) and starts the subscriber.
+    pub fn connect(config: &StoreConfig) -> Result<Arc<Shared>, StoreError> {
+        let timeout = config.timeout;
+        let bad = |e: RedisError| StoreError::Corrupt(format!("invalid Redis address: {e}"));
+        let (source, urls) = if config.cluster_urls.is_empty() {
+            let url = config.url.clone().unwrap_or_default();
+            let client = ::redis::Client::open(url.as_str()).map_err(bad)?;
+            let manager_config = ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(timeout))
+                .set_response_timeout(Some(timeout))
+                .set_number_of_retries(2)
+                .set_max_delay(Duration::from_secs(1));
+            let manager =
+                ConnectionManager::new_lazy_with_config(client, manager_config).map_err(bad)?;
+            (Source::Single(manager), vec![url])
+        } else {
+            let client = ClusterClientBuilder::new(config.cluster_urls.clone())
+                .connection_timeout(timeout)
+                .response_timeout(timeout)
+                .retries(2)
+                .build()
+                .map_err(bad)?;
+            let conn = OnceCell::new();
+            (
+                Source::Cluster { client, conn },
+                config.cluster_urls.clone(),
+            )
+        };
+        for url in &urls {
+            ::redis::Client::open(url.as_str()).map_err(bad)?;
+        }
+        let keys = Keys::new(&config.key_prefix);
+        let (events, _) = broadcast::channel(4096);
+        let work = Arc::new(WorkSignal::default());
+        let stop = CancellationToken::new();
+        tokio::spawn(subscribe(
+            urls,
+            [keys.events_channel(), keys.work_channel()],
+            events.clone(),
+            work.clone(),
+            timeout,
+            stop.clone(),
+        ));
+        Ok(Arc::new(Shared {
+            source,
+            keys,
+            timeout,
+            events,
+            work,
+            _subscriber: stop.drop_guard(),
+        }))
+    }
+
+    /// A handle on the shared multiplexed connection.
+    pub async fn conn(&self) -> Result<Conn, StoreError> {
+        match &self.source {
+            Source::Single(m) => Ok(Conn::Single(m.clone())),
+            Source::Cluster { client, conn } => {
+                let c = conn
+                    .get_or_try_init(|| self.bounded(client.get_async_connection()))
+                    .await?;
+                Ok(Conn::Cluster(c.clone()))
+            }
+        }
+    }
+
+    /// Runs one Redis operation within the configured timeout.
+    pub async fn bounded<T>(
+        &self,
+        op: impl Future<Output = Result<T, RedisError>>,
+    ) -> Result<T, StoreError> {
+        match tokio::time::timeout(self.timeout, op).await {
+            Ok(r) => r.map_err(classify),
+            Err(elapsed) => Err(StoreError::Unavailable(Box::new(elapsed))),
+        }
+    }
+
+    /// Runs `f` on a connection within the configured timeout.
+    pub async fn with<T, F, Fut>(&self, f: F) -> Result<T, StoreError>
+    where
+        F: FnOnce(Conn) -> Fut,
+        Fut: Future<Output = Result<T, RedisError>>,
+    {
+        let conn = self.conn().await?;
+        self.bounded(f(conn)).await
+    }
+}
+
+/// Replies we cannot read mean corrupt data; anything else means Redis cannot serve now.
+pub fn classify(e: RedisError) -> StoreError {
+    match e.kind() {
+        ErrorKind::Parse | ErrorKind::UnexpectedReturnType => {
+            StoreError::Corrupt(format!("unexpected Redis reply: {e}"))
+        }
+        _ => StoreError::Unavailable(Box::new(e)),
+    }
+}
+
+/// The one subscriber connection of a replica: forwards event ids to `events` and work
+/// wake-ups to `work`, reconnecting (to the next node, in a cluster) whenever it drops.
+async fn subscribe(
+    urls: Vec<String>,
+    channels: [String; 2],
+    events: broadcast::Sender<String>,
+    work: Arc<WorkSignal>,
+    timeout: Duration,
+    stop: CancellationToken,
+) {
+    let [events_channel, work_channel] = &channels;
+    let mut delay = Duration::from_millis(100);
+    for url in urls.iter().cycle() {
+        let connect = async {
+            let client = ::redis::Client::open(url.as_str())?;
+            let mut pubsub = client.get_async_pubsub().await?;
+            pubsub.subscribe(&channels).await?;
+            Ok::<_, RedisError>(pubsub)
+        };
+        let connected = tokio::select! {
+            _ = stop.cancelled() => return,
+            c = tokio::time::timeout(timeout, connect) => c,
+        };
+        match connected {
+            Ok(Ok(pubsub)) => {
+                tracing::debug!("subscribed to Redis wake-ups");
+                delay = Duration::from_millis(100);
+                // Anything published while we were away is found by reading everything once.
+                work.mark_all();
+                let mut messages = pubsub.into_on_message();
+                loop {
+                    let msg = tokio::select! {
+                        _ = stop.cancelled() => return,
+                        m = messages.next() => m,
+                    };
+                    let Some(msg) = msg else { break };
+                    let Ok(payload) = msg.get_payload::<String>() else {
+                        continue;
+                    };
+                    let channel = msg.get_channel_name();
+                    if channel == events_channel {
+                        let _ = events.send(payload);
+                    } else if channel == work_channel {
+                        work.on_message(&payload);
+                    }
+                }
+                tracing::warn!("Redis subscriber connection lost; reconnecting");
+            }
+            Ok(Err(e)) => tracing::debug!(error = %e, "cannot subscribe to Redis; retrying"),
+            Err(_) => tracing::debug!("subscribing to Redis timed out; retrying"),
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(Duration::from_secs(2));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pinned_ids_keep_their_time_and_land_in_the_shard() {
+        let id = uuid::Uuid::now_v7().to_string();
+        for shard in 0..SHARDS {
+            let pinned = pin_id(&id, shard);
+            assert_eq!(shard_of_id(&pinned), shard);
+            assert_eq!(pinned[..24], id[..24]);
+            assert_eq!(uuid::Uuid::parse_str(&pinned).unwrap().get_version_num(), 7);
+        }
+    }
+
+    #[test]
+    fn keys_of_one_create_share_a_tag() {
+        let keys = Keys::new("p");
+        let shard = shard_of_scope("alice\u{1f}k");
+        let id = pin_id(&uuid::Uuid::now_v7().to_string(), shard);
+        let tag = format!("{{p:{shard:02}}}");
+        assert!(keys.record(&id).starts_with(&tag));
+        assert!(keys.idempotency("alice\u{1f}k").starts_with(&tag));
+        assert!(keys.stream(shard, "edgeone").starts_with(&tag));
+    }
+
+    #[test]
+    fn limiter_rules_of_one_api_share_a_tag() {
+        let keys = Keys::new("p");
+        assert_eq!(
+            keys.limit("cdn:submit:0"),
+            "{p:lim:cdn:submit}:cdn:submit:0"
+        );
+        assert_eq!(
+            keys.limit("cdn:submit:1"),
+            "{p:lim:cdn:submit}:cdn:submit:1"
+        );
+        assert_eq!(
+            keys.limit("caller:alice"),
+            "{p:lim:caller:alice}:caller:alice"
+        );
+    }
+}
