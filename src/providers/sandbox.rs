@@ -30,6 +30,10 @@ pub struct SandboxSettings {
     /// The kinds it accepts; all by default.
     #[serde(default)]
     pub kinds: Option<Vec<PurgeKind>>,
+    /// Sandboxes of one process naming the same account share one simulated CDN (tasks, call
+    /// log, rate), as replicas share one real CDN account.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account: Option<String>,
 }
 
 fn default_delay() -> Duration {
@@ -48,6 +52,7 @@ impl Default for SandboxSettings {
             max_per_call: default_max_per_call(),
             rate: None,
             kinds: None,
+            account: None,
         }
     }
 }
@@ -70,7 +75,25 @@ pub struct Sandbox {
 struct Inner {
     settings: SandboxSettings,
     fail: Option<regex::Regex>,
-    state: Mutex<State>,
+    state: Arc<Mutex<State>>,
+}
+
+type Accounts = Mutex<HashMap<String, std::sync::Weak<Mutex<State>>>>;
+
+/// The simulated CDN of a named account, shared by the sandboxes that name it.
+fn account_state(name: &str) -> Arc<Mutex<State>> {
+    static ACCOUNTS: std::sync::OnceLock<Accounts> = std::sync::OnceLock::new();
+    let mut accounts = ACCOUNTS
+        .get_or_init(Accounts::default)
+        .lock()
+        .expect("accounts lock");
+    accounts.retain(|_, state| state.strong_count() > 0);
+    if let Some(state) = accounts.get(name).and_then(std::sync::Weak::upgrade) {
+        return state;
+    }
+    let state = Arc::default();
+    accounts.insert(name.to_owned(), Arc::downgrade(&state));
+    state
 }
 
 #[derive(Default)]
@@ -97,11 +120,15 @@ impl Sandbox {
             .as_deref()
             .map(regex::Regex::new)
             .transpose()?;
+        let state = match &settings.account {
+            Some(name) => account_state(name),
+            None => Arc::default(),
+        };
         Ok(Sandbox {
             inner: Arc::new(Inner {
                 settings,
                 fail,
-                state: Mutex::default(),
+                state,
             }),
         })
     }

@@ -5,4 +5,7 @@ mod support;
 mod api;
 mod dispatch;
 mod grpcurl;
+mod redis;
+mod redis_replicas;
+mod redis_server;
 mod shutdown;
