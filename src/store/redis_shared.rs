@@ -62,11 +62,13 @@ impl ConnectionLike for Conn {
 
 enum Source {
     Single(ConnectionManager),
-    /// Connected on first use, so a replica starts (NOT_SERVING) while the cluster is down.
-    Cluster {
-        client: ::redis::cluster::ClusterClient,
-        conn: OnceCell<ClusterConnection>,
-    },
+    Cluster(Box<ClusterSource>),
+}
+
+/// Connected on first use, so a replica starts (NOT_SERVING) while the cluster is down.
+struct ClusterSource {
+    client: ::redis::cluster::ClusterClient,
+    conn: OnceCell<ClusterConnection>,
 }
 
 /// Key names. `{...}` is the hash tag: only it decides the cluster slot.
@@ -233,7 +235,7 @@ impl Shared {
                 .map_err(bad)?;
             let conn = OnceCell::new();
             (
-                Source::Cluster { client, conn },
+                Source::Cluster(Box::new(ClusterSource { client, conn })),
                 config.cluster_urls.clone(),
             )
         };
@@ -266,9 +268,10 @@ impl Shared {
     pub async fn conn(&self) -> Result<Conn, StoreError> {
         match &self.source {
             Source::Single(m) => Ok(Conn::Single(m.clone())),
-            Source::Cluster { client, conn } => {
-                let c = conn
-                    .get_or_try_init(|| self.bounded(client.get_async_connection()))
+            Source::Cluster(cluster) => {
+                let c = cluster
+                    .conn
+                    .get_or_try_init(|| self.bounded(cluster.client.get_async_connection()))
                     .await?;
                 Ok(Conn::Cluster(c.clone()))
             }
@@ -307,6 +310,9 @@ pub fn classify(e: RedisError) -> StoreError {
     }
 }
 
+/// How often the subscriber connection is checked with a PING.
+const HEARTBEAT: Duration = Duration::from_secs(5);
+
 /// The one subscriber connection of a replica: forwards event ids to `events` and work
 /// wake-ups to `work`, reconnecting (to the next node, in a cluster) whenever it drops.
 async fn subscribe(
@@ -336,11 +342,20 @@ async fn subscribe(
                 delay = Duration::from_millis(100);
                 // Anything published while we were away is found by reading everything once.
                 work.mark_all();
-                let mut messages = pubsub.into_on_message();
+                let (mut sink, mut messages) = pubsub.split();
+                let mut heartbeat = tokio::time::interval(HEARTBEAT);
+                heartbeat.tick().await;
                 loop {
                     let msg = tokio::select! {
                         _ = stop.cancelled() => return,
                         m = messages.next() => m,
+                        _ = heartbeat.tick() => {
+                            // A connection that died without a word is found by its silence.
+                            match tokio::time::timeout(timeout, sink.ping::<Value>()).await {
+                                Ok(Ok(_)) => continue,
+                                _ => break,
+                            }
+                        }
                     };
                     let Some(msg) = msg else { break };
                     let Ok(payload) = msg.get_payload::<String>() else {

@@ -13,7 +13,9 @@ use crate::redis_server::{RedisCluster, RedisServer, RedisTarget, unique};
 use crate::support::{TestApp, reason, request, spawn_app, wait_terminal};
 
 fn sandbox(account: &str, extra: &str) -> String {
-    format!("[[providers]]\nname = \"sandbox\"\ntype = \"sandbox\"\ndelay = \"50ms\"\naccount = \"{account}\"\n{extra}\n")
+    format!(
+        "[[providers]]\nname = \"sandbox\"\ntype = \"sandbox\"\ndelay = \"50ms\"\naccount = \"{account}\"\n{extra}\n"
+    )
 }
 
 async fn replicas(target: &RedisTarget, rest: &str, n: usize) -> Vec<TestApp> {
@@ -28,24 +30,44 @@ async fn create_then_watch(target: &RedisTarget) {
     let app = spawn_app(target.config(&sandbox(&unique("acct"), ""))).await;
     let mut client = app.client.clone();
     let created = client
-        .create_purge(request("sandbox", PurgeKind::Url, &["https://example.com/a.png", "https://example.com/b.css"]))
+        .create_purge(request(
+            "sandbox",
+            PurgeKind::Url,
+            &["https://example.com/a.png", "https://example.com/b.css"],
+        ))
         .await
         .unwrap()
         .into_inner();
     assert_eq!(created.state(), PurgeState::Queued);
-    let mut stream = client.watch_purge(pb::WatchPurgeRequest { id: created.id.clone() }).await.unwrap().into_inner();
+    let mut stream = client
+        .watch_purge(pb::WatchPurgeRequest {
+            id: created.id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
     let mut versions = Vec::new();
     let mut last = None;
-    while let Some(msg) = tokio::time::timeout(Duration::from_secs(15), stream.next()).await.expect("watch progresses") {
+    while let Some(msg) = tokio::time::timeout(Duration::from_secs(15), stream.next())
+        .await
+        .expect("watch progresses")
+    {
         let p = msg.expect("stream ends with OK");
         versions.push(p.version);
         last = Some(p);
     }
     let last = last.expect("at least the snapshot");
     assert_eq!(last.state(), PurgeState::Succeeded, "{last:?}");
-    assert!(versions.len() >= 2 && versions.windows(2).all(|w| w[0] < w[1]), "versions: {versions:?}");
+    assert!(
+        versions.len() >= 2 && versions.windows(2).all(|w| w[0] < w[1]),
+        "versions: {versions:?}"
+    );
     assert_eq!(last.progress.unwrap().succeeded, 2);
-    let got = client.get_purge(pb::GetPurgeRequest { id: created.id }).await.unwrap().into_inner();
+    let got = client
+        .get_purge(pb::GetPurgeRequest { id: created.id })
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(got.version, last.version);
 }
 
@@ -60,7 +82,11 @@ async fn one_key_on_three_replicas(target: &RedisTarget) {
         let req = req.clone();
         tokio::spawn(async move { c.create_purge(req).await.map(|p| p.into_inner().id) })
     });
-    let ids: HashSet<String> = futures::future::join_all(calls).await.into_iter().map(|r| r.unwrap().unwrap()).collect();
+    let ids: HashSet<String> = futures::future::join_all(calls)
+        .await
+        .into_iter()
+        .map(|r| r.unwrap().unwrap())
+        .collect();
     assert_eq!(ids.len(), 1, "{ids:?}");
     let id = ids.into_iter().next().unwrap();
     for app in &apps {
@@ -73,7 +99,12 @@ async fn one_key_on_three_replicas(target: &RedisTarget) {
     // Same key, another request, on another replica.
     let mut other = req.clone();
     other.targets = vec!["https://example.com/other".into()];
-    let err = apps[2].client.clone().create_purge(other).await.unwrap_err();
+    let err = apps[2]
+        .client
+        .clone()
+        .create_purge(other)
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition);
     assert_eq!(reason(&err), "IDEMPOTENCY_KEY_REUSED");
 }
@@ -83,18 +114,27 @@ async fn groups_and_failures(target: &RedisTarget) {
     let rest = format!(
         "{}{}[[groups]]\nname = \"both\"\nproviders = [\"a\", \"b\"]\n",
         sandbox(&unique("acct"), "").replace("\"sandbox\"\ntype", "\"a\"\ntype"),
-        sandbox(&unique("acct"), "fail_pattern = \"/broken/\"").replace("\"sandbox\"\ntype", "\"b\"\ntype"),
+        sandbox(&unique("acct"), "fail_pattern = \"/broken/\"")
+            .replace("\"sandbox\"\ntype", "\"b\"\ntype"),
     );
     let app = spawn_app(target.config(&rest)).await;
     let mut client = app.client.clone();
-    let mut req = request("both", PurgeKind::Url, &["https://example.com/ok", "https://example.com/broken/x"]);
+    let mut req = request(
+        "both",
+        PurgeKind::Url,
+        &["https://example.com/ok", "https://example.com/broken/x"],
+    );
     req.idempotency_key = unique("fan");
     let created = client.create_purge(req).await.unwrap().into_inner();
     let done = wait_terminal(&client, &created.id, Duration::from_secs(15)).await;
     assert_eq!(done.state(), PurgeState::Failed, "{done:?}");
     assert_eq!(done.progress.unwrap().total, 4);
     assert_eq!(done.progress.unwrap().succeeded, 3);
-    let failed: Vec<(&str, &str)> = done.failures.iter().map(|f| (f.provider.as_str(), f.target.as_str())).collect();
+    let failed: Vec<(&str, &str)> = done
+        .failures
+        .iter()
+        .map(|f| (f.provider.as_str(), f.target.as_str()))
+        .collect();
     assert_eq!(failed, [("b", "https://example.com/broken/x")]);
     assert_eq!(app.registry.sandbox("a").unwrap().calls().len(), 1);
     assert_eq!(app.registry.sandbox("b").unwrap().calls().len(), 1);
@@ -103,12 +143,30 @@ async fn groups_and_failures(target: &RedisTarget) {
 /// A caller's rate is shared by the replicas: the third call within the period is refused
 /// by whichever replica gets it.
 async fn caller_rate_across_replicas(target: &RedisTarget) {
-    let rest = format!("[server]\ncaller_rate = {{ count = 2, per = \"60s\" }}\n{}", sandbox(&unique("acct"), ""));
+    let rest = format!(
+        "[server]\ncaller_rate = {{ count = 2, per = \"60s\" }}\n{}",
+        sandbox(&unique("acct"), "")
+    );
     let apps = replicas(target, &rest, 2).await;
     let req = request("sandbox", PurgeKind::Url, &["https://example.com/r"]);
-    apps[0].client.clone().create_purge(req.clone()).await.unwrap();
-    apps[1].client.clone().create_purge(req.clone()).await.unwrap();
-    let err = apps[1].client.clone().create_purge(req.clone()).await.unwrap_err();
+    apps[0]
+        .client
+        .clone()
+        .create_purge(req.clone())
+        .await
+        .unwrap();
+    apps[1]
+        .client
+        .clone()
+        .create_purge(req.clone())
+        .await
+        .unwrap();
+    let err = apps[1]
+        .client
+        .clone()
+        .create_purge(req.clone())
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
     let err = apps[0].client.clone().create_purge(req).await.unwrap_err();
     assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
@@ -126,32 +184,56 @@ async fn limiter_rules(target: &RedisTarget) {
         cost,
     };
     for _ in 0..3 {
-        assert_eq!(limiter.acquire(&[window(1)]).await.unwrap(), Decision::Granted);
+        assert_eq!(
+            limiter.acquire(&[window(1)]).await.unwrap(),
+            Decision::Granted
+        );
     }
     match limiter.acquire(&[window(1)]).await.unwrap() {
-        Decision::Wait(d) => assert!(d > Duration::from_secs(290) && d <= Duration::from_secs(300), "{d:?}"),
+        Decision::Wait(d) => assert!(
+            d > Duration::from_secs(290) && d <= Duration::from_secs(300),
+            "{d:?}"
+        ),
         other => panic!("a full window must wait, got {other:?}"),
     }
     let daily = |cost| Charge {
         key: format!("{key}:1"),
-        limit: Limit::Daily { max: 10, utc_offset_secs: 8 * 3600 },
+        limit: Limit::Daily {
+            max: 10,
+            utc_offset_secs: 8 * 3600,
+        },
         cost,
     };
-    assert_eq!(limiter.acquire(&[daily(8)]).await.unwrap(), Decision::Granted);
+    assert_eq!(
+        limiter.acquire(&[daily(8)]).await.unwrap(),
+        Decision::Granted
+    );
     match limiter.acquire(&[daily(3)]).await.unwrap() {
         Decision::Exhausted(d) => assert!(d <= Duration::from_secs(86_400), "{d:?}"),
         other => panic!("an exceeded daily quota is exhausted, got {other:?}"),
     }
-    assert_eq!(limiter.acquire(&[daily(2)]).await.unwrap(), Decision::Granted);
+    assert_eq!(
+        limiter.acquire(&[daily(2)]).await.unwrap(),
+        Decision::Granted
+    );
     // All or nothing: a denied rule charges none of the others. (Rules acquired together
     // differ only in their last `:<n>`, so they share a cluster slot.)
     let gcra = Charge {
         key: format!("{key}:2"),
-        limit: Limit::Gcra { rate: Rate::new(1, Duration::from_secs(60)), burst: 1 },
+        limit: Limit::Gcra {
+            rate: Rate::new(1, Duration::from_secs(60)),
+            burst: 1,
+        },
         cost: 1,
     };
-    assert!(matches!(limiter.acquire(&[gcra.clone(), daily(1)]).await.unwrap(), Decision::Exhausted(_)));
-    assert_eq!(limiter.acquire(std::slice::from_ref(&gcra)).await.unwrap(), Decision::Granted);
+    assert!(matches!(
+        limiter.acquire(&[gcra.clone(), daily(1)]).await.unwrap(),
+        Decision::Exhausted(_)
+    ));
+    assert_eq!(
+        limiter.acquire(std::slice::from_ref(&gcra)).await.unwrap(),
+        Decision::Granted
+    );
     match limiter.acquire(&[gcra]).await.unwrap() {
         Decision::Wait(d) => assert!(d > Duration::from_secs(55), "{d:?}"),
         other => panic!("GCRA must space calls, got {other:?}"),

@@ -51,7 +51,14 @@ impl RedisServer {
     fn spawn(&mut self) -> bool {
         let child = Command::new(SERVER)
             .args(["--port", &self.port.to_string()])
-            .args(["--bind", "127.0.0.1", "--save", "", "--protected-mode", "no"])
+            .args([
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--protected-mode",
+                "no",
+            ])
             .arg("--dir")
             .arg(self.dir.path())
             .args(["--logfile", "redis.log"])
@@ -73,7 +80,10 @@ impl RedisServer {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        panic!("redis-server on port {} did not answer PING within 10 s", self.port);
+        panic!(
+            "redis-server on port {} did not answer PING within 10 s",
+            self.port
+        );
     }
 
     fn client(&self) -> redis::Client {
@@ -108,7 +118,11 @@ impl RedisServer {
     /// Starts again on the same port and data directory.
     pub fn restart(&mut self) {
         self.kill();
-        assert!(self.spawn(), "redis-server could not take port {} again", self.port);
+        assert!(
+            self.spawn(),
+            "redis-server could not take port {} again",
+            self.port
+        );
     }
 }
 
@@ -137,15 +151,25 @@ impl RedisCluster {
                 port,
                 dir: tempfile::tempdir().expect("temp dir"),
                 child: None,
-                extra: ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--appendonly", "no"]
-                    .map(String::from)
-                    .to_vec(),
+                extra: [
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                    "--appendonly",
+                    "no",
+                ]
+                .map(String::from)
+                .to_vec(),
             };
             if node.spawn() {
                 nodes.push(node);
             }
         }
-        let addrs: Vec<String> = nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
+        let addrs: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
         let out = Command::new("redis-cli")
             .args(["--cluster", "create"])
             .args(&addrs)
@@ -153,14 +177,21 @@ impl RedisCluster {
             .stdin(Stdio::null())
             .output()
             .expect("redis-cli runs");
-        assert!(out.status.success(), "cluster create failed: {}", String::from_utf8_lossy(&out.stdout));
+        assert!(
+            out.status.success(),
+            "cluster create failed: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
         let cluster = RedisCluster { nodes };
         let deadline = Instant::now() + Duration::from_secs(20);
         while !cluster.nodes.iter().all(|n| {
-            let info: String = n.query(&redis::cmd("CLUSTER").arg("INFO"));
+            let info: String = n.query(redis::cmd("CLUSTER").arg("INFO"));
             info.contains("cluster_state:ok")
         }) {
-            assert!(Instant::now() < deadline, "the cluster did not become ok within 20 s");
+            assert!(
+                Instant::now() < deadline,
+                "the cluster did not become ok within 20 s"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         cluster
@@ -182,11 +213,19 @@ pub struct RedisTarget {
 impl RedisTarget {
     /// A unique key prefix on one node.
     pub fn node(server: &RedisServer) -> RedisTarget {
-        RedisTarget { urls: vec![server.url()], cluster: false, prefix: unique("t") }
+        RedisTarget {
+            urls: vec![server.url()],
+            cluster: false,
+            prefix: unique("t"),
+        }
     }
 
     pub fn cluster(cluster: &RedisCluster) -> RedisTarget {
-        RedisTarget { urls: cluster.urls(), cluster: true, prefix: unique("t") }
+        RedisTarget {
+            urls: cluster.urls(),
+            cluster: true,
+            prefix: unique("t"),
+        }
     }
 
     /// A `[store]` section for these replicas, then `rest` (providers, dispatch...).
