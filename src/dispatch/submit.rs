@@ -53,6 +53,15 @@ impl Worker {
                     parts.push((b, false));
                     parts.push((a, false));
                 }
+                Err(e) if e.is_retryable() && self.0.stop.is_cancelled() => {
+                    // Stopping, not failing: the targets stay pending and the unacknowledged
+                    // work is taken over by another replica.
+                    tracing::info!(
+                        provider = self.name(),
+                        targets = part.targets.len(),
+                        "stopping; leaving a batch to another replica"
+                    );
+                }
                 Err(e) => {
                     if matches!(e, ProviderError::QuotaExhausted { .. }) {
                         self.0.provider.mark_exhausted(key.kind);

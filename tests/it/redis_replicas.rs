@@ -254,3 +254,40 @@ async fn redis_restart_with_aof_loses_no_accepted_purge() {
         "refusals other than UNAVAILABLE: {refused:?}"
     );
 }
+
+/// A replica started while Redis is down serves health NOT_SERVING and refuses creates with
+/// UNAVAILABLE, then works as soon as Redis comes up, without a restart.
+#[tokio::test]
+async fn a_replica_started_before_redis_comes_up_by_itself() {
+    let mut server = RedisServer::reserved();
+    let target = RedisTarget::node(&server);
+    let app = spawn_app(target.config(&format!(
+        "[[providers]]\nname = \"sandbox\"\ntype = \"sandbox\"\ndelay = \"20ms\"\naccount = \"{}\"\n",
+        unique("acct")
+    )))
+    .await;
+    let addr = app.addr;
+    eventually(
+        Duration::from_secs(10),
+        "health reports NOT_SERVING",
+        || async move { (health(addr).await == Some(ServingStatus::NotServing)).then_some(()) },
+    )
+    .await;
+    let err = create_one(&app.client, "https://example.com/early")
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+
+    server.launch();
+    eventually(
+        Duration::from_secs(20),
+        "health reports SERVING",
+        || async move { (health(addr).await == Some(ServingStatus::Serving)).then_some(()) },
+    )
+    .await;
+    let id = create_one(&app.client, "https://example.com/late")
+        .await
+        .unwrap();
+    let p = wait_terminal(&app.client, &id, Duration::from_secs(20)).await;
+    assert_eq!(p.state(), PurgeState::Succeeded, "{p:?}");
+}

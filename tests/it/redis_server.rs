@@ -31,6 +31,24 @@ impl RedisServer {
         RedisServer::start_with(&["--appendonly", "yes", "--appendfsync", "always"])
     }
 
+    /// A node that is not running yet, on a port nothing listens on; `launch` starts it.
+    pub fn reserved() -> RedisServer {
+        RedisServer {
+            port: crate::support::free_port(),
+            dir: tempfile::tempdir().expect("temp dir"),
+            child: None,
+            extra: ["--appendonly", "no"].map(String::from).to_vec(),
+        }
+    }
+
+    pub fn launch(&mut self) {
+        assert!(
+            self.spawn(),
+            "redis-server could not take port {}",
+            self.port
+        );
+    }
+
     fn start_with(extra: &[&str]) -> RedisServer {
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         for _ in 0..5 {
