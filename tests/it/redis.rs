@@ -168,6 +168,16 @@ async fn caller_rate_across_replicas(target: &RedisTarget) {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    let retry = tonic_types::StatusExt::get_error_details(&err)
+        .retry_info()
+        .cloned();
+    let delay = retry
+        .and_then(|r| r.retry_delay)
+        .expect("RetryInfo with a delay");
+    assert!(
+        delay > Duration::from_secs(20) && delay <= Duration::from_secs(60),
+        "{delay:?}"
+    );
     let err = apps[0].client.clone().create_purge(req).await.unwrap_err();
     assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
 }
