@@ -105,6 +105,9 @@ struct State {
     polls: u64,
 }
 
+/// How long a finished task can still be polled.
+const TASK_MEMORY: Duration = Duration::from_secs(600);
+
 /// Calls remembered for `calls()`; older ones are forgotten so a long run stays small.
 const CALL_HISTORY: usize = 100_000;
 
@@ -213,6 +216,13 @@ impl Provider for Sandbox {
                 ),
             });
         }
+        // Finished tasks stay answerable for a while (every replica following one may ask),
+        // then are forgotten so a long run stays small.
+        if state.next_id.is_multiple_of(1024) {
+            state
+                .tasks
+                .retain(|_, t| now.duration_since(t.done_at).unwrap_or_default() < TASK_MEMORY);
+        }
         state.next_id += 1;
         let task_id = format!("sbx-{}", state.next_id);
         state.tasks.insert(
@@ -243,16 +253,13 @@ impl Provider for Sandbox {
                     reason: format!("sandbox: unknown task {}", q.task_id),
                 },
                 Some(t) if t.done_at > now => TaskProgress::Running,
-                Some(_) => {
-                    let t = state.tasks.remove(&q.task_id).expect("task exists");
-                    TaskProgress::Finished {
-                        failed: t
-                            .targets
-                            .iter()
-                            .filter_map(|tg| self.failure(tg).map(|r| (tg.clone(), r)))
-                            .collect(),
-                    }
-                }
+                Some(t) => TaskProgress::Finished {
+                    failed: t
+                        .targets
+                        .iter()
+                        .filter_map(|tg| self.failure(tg).map(|r| (tg.clone(), r)))
+                        .collect(),
+                },
             };
             out.push((q.task_id.clone(), progress));
         }
