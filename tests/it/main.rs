@@ -9,3 +9,4 @@ mod redis;
 mod redis_replicas;
 mod redis_server;
 mod shutdown;
+mod validation;
