@@ -238,6 +238,7 @@ pub struct LimitsConfig {
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum ProviderSettings {
     Sandbox(SandboxSettings),
+    Edgeone(crate::providers::edgeone::EdgeOneSettings),
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -502,7 +503,9 @@ mod tests {
         .unwrap();
         assert_eq!(c.server.listen.to_string(), "127.0.0.1:7");
         assert_eq!(c.dispatch.linger, Duration::from_millis(5));
-        let ProviderSettings::Sandbox(s) = &c.providers[0].settings;
+        let ProviderSettings::Sandbox(s) = &c.providers[0].settings else {
+            panic!("a sandbox provider")
+        };
         assert_eq!((s.max_per_call, s.delay), (7, Duration::from_secs(1)));
     }
 

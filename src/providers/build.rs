@@ -29,8 +29,10 @@ pub fn registry(config: &Config, http: &reqwest::Client) -> Result<Registry, Con
                 registry.insert_sandbox(&pc.name, sandbox.clone());
                 Arc::new(sandbox)
             }
+            ProviderSettings::Edgeone(s) => {
+                Arc::new(super::edgeone::EdgeOne::new(s, http.clone())?)
+            }
         };
-        let _ = http;
         registry.insert(handle(pc, client));
     }
     for g in &config.groups {

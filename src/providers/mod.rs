@@ -1,6 +1,7 @@
 //! The provider trait every CDN client implements, and the registry built from configuration.
 
 pub mod build;
+pub mod edgeone;
 pub mod sandbox;
 
 use std::collections::{BTreeMap, HashMap};

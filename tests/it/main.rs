@@ -1,9 +1,11 @@
 //! Integration tests: the service in-process on port 0, real sockets, real dependencies.
 
+mod fakes;
 mod support;
 
 mod api;
 mod dispatch;
+mod edgeone;
 mod grpcurl;
 mod redis;
 mod redis_replicas;

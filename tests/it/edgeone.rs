@@ -1,0 +1,380 @@
+//! EdgeOne end to end: gRPC in, the fake EdgeOne API out (real HTTP, its own signature check).
+
+use std::time::Duration;
+
+use purge_service::pb::{self, PurgeAction, PurgeKind, PurgeState};
+use tempfile::TempDir;
+use tonic::Code;
+
+use crate::fakes::edgeone::{FakeEdgeOne, Fault, SECRET_ID, SECRET_KEY, ZONE};
+use crate::support::{TestApp, config, eventually, reason, request, spawn_app, wait_terminal};
+
+/// The service with one EdgeOne provider `edge` pointed at `fake`; `extra` is appended to the
+/// provider table.
+async fn service(fake: &FakeEdgeOne, secret_key: &str, extra: &str) -> (TestApp, TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let id = dir.path().join("id");
+    let key = dir.path().join("key");
+    std::fs::write(&id, SECRET_ID).unwrap();
+    std::fs::write(&key, format!("{secret_key}\n")).unwrap();
+    let toml = format!(
+        "[dispatch]\nretry_max_elapsed = \"20s\"\n[[providers]]\nname = \"edge\"\ntype = \"edgeone\"\nzone_id = \"{ZONE}\"\nsecret_id_file = {id:?}\nsecret_key_file = {key:?}\nendpoint = \"{}\"\ntimeout = \"1s\"\n{extra}\n",
+        fake.endpoint()
+    );
+    let app = spawn_app(config(&toml)).await;
+    (app, dir)
+}
+
+async fn create(app: &TestApp, req: pb::CreatePurgeRequest) -> pb::Purge {
+    let mut client = app.client.clone();
+    let created = client.create_purge(req).await.unwrap().into_inner();
+    wait_terminal(&app.client, &created.id, Duration::from_secs(30)).await
+}
+
+#[tokio::test]
+async fn every_kind_reaches_edgeone_as_documented() {
+    let fake = FakeEdgeOne::start(20, Duration::from_millis(100)).await;
+    let (app, _dir) = service(&fake, SECRET_KEY, "").await;
+    let url = create(
+        &app,
+        request(
+            "edge",
+            PurgeKind::Url,
+            &[
+                "https://www.example.com/a.jpg",
+                "https://www.example.com/b.css",
+            ],
+        ),
+    )
+    .await;
+    assert_eq!(url.state(), PurgeState::Succeeded, "{url:?}");
+    assert!(
+        url.tasks[0].request_id.starts_with("req-"),
+        "{:?}",
+        url.tasks
+    );
+    let mut prefix = request(
+        "edge",
+        PurgeKind::Prefix,
+        &["https://www.example.com/static/"],
+    );
+    prefix.action = PurgeAction::Delete as i32;
+    assert_eq!(create(&app, prefix).await.state(), PurgeState::Succeeded);
+    assert_eq!(
+        create(&app, request("edge", PurgeKind::Host, &["www.example.com"]))
+            .await
+            .state(),
+        PurgeState::Succeeded
+    );
+    assert_eq!(
+        create(&app, request("edge", PurgeKind::All, &[]))
+            .await
+            .state(),
+        PurgeState::Succeeded
+    );
+    let mut tag = request("edge", PurgeKind::Tag, &["product-42"]);
+    tag.hosts = vec!["www.example.com".into()];
+    assert_eq!(create(&app, tag).await.state(), PurgeState::Succeeded);
+
+    let bodies = fake.accepted("CreatePurgeTask");
+    let by_type = |t: &str| {
+        bodies
+            .iter()
+            .find(|b| b["Type"] == t)
+            .unwrap_or_else(|| panic!("no {t} in {bodies:?}"))
+            .clone()
+    };
+    assert_eq!(by_type("purge_url")["Targets"].as_array().unwrap().len(), 2);
+    assert_eq!(by_type("purge_url")["Method"], "invalidate");
+    assert_eq!(by_type("purge_prefix")["Method"], "delete");
+    assert_eq!(by_type("purge_host")["Targets"][0], "www.example.com");
+    assert!(by_type("purge_all").get("Targets").is_none());
+    assert_eq!(
+        by_type("purge_cache_tag")["CacheTag"]["Domains"][0],
+        "www.example.com"
+    );
+    assert!(
+        fake.calls()
+            .iter()
+            .any(|c| c.action == "DescribePurgeTasks")
+    );
+
+    // A TAG purge without hosts, and a kind EdgeOne lacks, are refused up front.
+    let mut client = app.client.clone();
+    let err = client
+        .create_purge(request("edge", PurgeKind::Tag, &["t"]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    let err = client
+        .create_purge(request("edge", PurgeKind::Regex, &["https://a\\.com/.*"]))
+        .await
+        .unwrap_err();
+    assert!(err.message().contains("cannot purge REGEX"), "{err:?}");
+}
+
+#[tokio::test]
+async fn partial_failures_name_each_target_with_edgeones_reason() {
+    let fake = FakeEdgeOne::start(20, Duration::from_millis(100)).await;
+    let (app, _dir) = service(&fake, SECRET_KEY, "").await;
+    let done = create(
+        &app,
+        request(
+            "edge",
+            PurgeKind::Url,
+            &[
+                "https://www.example.com/ok",
+                "https://www.example.com/refuse",
+                "https://www.example.com/fail-later",
+                "https://www.example.com/time-out",
+            ],
+        ),
+    )
+    .await;
+    assert_eq!(done.state(), PurgeState::Failed);
+    let reason_of = |t: &str| {
+        done.failures
+            .iter()
+            .find(|f| f.target.ends_with(t))
+            .map(|f| f.reason.clone())
+            .unwrap_or_default()
+    };
+    assert!(
+        reason_of("/refuse").contains("target not in zone"),
+        "{:?}",
+        done.failures
+    );
+    assert!(
+        reason_of("/fail-later").contains("originPullFailed"),
+        "{:?}",
+        done.failures
+    );
+    assert!(
+        reason_of("/time-out").contains("timed out"),
+        "{:?}",
+        done.failures
+    );
+    assert_eq!(done.failures.len(), 3);
+    assert_eq!(done.progress.unwrap().succeeded, 1);
+}
+
+#[tokio::test]
+async fn an_exhausted_daily_quota_fails_fast_and_a_quota_error_fails_the_targets() {
+    let fake = FakeEdgeOne::start(20, Duration::from_millis(50)).await;
+    fake.set_daily_available("purge_url", 0);
+    let (app, _dir) = service(&fake, SECRET_KEY, "").await;
+    eventually(Duration::from_secs(10), "the quota was read", || {
+        let seen = fake.accepted("DescribeContentQuota").len();
+        async move { (seen > 0).then_some(()) }
+    })
+    .await;
+    // Known exhausted: refused at once, nothing queued.
+    let err = eventually(Duration::from_secs(10), "CreatePurge fails fast", || {
+        let mut c = app.client.clone();
+        async move {
+            c.create_purge(request(
+                "edge",
+                PurgeKind::Url,
+                &["https://www.example.com/q"],
+            ))
+            .await
+            .err()
+        }
+    })
+    .await;
+    assert_eq!(err.code(), Code::ResourceExhausted);
+    assert_eq!(reason(&err), "PROVIDER_QUOTA_EXHAUSTED");
+    use tonic_types::StatusExt;
+    assert!(err.get_error_details().quota_failure().is_some());
+
+    // Not known yet: the submit meets LimitExceeded.DailyQuota and the targets fail with it.
+    fake.set_daily_available("purge_prefix", 1);
+    let done = create(
+        &app,
+        request(
+            "edge",
+            PurgeKind::Prefix,
+            &["https://www.example.com/a/", "https://www.example.com/b/"],
+        ),
+    )
+    .await;
+    assert_eq!(done.state(), PurgeState::Failed);
+    assert!(
+        done.failures
+            .iter()
+            .all(|f| f.reason.contains("LimitExceeded.DailyQuota")),
+        "{:?}",
+        done.failures
+    );
+    // ... and from then on PREFIX purges fail fast too.
+    let mut client = app.client.clone();
+    let err = client
+        .create_purge(request(
+            "edge",
+            PurgeKind::Prefix,
+            &["https://www.example.com/c/"],
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted);
+    // Other types are unaffected.
+    assert_eq!(
+        create(&app, request("edge", PurgeKind::Host, &["www.example.com"]))
+            .await
+            .state(),
+        PurgeState::Succeeded
+    );
+}
+
+#[tokio::test]
+async fn throttling_5xx_and_internal_errors_are_retried() {
+    let fake = FakeEdgeOne::start(2, Duration::from_millis(50)).await;
+    fake.fault("CreatePurgeTask", Fault::Http(502));
+    fake.fault("CreatePurgeTask", Fault::Error("InternalError.ProxyServer"));
+    // We believe in 50 calls/s; the fake allows 2 per second and says RequestLimitExceeded.
+    let (app, _dir) = service(
+        &fake,
+        SECRET_KEY,
+        "[providers.limits]\nsubmit = [{ count = 50, per = \"1s\" }]\nmax_per_call = { URL = 1 }\n",
+    )
+    .await;
+    let targets: Vec<String> = (0..6)
+        .map(|i| format!("https://www.example.com/r{i}"))
+        .collect();
+    let refs: Vec<&str> = targets.iter().map(String::as_str).collect();
+    let done = create(&app, request("edge", PurgeKind::Url, &refs)).await;
+    assert_eq!(done.state(), PurgeState::Succeeded, "{done:?}");
+    let calls = fake.calls();
+    let code = |c: &str| {
+        calls
+            .iter()
+            .filter(|x| x.action == "CreatePurgeTask" && x.error.as_deref() == Some(c))
+            .count()
+    };
+    assert!(
+        code("RequestLimitExceeded") > 0,
+        "the test should provoke throttling"
+    );
+    assert_eq!(code("502"), 1);
+    assert_eq!(code("InternalError.ProxyServer"), 1);
+    assert_eq!(fake.accepted("CreatePurgeTask").len(), 6);
+}
+
+#[tokio::test]
+async fn a_submit_that_timed_out_is_looked_up_before_it_is_sent_again() {
+    let fake = FakeEdgeOne::start(20, Duration::from_millis(50)).await;
+    // EdgeOne creates the task but answers after the client's 1 s timeout.
+    fake.fault("CreatePurgeTask", Fault::Slow(Duration::from_secs(3)));
+    let (app, _dir) = service(&fake, SECRET_KEY, "").await;
+    let done = create(
+        &app,
+        request("edge", PurgeKind::Url, &["https://www.example.com/slow.js"]),
+    )
+    .await;
+    assert_eq!(done.state(), PurgeState::Succeeded, "{done:?}");
+    assert_eq!(
+        fake.accepted("CreatePurgeTask").len(),
+        1,
+        "the purge was sent again"
+    );
+    let lookup = fake
+        .accepted("DescribePurgeTasks")
+        .into_iter()
+        .find(|b| {
+            b["Filters"]
+                .as_array()
+                .is_some_and(|f| f.iter().any(|f| f["Name"] == "target"))
+        })
+        .expect("a lookup by target");
+    assert_eq!(
+        lookup["Filters"][1]["Values"][0],
+        "https://www.example.com/slow.js"
+    );
+    assert!(
+        done.tasks[0].provider_task_id.starts_with("job-"),
+        "{:?}",
+        done.tasks
+    );
+}
+
+#[tokio::test]
+async fn batch_quota_splits_and_an_expired_signature_is_signed_again() {
+    let fake = FakeEdgeOne::start(20, Duration::from_millis(50)).await;
+    let (app, _dir) = service(&fake, SECRET_KEY, "").await;
+    eventually(Duration::from_secs(10), "the quota was read", || {
+        let seen = fake.accepted("DescribeContentQuota").len();
+        async move { (seen > 0).then_some(()) }
+    })
+    .await;
+    // The zone's batch size drops after we read it: EdgeOne answers LimitExceeded.BatchQuota.
+    fake.set_batch("purge_url", 3);
+    fake.fault(
+        "CreatePurgeTask",
+        Fault::Error("AuthFailure.SignatureExpire"),
+    );
+    let targets: Vec<String> = (0..8)
+        .map(|i| format!("https://www.example.com/b{i}"))
+        .collect();
+    let refs: Vec<&str> = targets.iter().map(String::as_str).collect();
+    let done = create(&app, request("edge", PurgeKind::Url, &refs)).await;
+    assert_eq!(done.state(), PurgeState::Succeeded, "{done:?}");
+    let calls = fake.calls();
+    assert!(
+        calls
+            .iter()
+            .any(|c| c.error.as_deref() == Some("AuthFailure.SignatureExpire"))
+    );
+    assert!(
+        calls
+            .iter()
+            .any(|c| c.error.as_deref() == Some("LimitExceeded.BatchQuota"))
+    );
+    let sizes: Vec<usize> = fake
+        .accepted("CreatePurgeTask")
+        .iter()
+        .map(|b| b["Targets"].as_array().unwrap().len())
+        .collect();
+    assert!(sizes.iter().all(|&n| n <= 3), "{sizes:?}");
+    assert_eq!(sizes.iter().sum::<usize>(), 8);
+}
+
+#[tokio::test]
+async fn a_wrong_secret_fails_without_retrying_and_never_shows_the_secret() {
+    let fake = FakeEdgeOne::start(20, Duration::from_millis(50)).await;
+    let (app, _dir) = service(&fake, "not-the-right-secret-key", "").await;
+    let done = create(
+        &app,
+        request("edge", PurgeKind::Url, &["https://www.example.com/a"]),
+    )
+    .await;
+    assert_eq!(done.state(), PurgeState::Failed);
+    assert!(
+        done.failures[0]
+            .reason
+            .contains("AuthFailure.SignatureFailure"),
+        "{:?}",
+        done.failures
+    );
+    assert!(!format!("{done:?}").contains("not-the-right-secret-key"));
+    let attempts = fake
+        .calls()
+        .iter()
+        .filter(|c| c.action == "CreatePurgeTask")
+        .count();
+    assert_eq!(attempts, 1, "an auth failure is not retried");
+}
+
+#[test]
+fn debug_output_masks_credentials() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("key");
+    std::fs::write(&key, "super-secret-value").unwrap();
+    let settings: purge_service::providers::edgeone::EdgeOneSettings = toml::from_str(&format!(
+        "zone_id = \"z\"\nsecret_id_file = {key:?}\nsecret_key_file = {key:?}\ntoken_file = {key:?}\n"
+    ))
+    .unwrap();
+    let client =
+        purge_service::providers::edgeone::EdgeOne::new(&settings, reqwest::Client::new()).unwrap();
+    let shown = format!("{client:?}");
+    assert!(!shown.contains("super-secret-value"), "{shown}");
+}

@@ -1,0 +1,4 @@
+//! Provider fakes: real HTTP servers implementing the documented APIs, verifying signatures
+//! with their own code, enforcing limits and recording every request.
+
+pub mod edgeone;
