@@ -347,14 +347,19 @@ fn outcome(row: &api::Task) -> Option<Result<(), String>> {
 impl Provider for EdgeOne {
     fn capabilities(&self) -> Capabilities {
         let per_second = vec![Rate::new(20, Duration::from_secs(1))];
+        let mut max_per_call = BTreeMap::from([
+            (PurgeKind::Url, 100),
+            (PurgeKind::Prefix, 100),
+            (PurgeKind::Host, 100),
+            (PurgeKind::All, 1),
+            (PurgeKind::Tag, 100),
+        ]);
+        // purge_all is refused for the account-wide zone `*`.
+        if self.inner.zone_id == "*" {
+            max_per_call.remove(&PurgeKind::All);
+        }
         Capabilities {
-            max_per_call: BTreeMap::from([
-                (PurgeKind::Url, 100),
-                (PurgeKind::Prefix, 100),
-                (PurgeKind::Host, 100),
-                (PurgeKind::All, 1),
-                (PurgeKind::Tag, 100),
-            ]),
+            max_per_call,
             headers: false,
             tag_needs_hosts: true,
             submit_rates: per_second.clone(),
