@@ -208,10 +208,16 @@ impl App {
             }
         };
         stop.cancel();
-        while tokio::time::timeout(Duration::from_secs(5), dispatcher.join_next())
-            .await
-            .is_ok_and(|j| j.is_some())
-        {}
+        // Workers stop at once but first record the batches they already sent; a provider
+        // call still open after the bound is abandoned and its work taken over or resent.
+        let bound = self.config.server.drain_timeout.max(Duration::from_secs(5));
+        let joined = tokio::time::timeout(bound, async {
+            while dispatcher.join_next().await.is_some() {}
+        })
+        .await;
+        if joined.is_err() {
+            tracing::warn!(timeout = ?bound, "dispatcher did not stop in time; abandoning its calls");
+        }
         dispatcher.abort_all();
         tracing::info!("stopped");
         result

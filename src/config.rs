@@ -118,7 +118,7 @@ pub enum Backend {
     Redis,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {
     pub backend: Backend,
@@ -129,6 +129,44 @@ pub struct StoreConfig {
     /// Deadline for one backend operation.
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
+}
+
+impl StoreConfig {
+    /// The same settings with the password of every Redis URL masked.
+    pub fn masked(&self) -> StoreConfig {
+        StoreConfig {
+            url: self.url.as_deref().map(mask_url),
+            cluster_urls: self.cluster_urls.iter().map(|u| mask_url(u)).collect(),
+            ..self.clone()
+        }
+    }
+}
+
+impl std::fmt::Debug for StoreConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let m = self.masked();
+        f.debug_struct("StoreConfig")
+            .field("backend", &m.backend)
+            .field("url", &m.url)
+            .field("cluster_urls", &m.cluster_urls)
+            .field("key_prefix", &m.key_prefix)
+            .field("timeout", &m.timeout)
+            .finish()
+    }
+}
+
+/// `redis://user:secret@host/` -> `redis://user:***@host/`; a URL that does not parse is
+/// masked whole, since it may hold a password anywhere.
+pub fn mask_url(raw: &str) -> String {
+    match url::Url::parse(raw) {
+        Ok(mut u) => {
+            if u.password().is_some() {
+                let _ = u.set_password(Some("***"));
+            }
+            u.to_string()
+        }
+        Err(_) => "***".into(),
+    }
 }
 
 impl Default for StoreConfig {
@@ -231,6 +269,10 @@ pub struct LimitsConfig {
     pub status: Option<Vec<Rate>>,
     /// Per-call cap by kind name (`URL`, `PREFIX`, ...).
     pub max_per_call: BTreeMap<String, usize>,
+    /// Names the provider account the budgets belong to. Providers naming the same account
+    /// (two EdgeOne zones under one SecretId, say) share one set of call budgets and daily
+    /// quotas; by default each provider name is its own account.
+    pub account: Option<String>,
 }
 
 /// The provider type and its own settings.
@@ -338,7 +380,23 @@ impl Config {
                     ));
                 }
             }
-            for kind in p.limits.max_per_call.keys() {
+            if p.limits
+                .account
+                .as_deref()
+                .is_some_and(|a| a.trim().is_empty())
+            {
+                return invalid(format!(
+                    "providers.{}.limits.account: must not be empty",
+                    p.name
+                ));
+            }
+            for (kind, cap) in &p.limits.max_per_call {
+                if *cap == 0 {
+                    return invalid(format!(
+                        "providers.{}.limits.max_per_call.{kind}: must be at least 1, got 0",
+                        p.name
+                    ));
+                }
                 if crate::core::model::PurgeKind::parse(kind).is_none() {
                     return invalid(format!(
                         "providers.{}.limits.max_per_call: unknown kind {kind:?}",
@@ -404,8 +462,14 @@ impl Config {
 
     /// The effective configuration as TOML. Secrets are only ever referenced by env var or file
     /// name, so this shows none.
+    /// The effective settings as TOML, for `check-config`; Redis passwords are masked and
+    /// secrets are only references (env var or file names).
     pub fn to_toml(&self) -> String {
-        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}"))
+        let shown = Config {
+            store: self.store.masked(),
+            ..self.clone()
+        };
+        toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot render: {e}"))
     }
 }
 
@@ -520,5 +584,35 @@ mod tests {
         assert!(t("[[providers]]\nname=\"a\"\ntype=\"sandbox\"\nbogus=1").is_err());
         assert!(t("[[groups]]\nname=\"g\"\nproviders=[\"nope\"]").is_err());
         assert!(t("[store]\nbackend=\"redis\"").is_err());
+    }
+
+    #[test]
+    fn redis_passwords_are_masked_in_check_config_and_debug() {
+        let c = Config::load(
+            None,
+            env(&[
+                ("PURGE_STORE__BACKEND", "redis"),
+                ("PURGE_STORE__URL", "redis://app:hunter2@redis:6379/0"),
+                (
+                    "PURGE_STORE__CLUSTER_URLS",
+                    "[\"redis://:hunter3@n1:7000\"]",
+                ),
+            ]),
+        )
+        .unwrap();
+        let shown = c.to_toml();
+        let debug = format!("{c:?}");
+        for text in [&shown, &debug] {
+            assert!(
+                !text.contains("hunter2") && !text.contains("hunter3"),
+                "{text}"
+            );
+            assert!(text.contains("redis://app:***@redis:6379/0"), "{text}");
+        }
+        assert_eq!(
+            c.store.url.as_deref(),
+            Some("redis://app:hunter2@redis:6379/0")
+        );
+        assert_eq!(mask_url("not a url with pass"), "***");
     }
 }

@@ -57,11 +57,19 @@ pub enum Error {
     Internal(#[source] StoreError),
 }
 
+/// The first few violations; the details list them all.
 fn summary(v: &[FieldViolation]) -> String {
-    v.iter()
+    const SHOWN: usize = 3;
+    let mut s = v
+        .iter()
+        .take(SHOWN)
         .map(|f| format!("{}: {}", f.field, f.description))
         .collect::<Vec<_>>()
-        .join("; ")
+        .join("; ");
+    if v.len() > SHOWN {
+        s.push_str(&format!(" (and {} more in the details)", v.len() - SHOWN));
+    }
+    s
 }
 
 impl From<StoreError> for Error {

@@ -135,6 +135,8 @@ impl PurgeSpec {
         use sha2::{Digest, Sha256};
         let mut canonical = self.clone();
         canonical.idempotency_key = None;
+        // The same targets in another order are the same purge.
+        canonical.targets.sort_unstable();
         let bytes = serde_json::to_vec(&canonical).expect("spec serializes");
         hex::encode(Sha256::digest(bytes))
     }

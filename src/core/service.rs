@@ -9,13 +9,24 @@ use tracing::Instrument;
 
 use super::auth::{Caller, Callers};
 use super::error::{Error, FieldViolation};
-use super::model::PurgeRecord;
+use super::model::{PurgeRecord, PurgeSpec};
 use super::validate::{CreateRequest, Limits, validate};
 use super::watch::WatchHub;
 use crate::core::model::WorkItem;
 use crate::limiter::{Charge, Decision, Limit, Limiter, Rate};
 use crate::providers::Registry;
 use crate::store::{CreateOutcome, IdempotencyClaim, Store};
+
+/// The caller's answer for a create outcome.
+fn answer(outcome: CreateOutcome, key: Option<String>) -> Result<PurgeRecord, Error> {
+    match outcome {
+        CreateOutcome::Created(r) | CreateOutcome::Existing(r) => Ok(r),
+        CreateOutcome::Conflict { existing_id } => Err(Error::IdempotencyKeyReused {
+            key: key.unwrap_or_default(),
+            existing_id,
+        }),
+    }
+}
 
 /// Settings of the use cases, from the server configuration.
 #[derive(Clone, Debug)]
@@ -80,6 +91,42 @@ impl PurgeCore {
         let inner = &self.inner;
         let spec = validate(req, &inner.registry, inner.settings.limits)?;
         caller.authorize(&spec)?;
+        let claim = spec.idempotency_key.as_ref().map(|key| IdempotencyClaim {
+            scope: format!("{}\u{1f}{key}", caller.name),
+            fingerprint: spec.fingerprint(),
+            retention: inner.settings.idempotency_retention,
+        });
+        if let Err(refused) = self.admit(caller, &spec).await {
+            // A retry of a request already accepted gets its purge, whatever the quotas and
+            // rates say now: they were charged when it was accepted.
+            if let Some(claim) = &claim
+                && let Some(outcome) = inner.store.replay(claim).await?
+            {
+                return answer(outcome, spec.idempotency_key);
+            }
+            return Err(refused);
+        }
+        let id = uuid::Uuid::now_v7().to_string();
+        let work = spec
+            .providers
+            .iter()
+            .map(|p| WorkItem {
+                purge_id: id.clone(),
+                provider: p.clone(),
+            })
+            .collect();
+        let key = spec.idempotency_key.clone();
+        let record = PurgeRecord::new(id, caller.name.clone(), spec, chrono::Utc::now());
+        let outcome = inner.store.create(record, claim, work).await?;
+        if let CreateOutcome::Created(r) = &outcome {
+            tracing::info!(purge_id = %r.id, kind = %r.spec.kind, targets = r.units.len(), "purge accepted");
+        }
+        answer(outcome, key)
+    }
+
+    /// The day's quota and the caller's rate, for a new purge.
+    async fn admit(&self, caller: &Caller, spec: &PurgeSpec) -> Result<(), Error> {
+        let inner = &self.inner;
         for name in &spec.providers {
             let handle = inner.registry.get(name).expect("resolved provider exists");
             let remaining = handle.known_quota(spec.kind).remaining;
@@ -111,33 +158,7 @@ impl PurgeCore {
                 }
             }
         }
-        let id = uuid::Uuid::now_v7().to_string();
-        let claim = spec.idempotency_key.as_ref().map(|key| IdempotencyClaim {
-            scope: format!("{}\u{1f}{key}", caller.name),
-            fingerprint: spec.fingerprint(),
-            retention: inner.settings.idempotency_retention,
-        });
-        let work = spec
-            .providers
-            .iter()
-            .map(|p| WorkItem {
-                purge_id: id.clone(),
-                provider: p.clone(),
-            })
-            .collect();
-        let key = spec.idempotency_key.clone();
-        let record = PurgeRecord::new(id, caller.name.clone(), spec, chrono::Utc::now());
-        match inner.store.create(record, claim, work).await? {
-            CreateOutcome::Created(r) => {
-                tracing::info!(purge_id = %r.id, kind = %r.spec.kind, targets = r.units.len(), "purge accepted");
-                Ok(r)
-            }
-            CreateOutcome::Existing(r) => Ok(r),
-            CreateOutcome::Conflict { existing_id } => Err(Error::IdempotencyKeyReused {
-                key: key.unwrap_or_default(),
-                existing_id,
-            }),
-        }
+        Ok(())
     }
 
     pub async fn get(&self, caller: &Caller, id: &str) -> Result<PurgeRecord, Error> {
@@ -162,6 +183,7 @@ impl PurgeCore {
         caller: &Caller,
         id: &str,
     ) -> Result<mpsc::Receiver<Result<PurgeRecord, Error>>, Error> {
+        // Subscribed before the first read, so no change after it goes unnoticed.
         let mut changes = self.inner.hub.subscribe(id);
         let first = self.get(caller, id).await?;
         let (tx, rx) = mpsc::channel(4);
@@ -194,7 +216,12 @@ impl PurgeCore {
                                 return;
                             }
                         }
-                        Ok(_) => {}
+                        Ok(Some(_)) => {}
+                        Ok(None) => {
+                            // Expired or removed while watched.
+                            let _ = tx.send(Err(Error::NotFound { id: id.clone() })).await;
+                            return;
+                        }
                         Err(e) => tracing::warn!(error = %e, "watch re-read failed; retrying"),
                     }
                 }

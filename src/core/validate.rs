@@ -37,6 +37,9 @@ const MAX_IDEMPOTENCY_KEY: usize = 128;
 const MAX_HOSTS: usize = 100;
 
 /// Quotes a value for an error message, shortened so errors stay small.
+/// Most field violations one error lists.
+pub const MAX_VIOLATIONS: usize = 50;
+
 pub fn quote(value: &str) -> String {
     const MAX: usize = 120;
     if value.chars().count() <= MAX {
@@ -140,8 +143,14 @@ pub fn validate(
                 match checked {
                     Err(why) => bad(format!("targets[{i}]"), format!("{why}: {}", quote(t))),
                     Ok(()) => {
-                        if seen.insert(t.as_str()) {
-                            targets.push(t.clone());
+                        // Host names are case-insensitive: one spelling, so duplicates and
+                        // idempotent retries compare equal.
+                        let t = match kind {
+                            PurgeKind::Host => t.trim_end_matches('.').to_ascii_lowercase(),
+                            _ => t.clone(),
+                        };
+                        if seen.insert(t.clone()) {
+                            targets.push(t);
                         }
                     }
                 }
@@ -285,6 +294,15 @@ pub fn validate(
     }
 
     if !v.is_empty() {
+        if v.len() > MAX_VIOLATIONS {
+            // Error details travel in a trailer: keep them well under header limits.
+            let more = v.len() - MAX_VIOLATIONS;
+            v.truncate(MAX_VIOLATIONS);
+            v.push(FieldViolation::new(
+                "targets",
+                format!("{more} more violations not listed; fix the ones above and retry"),
+            ));
+        }
         return Err(Error::InvalidArgument(v));
     }
     Ok(PurgeSpec {

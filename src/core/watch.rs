@@ -13,13 +13,24 @@ pub struct WatchHub {
 }
 
 impl WatchHub {
-    /// A receiver that changes whenever purge `id` may have changed.
-    pub fn subscribe(&self, id: &str) -> watch::Receiver<u64> {
+    /// A receiver that changes whenever purge `id` may have changed; dropping the last one
+    /// for `id` forgets `id`.
+    pub fn subscribe(&self, id: &str) -> Subscription {
         let mut senders = self.senders.lock().expect("hub lock");
-        senders
+        let rx = senders
             .entry(id.to_owned())
             .or_insert_with(|| watch::channel(0).0)
-            .subscribe()
+            .subscribe();
+        Subscription {
+            rx,
+            hub: self.clone(),
+            id: id.to_owned(),
+        }
+    }
+
+    /// Purges with at least one watcher on this replica.
+    pub fn watched(&self) -> usize {
+        self.senders.lock().expect("hub lock").len()
     }
 
     fn wake(&self, id: &str) {
@@ -55,5 +66,51 @@ impl WatchHub {
                 Err(broadcast::error::RecvError::Closed) => return,
             }
         }
+    }
+}
+
+/// One watcher's wake-ups for one purge.
+pub struct Subscription {
+    rx: watch::Receiver<u64>,
+    hub: WatchHub,
+    id: String,
+}
+
+impl Subscription {
+    /// Resolves at the next wake-up.
+    pub async fn changed(&mut self) {
+        // The sender lives in the hub for as long as a receiver does; an error cannot happen
+        // but would only mean "re-read", which is what a wake-up means too.
+        let _ = self.rx.changed().await;
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        let mut senders = self.hub.senders.lock().expect("hub lock");
+        // This receiver is still counted while it is being dropped.
+        if senders
+            .get(&self.id)
+            .is_some_and(|tx| tx.receiver_count() <= 1)
+        {
+            senders.remove(&self.id);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_last_subscription_dropped_forgets_the_purge() {
+        let hub = WatchHub::default();
+        let a = hub.subscribe("p1");
+        let b = hub.subscribe("p1");
+        assert_eq!(hub.watched(), 1);
+        drop(a);
+        assert_eq!(hub.watched(), 1);
+        drop(b);
+        assert_eq!(hub.watched(), 0);
     }
 }

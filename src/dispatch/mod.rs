@@ -13,6 +13,7 @@ use chrono::{DateTime, Utc};
 use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::config::DispatchConfig;
 use crate::core::model::{PurgeKind, PurgeRecord, TaskState, UnitStatus};
@@ -47,6 +48,7 @@ pub fn spawn(
             lane_changed: Notify::new(),
             inflight: Mutex::default(),
             held: Mutex::default(),
+            sending: TaskTracker::new(),
         }));
         set.spawn(worker.clone().intake());
         set.spawn(worker.clone().flush());
@@ -81,6 +83,16 @@ struct Inner {
     inflight: Mutex<HashMap<String, InFlight>>,
     /// Purge id -> the delivery to acknowledge when this provider is done with it.
     held: Mutex<HashMap<String, String>>,
+    /// Submits under way, waited for when stopping so no sent batch goes unrecorded.
+    sending: TaskTracker,
+}
+
+/// How a provider task ended.
+enum Outcome {
+    /// Done; these targets failed, with the reason.
+    Finished(HashMap<String, String>),
+    /// Every target failed for this reason.
+    AllFailed(String),
 }
 
 /// Outcome of waiting for budget.
@@ -100,7 +112,18 @@ impl Worker {
         let s = &self.0.settings;
         let mut last_upkeep = tokio::time::Instant::now();
         let upkeep_every = s.reclaim_idle / 3;
+        // Work beyond this stays in the queue for replicas with room, instead of piling up
+        // behind this one's share of the provider budget.
+        let max_held = s.claim_batch.saturating_mul(16).max(1);
         while !self.0.stop.is_cancelled() {
+            if last_upkeep.elapsed() >= upkeep_every {
+                last_upkeep = tokio::time::Instant::now();
+                self.upkeep().await;
+            }
+            if self.0.held.lock().expect("held lock").len() >= max_held {
+                self.pause(Duration::from_millis(200)).await;
+                continue;
+            }
             let claimed = tokio::select! {
                 _ = self.0.stop.cancelled() => return,
                 c = self.0.queue.claim(self.name(), &self.0.consumer, s.claim_batch, Duration::from_secs(1)) => c,
@@ -111,10 +134,6 @@ impl Worker {
                     tracing::warn!(provider = self.name(), error = %e, "cannot claim work; retrying");
                     self.pause(Duration::from_millis(500)).await;
                 }
-            }
-            if last_upkeep.elapsed() >= upkeep_every {
-                last_upkeep = tokio::time::Instant::now();
-                self.upkeep().await;
             }
         }
     }
@@ -176,11 +195,24 @@ impl Worker {
             self.ack(&delivery.id).await;
             return;
         }
-        self.0
-            .held
-            .lock()
-            .expect("held lock")
-            .insert(record.id.clone(), delivery.id);
+        let duplicate = {
+            let mut held = self.0.held.lock().expect("held lock");
+            match held.get(&record.id) {
+                // Already ours (our own idle work handed back, or a second delivery of the
+                // same purge): its units are in a lane or in flight; adding them again would
+                // send them twice.
+                Some(existing) => Some(*existing != delivery.id),
+                None => {
+                    held.insert(record.id.clone(), delivery.id.clone());
+                    None
+                }
+            }
+        };
+        match duplicate {
+            Some(true) => return self.ack(&delivery.id).await,
+            Some(false) => return,
+            None => {}
+        }
         let key = LaneKey::of(&record.spec);
         let mut queued = 0;
         {
@@ -196,25 +228,21 @@ impl Worker {
                         let Some(t) = record.tasks.get(task) else {
                             continue;
                         };
-                        let entry =
-                            inflight
-                                .entry(t.provider_task_id.clone())
-                                .or_insert_with(|| InFlight {
-                                    query: TaskQuery {
-                                        task_id: t.provider_task_id.clone(),
-                                        kind: record.spec.kind,
-                                        targets: Vec::new(),
-                                        submitted_at: t.submit_time,
-                                    },
-                                    credits: HashMap::new(),
-                                });
-                        if !entry.query.targets.contains(&unit.target) {
-                            entry.query.targets.push(unit.target.clone());
-                        }
-                        let credits = entry.credits.entry(unit.target.clone()).or_default();
-                        if !credits.contains(&record.id) {
-                            credits.push(record.id.clone());
-                        }
+                        merge_inflight(
+                            &mut inflight,
+                            InFlight {
+                                query: TaskQuery {
+                                    task_id: t.provider_task_id.clone(),
+                                    kind: record.spec.kind,
+                                    targets: vec![unit.target.clone()],
+                                    submitted_at: t.submit_time,
+                                },
+                                credits: HashMap::from([(
+                                    unit.target.clone(),
+                                    vec![record.id.clone()],
+                                )]),
+                            },
+                        );
                     }
                     UnitStatus::Succeeded | UnitStatus::Failed { .. } => {}
                 }
@@ -229,6 +257,13 @@ impl Worker {
     /// Sends due lanes as soon as the provider's budget allows.
     async fn flush(self) {
         let linger = self.0.settings.linger;
+        self.flush_lanes(linger).await;
+        // Batches already handed to the provider are recorded before the worker ends.
+        self.0.sending.close();
+        self.0.sending.wait().await;
+    }
+
+    async fn flush_lanes(&self, linger: Duration) {
         loop {
             let next = {
                 let lanes = self.0.lanes.lock().expect("lanes lock");
@@ -271,7 +306,7 @@ impl Worker {
                 continue;
             }
             let worker = self.clone();
-            tokio::spawn(async move {
+            self.0.sending.spawn(async move {
                 worker.submit(key, taken).await;
                 drop(permit);
             });
@@ -288,7 +323,7 @@ impl Worker {
             .iter()
             .enumerate()
             .map(|(i, rate)| Charge {
-                key: format!("{}:{api}:{i}", self.name()),
+                key: format!("{}:{api}:{i}", self.0.provider.budget),
                 limit: Limit::for_rate(*rate, self.0.settings.rate_margin),
                 cost: 1,
             })
@@ -313,7 +348,7 @@ impl Worker {
             .enumerate()
             .filter(|(_, q)| q.kinds.contains(&kind))
             .map(|(i, q)| Charge {
-                key: format!("{}:daily:{i}", self.name()),
+                key: format!("{}:daily:{i}", self.0.provider.budget),
                 limit: Limit::Daily {
                     max: q.max,
                     utc_offset_secs: q.utc_offset_secs,
@@ -391,48 +426,56 @@ impl Worker {
                 for task in group {
                     let outcome = match progress.get(&task.query.task_id) {
                         Some(TaskProgress::Finished { failed }) => {
-                            Some(failed.iter().cloned().collect())
+                            Some(Outcome::Finished(failed.iter().cloned().collect()))
                         }
-                        Some(TaskProgress::Failed { reason }) => Some(
-                            task.query
-                                .targets
-                                .iter()
-                                .map(|t| (t.clone(), reason.clone()))
-                                .collect(),
-                        ),
-                        Some(TaskProgress::Running) | None => self.timed_out(task),
+                        Some(TaskProgress::Failed { reason }) => {
+                            Some(Outcome::AllFailed(reason.clone()))
+                        }
+                        Some(TaskProgress::Running) | None => {
+                            self.timed_out(task).map(Outcome::AllFailed)
+                        }
                     };
-                    if let Some(failed) = outcome {
-                        self.finish_task(task, failed).await;
+                    if let Some(outcome) = outcome {
+                        self.finish_task(&task.query.task_id, outcome).await;
                     }
                 }
             }
         }
     }
 
-    fn timed_out(&self, task: &InFlight) -> Option<HashMap<String, String>> {
+    /// The failure reason of a task running for longer than the task timeout.
+    fn timed_out(&self, task: &InFlight) -> Option<String> {
         let age = Utc::now() - task.query.submitted_at;
         let limit = chrono::Duration::from_std(self.0.settings.task_timeout).ok()?;
         (age > limit).then(|| {
-            let reason = format!(
+            format!(
                 "provider task {} did not finish within {:?}",
                 task.query.task_id, self.0.settings.task_timeout
-            );
-            task.query
-                .targets
-                .iter()
-                .map(|t| (t.clone(), reason.clone()))
-                .collect()
+            )
         })
     }
 
-    /// Records a finished task on every purge it carried targets for.
-    async fn finish_task(&self, task: &InFlight, failed: HashMap<String, String>) {
-        self.0
+    /// Records a finished task on every purge it carried targets for. The entry is taken out
+    /// under the lock, so credits merged in since the poll began are recorded too.
+    async fn finish_task(&self, task_id: &str, outcome: Outcome) {
+        let Some(task) = self
+            .0
             .inflight
             .lock()
             .expect("inflight lock")
-            .remove(&task.query.task_id);
+            .remove(task_id)
+        else {
+            return;
+        };
+        let failed = match outcome {
+            Outcome::Finished(failed) => failed,
+            Outcome::AllFailed(reason) => task
+                .query
+                .targets
+                .iter()
+                .map(|t| (t.clone(), reason.clone()))
+                .collect(),
+        };
         let mut by_purge: HashMap<&String, HashSet<&String>> = HashMap::new();
         for (target, purges) in &task.credits {
             for p in purges {
@@ -575,11 +618,31 @@ impl Worker {
     }
 
     fn track(&self, task: InFlight) {
-        self.0
-            .inflight
-            .lock()
-            .expect("inflight lock")
-            .insert(task.query.task_id.clone(), task);
+        merge_inflight(&mut self.0.inflight.lock().expect("inflight lock"), task);
+    }
+}
+
+/// Follows `task`, merging its targets and credits into an entry already following the same
+/// provider task (adopted from another replica's work, or submitted for several purges).
+fn merge_inflight(inflight: &mut HashMap<String, InFlight>, task: InFlight) {
+    match inflight.entry(task.query.task_id.clone()) {
+        std::collections::hash_map::Entry::Vacant(v) => {
+            v.insert(task);
+        }
+        std::collections::hash_map::Entry::Occupied(mut o) => {
+            let entry = o.get_mut();
+            for (target, purges) in task.credits {
+                if !entry.query.targets.contains(&target) {
+                    entry.query.targets.push(target.clone());
+                }
+                let credits = entry.credits.entry(target).or_default();
+                for p in purges {
+                    if !credits.contains(&p) {
+                        credits.push(p);
+                    }
+                }
+            }
+        }
     }
 }
 

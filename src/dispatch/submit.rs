@@ -148,6 +148,7 @@ impl Worker {
             let change = |r: &mut PurgeRecord| {
                 let task = r.tasks.len();
                 let mut carried = 0;
+                let mut refused = 0;
                 for unit in r.units.iter_mut() {
                     if unit.provider != provider
                         || unit.status != UnitStatus::Pending
@@ -157,21 +158,31 @@ impl Worker {
                     }
                     carried += 1;
                     unit.status = match rejected.get(unit.target.as_str()) {
-                        Some(reason) => UnitStatus::Failed {
-                            reason: (*reason).to_owned(),
-                        },
+                        Some(reason) => {
+                            refused += 1;
+                            UnitStatus::Failed {
+                                reason: (*reason).to_owned(),
+                            }
+                        }
                         None => UnitStatus::Submitted { task },
                     };
                 }
                 if carried == 0 {
                     return false;
                 }
+                // A task whose every target was refused is over: nothing follows it.
+                let all_refused = refused == carried;
                 r.tasks.push(TaskRecord {
                     provider: provider.clone(),
                     provider_task_id: sub.task_id.clone(),
-                    state: TaskState::Running,
+                    state: if all_refused {
+                        TaskState::Failed
+                    } else {
+                        TaskState::Running
+                    },
                     target_count: carried,
-                    error: None,
+                    error: (refused > 0)
+                        .then(|| format!("{refused} of {carried} targets refused by the provider")),
                     request_id: sub.request_id.clone(),
                     submit_time: now,
                 });

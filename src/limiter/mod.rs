@@ -101,6 +101,14 @@ pub enum RuleState {
 
 const DAY_MS: i64 = 86_400_000;
 
+/// Milliseconds between evenly spaced events of `rate`, rounded up: rounding down would let
+/// `count + 1` events into one period (7 per second: 142 ms spacing fits 8 in 994 ms).
+pub fn gcra_interval_ms(rate: Rate) -> u64 {
+    (rate.per.as_millis() as u64)
+        .div_ceil(rate.count.max(1) as u64)
+        .max(1)
+}
+
 /// Decides one rule at `now_ms`: `Ok(new state)` if `cost` fits, else how long to wait
 /// (`Err((wait_ms, exhausted))`). Pure, so the memory and Redis limiters agree.
 pub fn evaluate(
@@ -111,7 +119,7 @@ pub fn evaluate(
 ) -> Result<RuleState, (u64, bool)> {
     match *limit {
         Limit::Gcra { rate, burst } => {
-            let interval = (rate.per.as_millis() as u64 / rate.count.max(1) as u64).max(1);
+            let interval = gcra_interval_ms(rate);
             let tolerance = interval * burst.saturating_sub(1) as u64;
             let tat = match state {
                 RuleState::Gcra { tat } => (*tat).max(now_ms),
@@ -190,6 +198,28 @@ mod tests {
         let s = evaluate(&RuleState::Fresh, &limit, 1, 1_000).unwrap();
         assert_eq!(evaluate(&s, &limit, 1, 1_050), Err((50, false)));
         assert!(evaluate(&s, &limit, 1, 1_100).is_ok());
+    }
+
+    #[test]
+    fn gcra_never_lets_more_than_count_into_one_period() {
+        // 7 per second does not divide 1000 ms evenly.
+        let limit = Limit::Gcra {
+            rate: Rate::new(7, Duration::from_secs(1)),
+            burst: 1,
+        };
+        let (mut s, mut t, mut grants) = (RuleState::Fresh, 0u64, Vec::new());
+        while grants.len() < 50 {
+            match evaluate(&s, &limit, 1, t) {
+                Ok(next) => {
+                    s = next;
+                    grants.push(t);
+                }
+                Err((wait, _)) => t += wait,
+            }
+        }
+        for w in grants.windows(8) {
+            assert!(w[7] - w[0] >= 1000, "8 grants within {} ms", w[7] - w[0]);
+        }
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::sync::{Arc, LazyLock};
 use ::redis::Script;
 use async_trait::async_trait;
 
-use super::{Charge, Decision, Limit, Limiter};
+use super::{Charge, Decision, Limit, Limiter, gcra_interval_ms};
 use crate::store::StoreError;
 use crate::store::redis_shared::Shared;
 
@@ -113,7 +113,7 @@ impl RedisLimiter {
 fn rule_args(limit: &Limit) -> (&'static str, i64, i64) {
     match *limit {
         Limit::Gcra { rate, burst } => {
-            let interval = (rate.per.as_millis() as u64 / rate.count.max(1) as u64).max(1);
+            let interval = gcra_interval_ms(rate);
             let tolerance = interval * burst.saturating_sub(1) as u64;
             ("g", interval as i64, tolerance as i64)
         }

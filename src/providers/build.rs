@@ -55,7 +55,11 @@ fn handle(pc: &ProviderConfig, client: Arc<dyn Provider>) -> ProviderHandle {
             *c = (*cap).max(1);
         }
     }
-    ProviderHandle::new(pc.name.clone(), client, caps)
+    let mut handle = ProviderHandle::new(pc.name.clone(), client, caps);
+    if let Some(account) = &pc.limits.account {
+        handle.budget = format!("account:{account}");
+    }
+    handle
 }
 
 /// Resolves every provider's secrets once, so `check-config` reports a missing one.

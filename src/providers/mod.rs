@@ -196,16 +196,22 @@ pub struct ProviderHandle {
     pub name: String,
     pub client: Arc<dyn Provider>,
     pub caps: Capabilities,
+    /// The account its budgets are kept under: its own name unless configured to share.
+    pub budget: String,
     quota: Arc<Mutex<BTreeMap<PurgeKind, KindQuota>>>,
+    /// Kinds whose daily quota ran out, until the provider's next day.
+    exhausted: Arc<Mutex<BTreeMap<PurgeKind, DateTime<Utc>>>>,
 }
 
 impl ProviderHandle {
     pub fn new(name: String, client: Arc<dyn Provider>, caps: Capabilities) -> ProviderHandle {
         ProviderHandle {
+            budget: name.clone(),
             name,
             client,
             caps,
             quota: Arc::default(),
+            exhausted: Arc::default(),
         }
     }
 
@@ -216,28 +222,62 @@ impl ProviderHandle {
         configured.min(reported).max(1)
     }
 
+    /// What the provider last reported for `kind`, with `remaining: Some(0)` while the day's
+    /// quota is known to be gone.
     pub fn known_quota(&self, kind: PurgeKind) -> KindQuota {
-        self.quota
+        let mut quota = self
+            .quota
             .lock()
             .expect("quota lock")
             .get(&kind)
             .copied()
-            .unwrap_or_default()
+            .unwrap_or_default();
+        let mut exhausted = self.exhausted.lock().expect("quota lock");
+        match exhausted.get(&kind) {
+            Some(until) if Utc::now() < *until => quota.remaining = Some(0),
+            Some(_) => {
+                exhausted.remove(&kind);
+            }
+            None => {}
+        }
+        quota
     }
 
+    /// Takes the provider's report as the truth, including for kinds marked exhausted.
     pub fn set_quota(&self, quota: BTreeMap<PurgeKind, KindQuota>) {
+        let mut exhausted = self.exhausted.lock().expect("quota lock");
+        exhausted.retain(|kind, _| quota.get(kind).is_none_or(|q| q.remaining.is_none()));
         *self.quota.lock().expect("quota lock") = quota;
     }
 
-    /// Records that the day's quota for `kind` is gone.
+    /// Records that the day's quota for `kind` is gone, until the provider's next day starts
+    /// (its documented day for that kind, else UTC's).
     pub fn mark_exhausted(&self, kind: PurgeKind) {
-        self.quota
+        let offset = self
+            .caps
+            .daily
+            .iter()
+            .find(|q| q.kinds.contains(&kind))
+            .map_or(0, |q| q.utc_offset_secs);
+        self.exhausted
             .lock()
             .expect("quota lock")
-            .entry(kind)
-            .or_default()
-            .remaining = Some(0);
+            .insert(kind, next_day_start(Utc::now(), offset));
     }
+}
+
+/// The first instant of the day after `now`'s, days starting at midnight UTC+`offset_secs`.
+pub fn next_day_start(now: DateTime<Utc>, offset_secs: i32) -> DateTime<Utc> {
+    let offset = chrono::Duration::seconds(offset_secs.into());
+    let local = now + offset;
+    let midnight = local
+        .date_naive()
+        .succ_opt()
+        .expect("a next day")
+        .and_hms_opt(0, 0, 0)
+        .expect("midnight")
+        .and_utc();
+    midnight - offset
 }
 
 /// Every configured provider and group, by the name callers use.
@@ -292,5 +332,46 @@ impl Registry {
     /// The simulated CDN behind a sandbox provider, for tests and demos.
     pub fn sandbox(&self, name: &str) -> Option<&sandbox::Sandbox> {
         self.sandboxes.get(name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_next_day_starts_at_the_providers_midnight() {
+        let at = |s: &str| s.parse::<DateTime<Utc>>().unwrap();
+        // 15:30 UTC is 23:30 in UTC+8: the day ends half an hour later.
+        assert_eq!(
+            next_day_start(at("2026-11-23T15:30:00Z"), 8 * 3600),
+            at("2026-11-23T16:00:00Z")
+        );
+        // 16:30 UTC is already the next day in UTC+8.
+        assert_eq!(
+            next_day_start(at("2026-11-23T16:30:00Z"), 8 * 3600),
+            at("2026-11-24T16:00:00Z")
+        );
+        assert_eq!(
+            next_day_start(at("2026-11-23T23:59:59Z"), 0),
+            at("2026-11-24T00:00:00Z")
+        );
+    }
+
+    #[test]
+    fn an_exhausted_kind_stays_exhausted_until_a_quota_report_says_otherwise() {
+        let sandbox = sandbox::Sandbox::new(Default::default()).unwrap();
+        let caps = sandbox.capabilities();
+        let handle = ProviderHandle::new("s".into(), Arc::new(sandbox), caps);
+        assert_eq!(handle.known_quota(PurgeKind::Url).remaining, None);
+        handle.mark_exhausted(PurgeKind::Url);
+        assert_eq!(handle.known_quota(PurgeKind::Url).remaining, Some(0));
+        assert_eq!(handle.known_quota(PurgeKind::Prefix).remaining, None);
+        let report = KindQuota {
+            remaining: Some(100),
+            ..Default::default()
+        };
+        handle.set_quota(BTreeMap::from([(PurgeKind::Url, report)]));
+        assert_eq!(handle.known_quota(PurgeKind::Url).remaining, Some(100));
     }
 }

@@ -53,7 +53,13 @@ pub struct RedisQueue {
     shared: Arc<Shared>,
     /// Providers whose consumer groups are known to exist.
     ready: Arc<Mutex<HashSet<String>>>,
+    /// Where the last XAUTOCLAIM scan of each (provider, shard) stopped, so successive scans
+    /// walk the whole pending list instead of its first entries again and again.
+    cursors: Arc<Mutex<BTreeMap<(String, u8), String>>>,
 }
+
+/// XAUTOCLAIM calls per shard in one `reclaim`; each looks at up to 10 x COUNT entries.
+const RECLAIM_ROUNDS: usize = 8;
 
 /// `<shard>/<stream entry id>`.
 fn delivery_id(shard: u8, entry: &str) -> String {
@@ -91,6 +97,7 @@ impl RedisQueue {
         RedisQueue {
             shared,
             ready: Arc::default(),
+            cursors: Arc::default(),
         }
     }
 
@@ -258,28 +265,48 @@ impl Queue for RedisQueue {
         let idle = min_idle.as_millis() as u64;
         let claims = (0..SHARDS).map(|shard| {
             let key = self.shared.keys.stream(shard, provider);
+            let cursor_key = (provider.to_owned(), shard);
             let mut c = conn.clone();
             async move {
-                let reply: StreamAutoClaimReply = ::redis::cmd("XAUTOCLAIM")
-                    .arg(&key)
-                    .arg(GROUP)
-                    .arg(consumer)
-                    .arg(idle)
-                    .arg("0-0")
-                    .arg("COUNT")
-                    .arg(per_shard)
-                    .query_async(&mut c)
-                    .await?;
-                if !reply.deleted_ids.is_empty() {
-                    // Entries acknowledged and deleted meanwhile: nothing left to do.
-                    let _: i64 = ::redis::cmd("XACK")
+                let mut start = self
+                    .cursors
+                    .lock()
+                    .expect("cursor lock")
+                    .get(&cursor_key)
+                    .cloned()
+                    .unwrap_or_else(|| "0-0".into());
+                let mut claimed = Vec::new();
+                for _ in 0..RECLAIM_ROUNDS {
+                    let reply: StreamAutoClaimReply = ::redis::cmd("XAUTOCLAIM")
                         .arg(&key)
                         .arg(GROUP)
-                        .arg(&reply.deleted_ids)
+                        .arg(consumer)
+                        .arg(idle)
+                        .arg(&start)
+                        .arg("COUNT")
+                        .arg(per_shard - claimed.len())
                         .query_async(&mut c)
                         .await?;
+                    if !reply.deleted_ids.is_empty() {
+                        // Entries acknowledged and deleted meanwhile: nothing left to do.
+                        let _: i64 = ::redis::cmd("XACK")
+                            .arg(&key)
+                            .arg(GROUP)
+                            .arg(&reply.deleted_ids)
+                            .query_async(&mut c)
+                            .await?;
+                    }
+                    claimed.extend(reply.claimed);
+                    start = reply.next_stream_id;
+                    if start == "0-0" || claimed.len() >= per_shard {
+                        break;
+                    }
                 }
-                Ok::<_, RedisError>((shard, reply.claimed))
+                self.cursors
+                    .lock()
+                    .expect("cursor lock")
+                    .insert(cursor_key, start);
+                Ok::<_, RedisError>((shard, claimed))
             }
         });
         let results: Vec<(u8, Vec<StreamId>)> = self

@@ -29,6 +29,8 @@ struct State {
     /// Purge ids oldest first, for expiring finished records after the retention.
     created: VecDeque<(Instant, String)>,
     keys: HashMap<String, KeyEntry>,
+    /// Idempotency scopes in the order their keys were set, for expiring them.
+    key_order: VecDeque<(Instant, String)>,
 }
 
 impl State {
@@ -46,8 +48,15 @@ impl State {
                 }
             }
         }
-        if self.keys.len() > 1024 && self.created.len().is_multiple_of(1024) {
-            self.keys.retain(|_, e| e.expires > now);
+        while let Some((expires, _)) = self.key_order.front() {
+            if *expires > now {
+                break;
+            }
+            let (_, scope) = self.key_order.pop_front().expect("front exists");
+            // A key set again later has a later expiry of its own.
+            if self.keys.get(&scope).is_some_and(|e| e.expires <= now) {
+                self.keys.remove(&scope);
+            }
         }
     }
 }
@@ -107,6 +116,9 @@ impl Store for MemoryStore {
                     expires: now + claim.retention,
                 },
             );
+            state
+                .key_order
+                .push_back((now + claim.retention, claim.scope.clone()));
         }
         state.expire(now, self.inner.retention);
         state.created.push_back((now, record.id.clone()));
@@ -114,6 +126,26 @@ impl Store for MemoryStore {
         drop(state);
         self.inner.queue.enqueue(work);
         Ok(CreateOutcome::Created(record))
+    }
+
+    async fn replay(&self, claim: &IdempotencyClaim) -> Result<Option<CreateOutcome>, StoreError> {
+        let state = self.inner.state.lock().expect("store lock");
+        let Some(entry) = state
+            .keys
+            .get(&claim.scope)
+            .filter(|e| e.expires > Instant::now())
+        else {
+            return Ok(None);
+        };
+        if entry.fingerprint != claim.fingerprint {
+            return Ok(Some(CreateOutcome::Conflict {
+                existing_id: entry.purge_id.clone(),
+            }));
+        }
+        Ok(state
+            .purges
+            .get(&entry.purge_id)
+            .map(|r| CreateOutcome::Existing(r.clone())))
     }
 
     async fn get(&self, id: &str) -> Result<Option<PurgeRecord>, StoreError> {

@@ -59,6 +59,10 @@ pub trait Store: Send + Sync + 'static {
         work: Vec<WorkItem>,
     ) -> Result<CreateOutcome, StoreError>;
 
+    /// What `create` would answer for a request already made under `claim`'s key: `Existing`
+    /// or `Conflict`, or `None` when the key is unused. Creates nothing.
+    async fn replay(&self, claim: &IdempotencyClaim) -> Result<Option<CreateOutcome>, StoreError>;
+
     async fn get(&self, id: &str) -> Result<Option<PurgeRecord>, StoreError>;
 
     /// Applies `change` atomically, bumps the version and wakes watchers. `None`: no such purge.

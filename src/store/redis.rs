@@ -154,6 +154,28 @@ impl Store for RedisStore {
         }
     }
 
+    async fn replay(&self, claim: &IdempotencyClaim) -> Result<Option<CreateOutcome>, StoreError> {
+        let key = self.shared.keys.idempotency(&claim.scope);
+        let (fingerprint, id): (Option<String>, Option<String>) = self
+            .shared
+            .with(|mut c| async move {
+                ::redis::cmd("HMGET")
+                    .arg(&key)
+                    .arg("fp")
+                    .arg("id")
+                    .query_async(&mut c)
+                    .await
+            })
+            .await?;
+        let (Some(fingerprint), Some(id)) = (fingerprint, id) else {
+            return Ok(None);
+        };
+        if fingerprint != claim.fingerprint {
+            return Ok(Some(CreateOutcome::Conflict { existing_id: id }));
+        }
+        Ok(self.get(&id).await?.map(CreateOutcome::Existing))
+    }
+
     async fn get(&self, id: &str) -> Result<Option<PurgeRecord>, StoreError> {
         let key = self.shared.keys.record(id);
         let json: Option<String> = self

@@ -252,6 +252,45 @@ async fn a_caller_over_its_rate_gets_resource_exhausted() {
 }
 
 #[tokio::test]
+async fn a_retry_of_an_accepted_request_is_answered_even_over_the_rate() {
+    let app = spawn_app(config(
+        "[[providers]]\nname = \"sandbox\"\ntype = \"sandbox\"\n[server]\ncaller_rate = { count = 1, per = \"1m\" }\n",
+    ))
+    .await;
+    let mut client = app.client.clone();
+    let keyed = |targets: &[&str]| {
+        let mut r = request("sandbox", PurgeKind::Host, targets);
+        r.idempotency_key = "deploy-42".into();
+        r
+    };
+    let first = client
+        .create_purge(keyed(&["a.example.com", "b.example.com"]))
+        .await
+        .unwrap()
+        .into_inner();
+    // The rate is used up, but a retry (targets in another order, another case) is the same
+    // request: it gets the purge it made.
+    let retry = client
+        .create_purge(keyed(&["B.example.com", "a.example.com"]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(retry.id, first.id);
+    // A new request with the key is still a conflict, and a new request without one is
+    // over the rate.
+    let err = client
+        .create_purge(keyed(&["c.example.com"]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    let err = client
+        .create_purge(request("sandbox", PurgeKind::Host, &["c.example.com"]))
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&err), "CALLER_RATE_EXCEEDED");
+}
+
+#[tokio::test]
 async fn callers_need_a_token_and_stay_within_their_providers_and_hosts() {
     let dir = tempfile::tempdir().unwrap();
     let web = dir.path().join("web.token");

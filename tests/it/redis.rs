@@ -299,3 +299,71 @@ async fn redis_cluster_core_flows() {
     }
     assert_eq!(masters_with_records, 3, "keys should land on every master");
 }
+
+/// Takeover walks the whole pending list: work a live replica keeps alive at the front does not
+/// hide the idle work of a dead one behind it.
+#[tokio::test]
+async fn redis_reclaim_reaches_idle_work_behind_live_work() {
+    use purge_service::core::model::{Action, PurgeKind, PurgeRecord, PurgeSpec, WorkItem};
+    use purge_service::queue::Queue;
+    use purge_service::store::Store;
+
+    let server = RedisServer::start();
+    let target = RedisTarget::node(&server);
+    let (store, queue, _) =
+        purge_service::store::redis::connect(&target.config(&sandbox("acct", ""))).unwrap();
+    let spec = PurgeSpec {
+        provider: "sandbox".into(),
+        providers: vec!["sandbox".into()],
+        kind: PurgeKind::Url,
+        targets: vec!["https://example.com/a".into()],
+        action: Action::Invalidate,
+        hosts: Vec::new(),
+        headers: Default::default(),
+        labels: Default::default(),
+        idempotency_key: None,
+    };
+    for _ in 0..400 {
+        let id = uuid::Uuid::now_v7().to_string();
+        let work = vec![WorkItem {
+            purge_id: id.clone(),
+            provider: "sandbox".into(),
+        }];
+        let record = PurgeRecord::new(id, "t".into(), spec.clone(), chrono::Utc::now());
+        store.create(record, None, work).await.unwrap();
+    }
+    let mut held = Vec::new();
+    while held.len() < 400 {
+        let got = queue
+            .claim("sandbox", "live", 400, Duration::from_secs(1))
+            .await
+            .unwrap();
+        held.extend(got.into_iter().map(|d| d.id));
+    }
+    // Entry ids are times: the oldest 300 are kept alive, the newest 100 are abandoned.
+    held.sort_by_key(|id| {
+        let entry = id.split_once('/').unwrap().1;
+        let (ms, seq) = entry.split_once('-').unwrap();
+        (ms.parse::<u64>().unwrap(), seq.parse::<u64>().unwrap())
+    });
+    let (alive, abandoned) = held.split_at(300);
+    let abandoned: HashSet<String> = abandoned.iter().cloned().collect();
+    let mut taken = HashSet::new();
+    let until = tokio::time::Instant::now() + Duration::from_secs(20);
+    while taken.len() < abandoned.len() {
+        assert!(
+            tokio::time::Instant::now() < until,
+            "only {} of {} abandoned items taken over",
+            taken.len(),
+            abandoned.len()
+        );
+        queue.keep_alive("sandbox", "live", alive).await.unwrap();
+        let got = queue
+            .reclaim("sandbox", "other", Duration::from_millis(300), 16)
+            .await
+            .unwrap();
+        taken.extend(got.into_iter().map(|d| d.id));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(taken, abandoned, "only the abandoned work is taken over");
+}

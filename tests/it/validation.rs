@@ -192,3 +192,36 @@ async fn bad_inputs_name_the_field_and_value() {
         PurgeState::Succeeded
     );
 }
+
+/// A request with a thousand bad targets gets a bounded error: the first violations, each
+/// naming its index and value, and a count of the rest.
+#[tokio::test]
+async fn many_bad_targets_give_a_bounded_error() {
+    let app = spawn_app(config(
+        "[[providers]]\nname = \"sandbox\"\ntype = \"sandbox\"\n",
+    ))
+    .await;
+    let bad: Vec<String> = (0..1000)
+        .map(|i| format!("ftp://example.com/{i}/{}", "x".repeat(200)))
+        .collect();
+    let refs: Vec<&str> = bad.iter().map(String::as_str).collect();
+    let err = app
+        .client
+        .clone()
+        .create_purge(request("sandbox", PurgeKind::Url, &refs))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    let v = violations(&err);
+    assert_eq!(v.len(), 51, "50 listed and one summary");
+    assert_eq!(v[0].0, "targets[0]");
+    assert!(v[0].1.contains("ftp://example.com/0/"), "{}", v[0].1);
+    assert_eq!(v[49].0, "targets[49]");
+    assert!(v[50].1.contains("950 more"), "{}", v[50].1);
+    assert!(err.message().len() < 2_000, "{} bytes", err.message().len());
+    assert!(
+        err.message().contains("more in the details"),
+        "{}",
+        err.message()
+    );
+}
