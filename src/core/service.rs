@@ -134,7 +134,7 @@ impl PurgeCore {
                 return Err(Error::QuotaExhausted {
                     provider: name.clone(),
                     kind: spec.kind,
-                    resets_in: None,
+                    resets_in: handle.exhausted_for(spec.kind),
                 });
             }
         }

@@ -243,6 +243,12 @@ impl ProviderHandle {
         quota
     }
 
+    /// How long until the day's quota for `kind`, known to be gone, is back.
+    pub fn exhausted_for(&self, kind: PurgeKind) -> Option<Duration> {
+        let until = *self.exhausted.lock().expect("quota lock").get(&kind)?;
+        (until - Utc::now()).to_std().ok()
+    }
+
     /// Takes the provider's report as the truth, including for kinds marked exhausted.
     pub fn set_quota(&self, quota: BTreeMap<PurgeKind, KindQuota>) {
         let mut exhausted = self.exhausted.lock().expect("quota lock");
@@ -366,6 +372,11 @@ mod tests {
         assert_eq!(handle.known_quota(PurgeKind::Url).remaining, None);
         handle.mark_exhausted(PurgeKind::Url);
         assert_eq!(handle.known_quota(PurgeKind::Url).remaining, Some(0));
+        assert!(
+            handle
+                .exhausted_for(PurgeKind::Url)
+                .is_some_and(|d| d <= Duration::from_secs(86_400))
+        );
         assert_eq!(handle.known_quota(PurgeKind::Prefix).remaining, None);
         let report = KindQuota {
             remaining: Some(100),
