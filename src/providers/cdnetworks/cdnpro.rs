@@ -167,8 +167,9 @@ fn classify(reply: &Reply, what: &str) -> ProviderError {
     let code = reply.code().unwrap_or_default();
     let message = format!("{}{}", reply.message(), reply.request_note());
     let lower = code.to_ascii_lowercase();
-    // The daily budget is counted in purge tokens; running out is the quota, not a bad request.
-    if lower.contains("quota") || lower.contains("token") {
+    // The daily budget is counted in purge tokens; running out is the quota, not a bad request
+    // (an auth code such as `InvalidToken` is not about purge tokens).
+    if lower.contains("quota") || lower.contains("purgetoken") {
         return ProviderError::QuotaExhausted {
             message: format!("{what}: {code}: {message}"),
         };
@@ -351,6 +352,39 @@ mod tests {
         );
         assert_eq!(purge_id("/cdn/purges/x9/").as_deref(), Some("x9"));
         assert_eq!(purge_id("https://api.cdnetworks.com/other"), None);
+    }
+
+    #[test]
+    fn answers_are_classified_once() {
+        let class = |status: u16, code: &str| {
+            classify(
+                &Reply {
+                    status: reqwest::StatusCode::from_u16(status).unwrap(),
+                    location: None,
+                    request_id: Some("r-9".into()),
+                    body: json!({"code": code, "message": "m"}),
+                },
+                "POST /cdn/purges",
+            )
+        };
+        assert!(matches!(
+            class(400, "PurgeTokenQuotaExceeded"),
+            ProviderError::QuotaExhausted { .. }
+        ));
+        assert!(matches!(
+            class(401, "InvalidToken"),
+            ProviderError::Auth { .. }
+        ));
+        assert!(matches!(
+            class(413, "TooLarge"),
+            ProviderError::BatchTooLarge { .. }
+        ));
+        assert!(class(429, "TooManyRequests").is_retryable());
+        assert!(class(503, "").is_retryable());
+        let rejected = class(400, "InvalidRegexPattern");
+        assert!(!rejected.is_retryable());
+        assert!(rejected.to_string().contains("InvalidRegexPattern"));
+        assert!(rejected.to_string().contains("(request r-9)"));
     }
 
     #[test]

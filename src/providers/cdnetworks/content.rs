@@ -325,3 +325,95 @@ impl Provider for ContentManagement {
         Ok(out)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client() -> (ContentManagement, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("key");
+        std::fs::write(&key, "k").unwrap();
+        let settings: ContentSettings = toml::from_str(&format!(
+            "repeat_retry = \"5s\"\n[auth]\nscheme = \"api_key\"\nusername = \"u\"\napi_key_file = {key:?}\n"
+        ))
+        .unwrap();
+        (
+            ContentManagement::new(&settings, reqwest::Client::new()).unwrap(),
+            dir,
+        )
+    }
+
+    fn reply(status: u16, body: Value) -> Reply {
+        Reply {
+            status: reqwest::StatusCode::from_u16(status).unwrap(),
+            location: None,
+            request_id: Some("r-1".into()),
+            body,
+        }
+    }
+
+    #[test]
+    fn each_documented_code_has_its_class() {
+        let (cm, _dir) = client();
+        let class = |status, code: Value| {
+            let e = cm.classify(&reply(status, json!({"Code": code, "Message": "m"})), REGEX);
+            assert!(e.to_string().contains("(request r-1)"), "{e}");
+            e
+        };
+        assert!(matches!(
+            class(400, json!("NumberOutOfLimit")),
+            ProviderError::QuotaExhausted { .. }
+        ));
+        for code in ["NumberPartlyOutOfLimit", "OnceSubmitLessThan500"] {
+            assert!(matches!(
+                class(400, json!(code)),
+                ProviderError::BatchTooLarge { .. }
+            ));
+        }
+        let busy = class(400, json!("RepeatUrlRegular"));
+        assert!(busy.is_retryable());
+        assert_eq!(busy.retry_after(), Some(Duration::from_secs(5)));
+        assert!(class(500, json!("SystemException")).is_retryable());
+        for code in ["UserNameInvalid", "UserNotAllowedPush"] {
+            assert!(matches!(
+                class(400, json!(code)),
+                ProviderError::Auth { .. }
+            ));
+        }
+        for code in [
+            "UrlRegularEmpty",
+            "InvalidUrlRegular",
+            "ParseParameterError",
+            "ErrorChannel",
+        ] {
+            let e = class(400, json!(code));
+            assert!(matches!(e, ProviderError::Rejected { .. }) && !e.is_retryable());
+        }
+        // An integer Code from ItemIdReceiver is read too.
+        match class(200, json!(7)) {
+            ProviderError::Rejected { code, .. } => assert_eq!(code, "7"),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            class(429, json!("Whatever")),
+            ProviderError::Throttled { .. }
+        ));
+    }
+
+    #[test]
+    fn success_codes_as_strings_or_integers() {
+        assert!(is_int_success(
+            &reply(200, json!({"Code": 1})).code().unwrap()
+        ));
+        assert!(is_int_success(
+            &reply(200, json!({"Code": "1"})).code().unwrap()
+        ));
+        assert!(is_word_success(
+            &reply(200, json!({"Code": "Success"})).code().unwrap()
+        ));
+        assert!(!is_int_success(
+            &reply(200, json!({"Code": 0})).code().unwrap()
+        ));
+    }
+}
