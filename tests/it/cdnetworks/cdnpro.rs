@@ -310,3 +310,52 @@ async fn cdnpro_server_errors_and_throttling_are_retried_and_a_wrong_key_is_not(
     let attempts = wrong.calls().iter().filter(|c| c.path == PURGES).count();
     assert_eq!(attempts, 1, "an auth failure is not retried");
 }
+
+#[tokio::test]
+async fn cdnpro_a_purge_cdn_pro_no_longer_knows_fails_after_missing_timeout() {
+    let fake = FakeCdnPro::start(Duration::from_secs(30)).await;
+    let (app, _dir) = service(
+        "cdnpro",
+        &fake.endpoint(),
+        Scheme::AkSk,
+        None,
+        "missing_timeout = \"1s\"",
+        FAST_POLLS,
+        "",
+    )
+    .await;
+    let mut client = app.client.clone();
+    let created = client
+        .create_purge(request(
+            "cdnpro",
+            PurgeKind::Url,
+            &["https://www.example.com/gone"],
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    eventually(Duration::from_secs(10), "the purge reached CDN Pro", || {
+        let n = fake.accepted().len();
+        async move { (n == 1).then_some(()) }
+    })
+    .await;
+    fake.forget_purges();
+    let done =
+        crate::support::wait_terminal(&app.client, &created.id, Duration::from_secs(10)).await;
+    assert_eq!(
+        done.state(),
+        PurgeState::Failed,
+        "a 404 is never a success: {done:?}"
+    );
+    assert!(
+        done.failures[0].reason.contains("does not know purge"),
+        "{:?}",
+        done.failures
+    );
+    let not_found = fake
+        .calls()
+        .iter()
+        .filter(|c| c.error.as_deref() == Some("NotFound"))
+        .count();
+    assert!(not_found >= 1);
+}

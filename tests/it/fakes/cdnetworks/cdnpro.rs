@@ -79,6 +79,11 @@ impl FakeCdnPro {
         s.dir_tokens = dir;
     }
 
+    /// Forgets every purge, so asking about one answers 404.
+    pub fn forget_purges(&self) {
+        self.state.lock().unwrap().purges.clear();
+    }
+
     pub fn fault(&self, path: &str, fault: Fault) {
         self.state
             .lock()
