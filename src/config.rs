@@ -281,6 +281,8 @@ pub struct LimitsConfig {
 pub enum ProviderSettings {
     Sandbox(SandboxSettings),
     Edgeone(crate::providers::edgeone::EdgeOneSettings),
+    Cdnpro(crate::providers::cdnetworks::CdnProSettings),
+    Cdnetworks(crate::providers::cdnetworks::ContentSettings),
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -32,6 +32,12 @@ pub fn registry(config: &Config, http: &reqwest::Client) -> Result<Registry, Con
             ProviderSettings::Edgeone(s) => {
                 Arc::new(super::edgeone::EdgeOne::new(s, http.clone())?)
             }
+            ProviderSettings::Cdnpro(s) => {
+                Arc::new(super::cdnetworks::CdnPro::new(s, http.clone())?)
+            }
+            ProviderSettings::Cdnetworks(s) => {
+                Arc::new(super::cdnetworks::ContentManagement::new(s, http.clone())?)
+            }
         };
         registry.insert(handle(pc, client));
     }

@@ -1,6 +1,7 @@
 //! The provider trait every CDN client implements, and the registry built from configuration.
 
 pub mod build;
+pub mod cdnetworks;
 pub mod edgeone;
 pub mod sandbox;
 
@@ -123,7 +124,11 @@ pub enum ProviderError {
     QuotaExhausted { message: String },
     /// The same purge is still running at the provider; try again later.
     #[error("provider busy with the same purge: {message}")]
-    Busy { message: String },
+    Busy {
+        message: String,
+        /// How long the provider says to wait; a minute when it does not say.
+        retry_after: Option<Duration>,
+    },
     #[error("authentication failed: {message}")]
     Auth { message: String },
     #[error("rejected by the provider: {code}: {message}")]
@@ -152,7 +157,9 @@ impl ProviderError {
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
             ProviderError::Throttled { retry_after, .. } => *retry_after,
-            ProviderError::Busy { .. } => Some(Duration::from_secs(60)),
+            ProviderError::Busy { retry_after, .. } => {
+                Some(retry_after.unwrap_or(Duration::from_secs(60)))
+            }
             _ => None,
         }
     }

@@ -4,6 +4,7 @@ mod fakes;
 mod support;
 
 mod api;
+mod cdnetworks;
 mod dispatch;
 mod edgeone;
 mod grpcurl;

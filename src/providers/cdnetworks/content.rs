@@ -1,0 +1,419 @@
+//! CDNetworks Content Management: URL and PREFIX purges through `/ccm/purge/ItemIdReceiver`,
+//! REGEX through `/api/content/regular-url/purge`, completion through `/ccm/purge/ItemIdQuery`
+//! (per item id), quota through `/ccm/purge/quota`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use reqwest::Method;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use super::{
+    Api, AuthSettings, Reply, by_http_status, count, default_endpoint, default_missing_timeout,
+    default_timeout, field, scalar,
+};
+use crate::config::ConfigError;
+use crate::core::model::{Action, PurgeKind};
+use crate::limiter::Rate;
+use crate::providers::{
+    Batch, Capabilities, DailyQuota, KindQuota, Provider, ProviderError, Submission, TaskProgress,
+    TaskQuery,
+};
+
+/// `type = "cdnetworks"` settings.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContentSettings {
+    pub auth: AuthSettings,
+    #[serde(default = "default_endpoint")]
+    pub endpoint: String,
+    /// Deadline of one API call.
+    #[serde(default = "default_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// A target ItemIdQuery does not report is still given this long before it fails.
+    #[serde(default = "default_missing_timeout", with = "humantime_serde")]
+    pub missing_timeout: Duration,
+    /// How long to wait before sending again after `RepeatUrlRegular` (the same regex is
+    /// still running); the documentation says a minute.
+    #[serde(default = "default_repeat_retry", with = "humantime_serde")]
+    pub repeat_retry: Duration,
+}
+
+fn default_repeat_retry() -> Duration {
+    Duration::from_secs(60)
+}
+
+const MAX_PER_CALL: usize = 500;
+const MAX_REGEX_LEN: usize = 2000;
+const REGEX_PER_DAY: u64 = 500;
+const UTC_PLUS_8: i32 = 8 * 3600;
+
+const RECEIVER: &str = "/ccm/purge/ItemIdReceiver";
+const REGEX: &str = "/api/content/regular-url/purge";
+const QUERY: &str = "/ccm/purge/ItemIdQuery";
+const QUOTA: &str = "/ccm/purge/quota";
+
+/// The Content Management client of one account.
+#[derive(Clone, Debug)]
+pub struct ContentManagement {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    api: Api,
+    missing_timeout: Duration,
+    repeat_retry: Duration,
+}
+
+impl ContentManagement {
+    pub fn new(
+        settings: &ContentSettings,
+        http: reqwest::Client,
+    ) -> Result<ContentManagement, ConfigError> {
+        Ok(ContentManagement {
+            inner: Arc::new(Inner {
+                api: Api::new(
+                    "cdnetworks",
+                    &settings.endpoint,
+                    &settings.auth,
+                    settings.timeout,
+                    http,
+                )?,
+                missing_timeout: settings.missing_timeout,
+                repeat_retry: settings.repeat_retry,
+            }),
+        })
+    }
+
+    /// The one place Content Management error answers are classified.
+    fn classify(&self, reply: &Reply, what: &str) -> ProviderError {
+        let code = reply.code().unwrap_or_default();
+        let message = format!(
+            "{what}: {code}: {}{}",
+            reply.message(),
+            reply.request_note()
+        );
+        match code.as_str() {
+            "NumberOutOfLimit" => ProviderError::QuotaExhausted { message },
+            // Part of the batch is over the day's quota, or the batch is over the cap: split.
+            "NumberPartlyOutOfLimit" | "OnceSubmitLessThan500" => {
+                ProviderError::BatchTooLarge { message }
+            }
+            "RepeatUrlRegular" => ProviderError::Busy {
+                message,
+                retry_after: Some(self.inner.repeat_retry),
+            },
+            "SystemException" => ProviderError::Transient {
+                message,
+                source: None,
+            },
+            "UserNameInvalid" | "UserNotAllowedPush" => ProviderError::Auth { message },
+            _ => by_http_status(reply, what).unwrap_or_else(|| ProviderError::Rejected {
+                code: if code.is_empty() {
+                    format!("HTTP {}", reply.status.as_u16())
+                } else {
+                    code.clone()
+                },
+                message,
+            }),
+        }
+    }
+
+    /// Sends a purge and reads its `itemId`; `success` says which `Code` means success.
+    async fn purge(
+        &self,
+        path: &str,
+        body: &Value,
+        success: fn(&str) -> bool,
+    ) -> Result<Submission, ProviderError> {
+        let reply = self
+            .inner
+            .api
+            .send(Method::POST, path, "", Some(body))
+            .await?;
+        let code = reply.code();
+        if !reply.status.is_success() || !code.as_deref().is_some_and(success) {
+            return Err(self.classify(&reply, path));
+        }
+        let task_id = field(&reply.body, &["itemId", "ItemId"])
+            .and_then(scalar)
+            .filter(|id| !id.is_empty())
+            .ok_or_else(|| ProviderError::Protocol {
+                message: format!("{path} answered without an itemId{}", reply.request_note()),
+            })?;
+        Ok(Submission {
+            task_id,
+            request_id: reply.request_id,
+            rejected: Vec::new(),
+        })
+    }
+
+    async fn status(&self, task: &TaskQuery) -> Result<TaskProgress, ProviderError> {
+        let body = json!({"itemId": task.task_id});
+        let reply = self
+            .inner
+            .api
+            .send(Method::POST, QUERY, "", Some(&body))
+            .await?;
+        let rows = reply.body.get("resultDetail");
+        if !reply.status.is_success() || rows.is_none() && reply.code().is_some_and(|c| c != "1") {
+            return Err(self.classify(&reply, QUERY));
+        }
+        // The newest row per url wins; unknown statuses count as still running.
+        let mut by_url: HashMap<String, (String, String)> = HashMap::new();
+        for row in rows.and_then(Value::as_array).into_iter().flatten() {
+            let Some(url) = row.get("url").and_then(scalar) else {
+                continue;
+            };
+            let status = row.get("status").and_then(scalar).unwrap_or_default();
+            let rate = row.get("rate").and_then(scalar).unwrap_or_default();
+            by_url.insert(url, (status, rate));
+        }
+        let mut failed = Vec::new();
+        let mut missing = Vec::new();
+        for target in &task.targets {
+            match by_url.get(target).map(|(s, r)| (s.as_str(), r)) {
+                Some(("success", _)) => {}
+                Some(("failure", rate)) => failed.push((
+                    target.clone(),
+                    format!(
+                        "Content Management: item {} failed at {rate}%",
+                        task.task_id
+                    ),
+                )),
+                Some(_) => return Ok(TaskProgress::Running),
+                None => missing.push(target),
+            }
+        }
+        if !missing.is_empty() {
+            let age = super::age(task.submitted_at);
+            if age < self.inner.missing_timeout {
+                return Ok(TaskProgress::Running);
+            }
+            let reason = format!(
+                "Content Management did not report this target in item {} within {:?}",
+                task.task_id, self.inner.missing_timeout
+            );
+            failed.extend(missing.into_iter().map(|t| (t.clone(), reason.clone())));
+        }
+        Ok(TaskProgress::Finished { failed })
+    }
+}
+
+fn is_int_success(code: &str) -> bool {
+    code == "1"
+}
+
+fn is_word_success(code: &str) -> bool {
+    code.eq_ignore_ascii_case("success")
+}
+
+#[async_trait]
+impl Provider for ContentManagement {
+    /// Both purge endpoints allow 10 calls per 5 minutes; they are held to 10 together, which
+    /// is safe whether the provider counts them apart or together. ItemIdQuery's budget is
+    /// undocumented: one call per second is assumed.
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            max_per_call: BTreeMap::from([
+                (PurgeKind::Url, MAX_PER_CALL),
+                (PurgeKind::Prefix, MAX_PER_CALL),
+                (PurgeKind::Regex, MAX_PER_CALL),
+            ]),
+            headers: false,
+            tag_needs_hosts: false,
+            submit_rates: vec![Rate::new(10, Duration::from_secs(300))],
+            status_rates: vec![Rate::new(1, Duration::from_secs(1))],
+            daily: vec![DailyQuota {
+                kinds: vec![PurgeKind::Regex],
+                max: REGEX_PER_DAY,
+                utc_offset_secs: UTC_PLUS_8,
+            }],
+            poll_batch: 1,
+        }
+    }
+
+    fn check_target(&self, kind: PurgeKind, target: &str) -> Result<(), String> {
+        match kind {
+            PurgeKind::Prefix if !target.ends_with('/') => Err(
+                "Content Management purges directories: a PREFIX target must end with `/`".into(),
+            ),
+            PurgeKind::Regex if target.chars().count() > MAX_REGEX_LEN => Err(format!(
+                "Content Management takes regexes of at most {MAX_REGEX_LEN} characters, this has {}",
+                target.chars().count()
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    async fn submit(&self, batch: &Batch) -> Result<Submission, ProviderError> {
+        let action = match batch.action {
+            Action::Invalidate => "expire",
+            Action::Delete => "delete",
+        };
+        match batch.kind {
+            PurgeKind::Url => {
+                let body = json!({"urls": batch.targets, "urlAction": action});
+                self.purge(RECEIVER, &body, is_int_success).await
+            }
+            PurgeKind::Prefix => {
+                let body = json!({"dirs": batch.targets, "dirAction": action});
+                self.purge(RECEIVER, &body, is_int_success).await
+            }
+            PurgeKind::Regex if batch.action == Action::Delete => Err(ProviderError::Rejected {
+                code: "Unsupported".into(),
+                message: "Content Management regex purges only expire; use INVALIDATE".into(),
+            }),
+            PurgeKind::Regex => {
+                let body = json!({"urlRegulars": batch.targets});
+                self.purge(REGEX, &body, is_word_success).await
+            }
+            PurgeKind::Host | PurgeKind::All | PurgeKind::Tag | PurgeKind::Wildcard => {
+                Err(ProviderError::Rejected {
+                    code: "Unsupported".into(),
+                    message: format!("Content Management cannot purge {}", batch.kind),
+                })
+            }
+        }
+    }
+
+    async fn poll(
+        &self,
+        tasks: &[TaskQuery],
+    ) -> Result<Vec<(String, TaskProgress)>, ProviderError> {
+        let mut out = Vec::with_capacity(tasks.len());
+        for task in tasks {
+            match self.status(task).await {
+                Ok(progress) => out.push((task.task_id.clone(), progress)),
+                Err(e) if out.is_empty() => return Err(e),
+                Err(_) => break,
+            }
+        }
+        Ok(out)
+    }
+
+    async fn quota(&self) -> Result<BTreeMap<PurgeKind, KindQuota>, ProviderError> {
+        let reply = self
+            .inner
+            .api
+            .send(Method::POST, QUOTA, "", Some(&json!({})))
+            .await?;
+        // Here `code` 0 means success, the opposite of the purge calls.
+        if !reply.status.is_success() || reply.code().is_some_and(|c| c != "0") {
+            return Err(self.classify(&reply, QUOTA));
+        }
+        let b = &reply.body;
+        let mut out = BTreeMap::new();
+        for (kind, total, left) in [
+            (PurgeKind::Url, "urlQuota", "remainingUrlQuota"),
+            (PurgeKind::Prefix, "dirQuota", "remainingDirQuota"),
+            (PurgeKind::Regex, "regexQuota", "remainingRegexQuota"),
+        ] {
+            let q = KindQuota {
+                per_call: None,
+                daily: count(b.get(total)),
+                remaining: count(b.get(left)),
+            };
+            if q.daily.is_some() || q.remaining.is_some() {
+                out.insert(kind, q);
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client() -> (ContentManagement, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("key");
+        std::fs::write(&key, "k").unwrap();
+        let settings: ContentSettings = toml::from_str(&format!(
+            "repeat_retry = \"5s\"\n[auth]\nscheme = \"api_key\"\nusername = \"u\"\napi_key_file = {key:?}\n"
+        ))
+        .unwrap();
+        (
+            ContentManagement::new(&settings, reqwest::Client::new()).unwrap(),
+            dir,
+        )
+    }
+
+    fn reply(status: u16, body: Value) -> Reply {
+        Reply {
+            status: reqwest::StatusCode::from_u16(status).unwrap(),
+            location: None,
+            request_id: Some("r-1".into()),
+            body,
+        }
+    }
+
+    #[test]
+    fn each_documented_code_has_its_class() {
+        let (cm, _dir) = client();
+        let class = |status, code: Value| {
+            let e = cm.classify(&reply(status, json!({"Code": code, "Message": "m"})), REGEX);
+            assert!(e.to_string().contains("(request r-1)"), "{e}");
+            e
+        };
+        assert!(matches!(
+            class(400, json!("NumberOutOfLimit")),
+            ProviderError::QuotaExhausted { .. }
+        ));
+        for code in ["NumberPartlyOutOfLimit", "OnceSubmitLessThan500"] {
+            assert!(matches!(
+                class(400, json!(code)),
+                ProviderError::BatchTooLarge { .. }
+            ));
+        }
+        let busy = class(400, json!("RepeatUrlRegular"));
+        assert!(busy.is_retryable());
+        assert_eq!(busy.retry_after(), Some(Duration::from_secs(5)));
+        assert!(class(500, json!("SystemException")).is_retryable());
+        for code in ["UserNameInvalid", "UserNotAllowedPush"] {
+            assert!(matches!(
+                class(400, json!(code)),
+                ProviderError::Auth { .. }
+            ));
+        }
+        for code in [
+            "UrlRegularEmpty",
+            "InvalidUrlRegular",
+            "ParseParameterError",
+            "ErrorChannel",
+        ] {
+            let e = class(400, json!(code));
+            assert!(matches!(e, ProviderError::Rejected { .. }) && !e.is_retryable());
+        }
+        // An integer Code from ItemIdReceiver is read too.
+        match class(200, json!(7)) {
+            ProviderError::Rejected { code, .. } => assert_eq!(code, "7"),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            class(429, json!("Whatever")),
+            ProviderError::Throttled { .. }
+        ));
+    }
+
+    #[test]
+    fn success_codes_as_strings_or_integers() {
+        assert!(is_int_success(
+            &reply(200, json!({"Code": 1})).code().unwrap()
+        ));
+        assert!(is_int_success(
+            &reply(200, json!({"Code": "1"})).code().unwrap()
+        ));
+        assert!(is_word_success(
+            &reply(200, json!({"Code": "Success"})).code().unwrap()
+        ));
+        assert!(!is_int_success(
+            &reply(200, json!({"Code": 0})).code().unwrap()
+        ));
+    }
+}
