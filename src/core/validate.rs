@@ -166,6 +166,8 @@ pub fn validate(
                         kind_list(&p.caps.kinds())
                     ),
                 );
+            } else if let Err(why) = p.client.check_action(kind, action) {
+                bad("action".into(), format!("provider {:?}: {why}", p.name));
             }
         }
     }

@@ -176,6 +176,12 @@ pub trait Provider: Send + Sync + 'static {
         Ok(())
     }
 
+    /// Whether `action` is possible for `kind`, checked at CreatePurge time; the error says
+    /// what the provider can do instead.
+    fn check_action(&self, _kind: PurgeKind, _action: Action) -> Result<(), String> {
+        Ok(())
+    }
+
     async fn submit(&self, batch: &Batch) -> Result<Submission, ProviderError>;
 
     /// Progress of submitted tasks; a task missing from the answer is still running.

@@ -51,6 +51,8 @@ const MAX_REGEX_LEN: usize = 2000;
 const REGEX_PER_DAY: u64 = 500;
 const UTC_PLUS_8: i32 = 8 * 3600;
 
+const REGEX_ONLY_EXPIRES: &str = "Content Management regex purges only expire; use INVALIDATE";
+
 const RECEIVER: &str = "/ccm/purge/ItemIdReceiver";
 const REGEX: &str = "/api/content/regular-url/purge";
 const QUERY: &str = "/ccm/purge/ItemIdQuery";
@@ -250,6 +252,13 @@ impl Provider for ContentManagement {
         }
     }
 
+    fn check_action(&self, kind: PurgeKind, action: Action) -> Result<(), String> {
+        match (kind, action) {
+            (PurgeKind::Regex, Action::Delete) => Err(REGEX_ONLY_EXPIRES.into()),
+            _ => Ok(()),
+        }
+    }
+
     async fn submit(&self, batch: &Batch) -> Result<Submission, ProviderError> {
         let action = match batch.action {
             Action::Invalidate => "expire",
@@ -266,7 +275,7 @@ impl Provider for ContentManagement {
             }
             PurgeKind::Regex if batch.action == Action::Delete => Err(ProviderError::Rejected {
                 code: "Unsupported".into(),
-                message: "Content Management regex purges only expire; use INVALIDATE".into(),
+                message: REGEX_ONLY_EXPIRES.into(),
             }),
             PurgeKind::Regex => {
                 let body = json!({"urlRegulars": batch.targets});

@@ -97,13 +97,11 @@ async fn cdnetworks_url_prefix_and_regex_reach_content_management_as_documented(
         &["http://www.example.com/d/.*"],
     );
     delete.action = PurgeAction::Delete as i32;
-    let done = create(&app, delete).await;
-    assert_eq!(done.state(), PurgeState::Failed);
-    assert!(
-        done.failures[0].reason.contains("only expire"),
-        "{:?}",
-        done.failures
-    );
+    let err = client.create_purge(delete).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    let v = violations(&err);
+    assert_eq!(v[0].0, "action", "{v:?}");
+    assert!(v[0].1.contains("only expire"), "{v:?}");
 }
 
 #[tokio::test]
