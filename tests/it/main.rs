@@ -6,6 +6,7 @@ mod support;
 mod api;
 mod dispatch;
 mod edgeone;
+mod edgeone_client;
 mod grpcurl;
 mod redis;
 mod redis_replicas;
