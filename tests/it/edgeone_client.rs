@@ -189,7 +189,7 @@ async fn an_expired_signature_is_sent_again_with_a_new_timestamp_and_signature()
 
 #[tokio::test]
 async fn a_skewed_clock_is_corrected_from_edgeones_date() {
-    let fake = FakeEdgeOne::start(20, Duration::from_millis(50)).await;
+    let fake = FakeEdgeOne::start(1000, Duration::from_millis(50)).await;
     // EdgeOne's clock is 10 minutes ahead of ours: every signature of ours looks expired.
     fake.set_clock_offset(600);
     let (edge, _dir) = client(&fake.endpoint(), "");
@@ -327,4 +327,10 @@ async fn a_lookup_credits_only_a_job_of_the_same_method_covering_the_whole_batch
     // A PREFIX batch of the same strings is not credited to a URL job.
     let prefix = batch(PurgeKind::Prefix, Action::Invalidate, &[a, b]);
     assert_eq!(edge.find_submitted(&prefix, since).await.unwrap(), None);
+    // A lookup EdgeOne refuses cannot tell: the batch is sent again rather than failed.
+    fake.fault(
+        "DescribePurgeTasks",
+        Fault::Error("InvalidParameter.ParameterError"),
+    );
+    assert_eq!(edge.find_submitted(&lost, since).await.unwrap(), None);
 }

@@ -242,9 +242,10 @@ impl EdgeOne {
     }
 
     /// After an ambiguous submit: the one job of the batch's type and method, created since
-    /// `since`, that covers all of the batch's targets. If no single job covers them all, the
-    /// answer is `None` and the whole batch is sent again: a purge repeated is harmless, a
-    /// target credited to a job that does not carry it would never be purged.
+    /// `since`, that covers all of the batch's targets. If no single job covers them all, or
+    /// EdgeOne refuses the lookup, the answer is `None` and the whole batch is sent again: a
+    /// purge repeated is harmless, a target credited to a job that does not carry it would
+    /// never be purged. Throttling and transport errors are returned, to retry the lookup.
     pub(super) async fn lookup(
         &self,
         batch: &Batch,
@@ -265,9 +266,15 @@ impl EdgeOne {
                 fuzzy: false,
             });
         }
-        let rows = match self.describe(since, filters, LOOKUP_PAGES).await? {
-            Ok(rows) => rows,
-            Err(total) => {
+        let rows = match self.describe(since, filters, LOOKUP_PAGES).await {
+            Ok(Ok(rows)) => rows,
+            // A lookup EdgeOne refuses (e.g. a filter it does not take) cannot tell; resend.
+            Err(e @ (ProviderError::Rejected { .. } | ProviderError::Protocol { .. })) => {
+                tracing::warn!(error = %e, "cannot look a lost EdgeOne submit up; sending it again");
+                return Ok(None);
+            }
+            Err(e) => return Err(e),
+            Ok(Err(total)) => {
                 tracing::warn!(
                     rows = total,
                     "too many EdgeOne tasks to look a lost submit up; sending it again"
