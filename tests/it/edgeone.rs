@@ -298,6 +298,77 @@ async fn a_submit_that_timed_out_is_looked_up_before_it_is_sent_again() {
 }
 
 #[tokio::test]
+async fn a_lost_submit_is_not_credited_to_an_earlier_job_of_another_method_or_fewer_targets() {
+    let fake = FakeEdgeOne::start(20, Duration::from_millis(50)).await;
+    let (app, _dir) = service(&fake, SECRET_KEY, "").await;
+    let a = "https://www.example.com/a.js";
+    let b = "https://www.example.com/b.js";
+    // An earlier DELETE of `a`, then an INVALIDATE of `a` alone.
+    let mut delete = request("edge", PurgeKind::Url, &[a]);
+    delete.action = PurgeAction::Delete as i32;
+    assert_eq!(create(&app, delete).await.state(), PurgeState::Succeeded);
+    assert_eq!(
+        create(&app, request("edge", PurgeKind::Url, &[a]))
+            .await
+            .state(),
+        PurgeState::Succeeded
+    );
+    assert_eq!(fake.accepted("CreatePurgeTask").len(), 2);
+    // Now EdgeOne receives the INVALIDATE of `a` and `b` but drops it, answering too late.
+    fake.fault("CreatePurgeTask", Fault::Hang(Duration::from_secs(3)));
+    let done = create(&app, request("edge", PurgeKind::Url, &[a, b])).await;
+    assert_eq!(done.state(), PurgeState::Succeeded, "{done:?}");
+    // Neither earlier job covers both targets by invalidation: the batch is sent again.
+    let sent = fake.accepted("CreatePurgeTask");
+    assert_eq!(sent.len(), 3, "{sent:?}");
+    let resent = sent.last().unwrap();
+    assert_eq!(resent["Method"], "invalidate");
+    assert_eq!(resent["Targets"].as_array().unwrap().len(), 2);
+    // The purge follows the resent job (the fake numbers jobs by request), not an earlier one.
+    let calls = fake.calls();
+    let resent_request = calls
+        .iter()
+        .position(|c| {
+            c.action == "CreatePurgeTask"
+                && c.error.is_none()
+                && c.body["Targets"].as_array().is_some_and(|t| t.len() == 2)
+        })
+        .unwrap()
+        + 1;
+    assert_eq!(done.tasks.len(), 1, "{:?}", done.tasks);
+    assert_eq!(
+        done.tasks[0].provider_task_id,
+        format!("job-{resent_request}")
+    );
+}
+
+#[tokio::test]
+async fn a_configured_token_region_and_language_are_sent_on_every_call() {
+    let fake = FakeEdgeOne::start(20, Duration::from_millis(50)).await;
+    fake.require_token("temporary-session-token");
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "temporary-session-token\n").unwrap();
+    let extra = format!("token_file = {token:?}\nregion = \"ap-singapore\"\nlanguage = \"en-US\"");
+    let (app, _dir) = service(&fake, SECRET_KEY, &extra).await;
+    let done = create(
+        &app,
+        request("edge", PurgeKind::Url, &["https://www.example.com/t.css"]),
+    )
+    .await;
+    assert_eq!(done.state(), PurgeState::Succeeded, "{done:?}");
+    let calls = fake.calls();
+    assert!(calls.iter().any(|c| c.action == "DescribePurgeTasks"));
+    for call in &calls {
+        assert_eq!(call.error, None, "{call:?}");
+        assert_eq!(call.token.as_deref(), Some("temporary-session-token"));
+        assert_eq!(call.region.as_deref(), Some("ap-singapore"));
+        assert_eq!(call.language.as_deref(), Some("en-US"));
+    }
+    assert!(!format!("{done:?}").contains("temporary-session-token"));
+}
+
+#[tokio::test]
 async fn batch_quota_splits_and_an_expired_signature_is_signed_again() {
     let fake = FakeEdgeOne::start(20, Duration::from_millis(50)).await;
     let (app, _dir) = service(&fake, SECRET_KEY, "").await;

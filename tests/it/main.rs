@@ -7,6 +7,7 @@ mod api;
 mod cdnetworks;
 mod dispatch;
 mod edgeone;
+mod edgeone_client;
 mod grpcurl;
 mod redis;
 mod redis_replicas;

@@ -94,6 +94,10 @@ pub struct DescribePurgeTasksResponse {
 pub struct Task {
     pub job_id: String,
     pub target: Option<String>,
+    #[serde(rename = "Type")]
+    pub kind: Option<String>,
+    /// `invalidate` or `delete`.
+    pub method: Option<String>,
     pub status: String,
     pub create_time: Option<String>,
     pub fail_type: Option<String>,

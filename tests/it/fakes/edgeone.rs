@@ -1,6 +1,10 @@
-//! A fake Tencent EdgeOne API: verifies TC3-HMAC-SHA256 itself, checks body shapes, enforces
-//! the per-API rate, per-call caps and daily quota, and moves tasks from processing to
-//! success or failed over time. Faults can be scripted.
+//! A fake Tencent EdgeOne API: verifies TC3-HMAC-SHA256 itself (and `X-TC-Token` when one is
+//! required), checks body shapes, enforces the per-API rate, per-call caps and daily quota,
+//! pages DescribePurgeTasks, and moves tasks from processing to success or failed over time.
+//! Faults and a skewed clock can be scripted; every request's headers are recorded.
+//!
+//! Targets steer outcomes: `refuse` is put in FailedList, `fail-later` fails, `time-out` times
+//! out, `unreported` is accepted but never listed by DescribePurgeTasks.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -29,6 +33,8 @@ pub enum Fault {
     Http(u16),
     /// Do the work, then answer only after this long (a client timeout makes it ambiguous).
     Slow(Duration),
+    /// Receive the request but do nothing with it, and answer only after this long.
+    Hang(Duration),
 }
 
 #[derive(Clone, Debug)]
@@ -37,6 +43,11 @@ pub struct Call {
     pub body: Value,
     /// The error code answered, if any.
     pub error: Option<String>,
+    pub timestamp: Option<String>,
+    pub authorization: Option<String>,
+    pub token: Option<String>,
+    pub region: Option<String>,
+    pub language: Option<String>,
 }
 
 struct Row {
@@ -58,6 +69,18 @@ struct Fake {
     calls: Vec<Call>,
     rows: Vec<Row>,
     next: u64,
+    /// Requests without this `X-TC-Token` fail with AuthFailure.TokenFailure.
+    token: Option<String>,
+    /// The fake's clock runs this many seconds ahead of the host's.
+    clock_offset: i64,
+    /// DescribePurgeTasks answers at most this many rows per page, whatever the `Limit`.
+    page_cap: usize,
+}
+
+impl Fake {
+    fn now(&self) -> DateTime<Utc> {
+        Utc::now() + chrono::Duration::seconds(self.clock_offset)
+    }
 }
 
 #[derive(Clone)]
@@ -86,6 +109,9 @@ impl FakeEdgeOne {
             calls: Vec::new(),
             rows: Vec::new(),
             next: 0,
+            token: None,
+            clock_offset: 0,
+            page_cap: usize::MAX,
         }));
         let app = axum::Router::new()
             .route("/", axum::routing::post(handle))
@@ -110,6 +136,19 @@ impl FakeEdgeOne {
             .unwrap()
             .daily_available
             .insert(kind.into(), n);
+    }
+
+    pub fn require_token(&self, token: &str) {
+        self.state.lock().unwrap().token = Some(token.into());
+    }
+
+    /// Runs the fake's clock `secs` ahead (negative: behind) of the host's.
+    pub fn set_clock_offset(&self, secs: i64) {
+        self.state.lock().unwrap().clock_offset = secs;
+    }
+
+    pub fn set_page_cap(&self, rows: usize) {
+        self.state.lock().unwrap().page_cap = rows;
     }
 
     pub fn fault(&self, action: &str, fault: Fault) {
@@ -140,6 +179,13 @@ fn envelope(request_id: u64, body: Value) -> Response {
     axum::Json(json!({ "Response": body })).into_response()
 }
 
+fn header(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
 fn error(request_id: u64, code: &str, message: &str) -> Response {
     envelope(
         request_id,
@@ -153,8 +199,13 @@ fn hmac(key: &[u8], data: &str) -> Vec<u8> {
     m.finalize().into_bytes().to_vec()
 }
 
-/// Verifies the request's TC3 signature from the headers alone; `Err` is an error code.
-fn verify(headers: &HeaderMap, body: &[u8]) -> Result<(), (&'static str, String)> {
+/// Verifies the request's TC3 signature from the headers alone at the fake's time `now`;
+/// `Err` is an error code.
+fn verify(
+    headers: &HeaderMap,
+    body: &[u8],
+    now: DateTime<Utc>,
+) -> Result<(), (&'static str, String)> {
     let h = |name: &str| {
         headers
             .get(name)
@@ -190,7 +241,7 @@ fn verify(headers: &HeaderMap, body: &[u8]) -> Result<(), (&'static str, String)
     let ts: i64 = h("x-tc-timestamp")
         .parse()
         .map_err(|_| ("AuthFailure.InvalidAuthorization", "timestamp".to_string()))?;
-    if (Utc::now().timestamp() - ts).abs() > 300 {
+    if (now.timestamp() - ts).abs() > 300 {
         return Err(("AuthFailure.SignatureExpire", "skew".into()));
     }
     let date = DateTime::from_timestamp(ts, 0)
@@ -231,7 +282,7 @@ async fn handle(
         .unwrap_or("")
         .to_string();
     let parsed: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-    let (response, delay) = {
+    let (mut response, delay, date) = {
         let mut fake = state.lock().unwrap();
         fake.next += 1;
         let id = fake.next;
@@ -240,12 +291,20 @@ async fn handle(
             action,
             body: parsed,
             error: code,
+            timestamp: header(&headers, "x-tc-timestamp"),
+            authorization: header(&headers, "authorization"),
+            token: header(&headers, "x-tc-token"),
+            region: header(&headers, "x-tc-region"),
+            language: header(&headers, "x-tc-language"),
         });
-        (response, delay)
+        (response, delay, fake.now())
     };
     if let Some(d) = delay {
         tokio::time::sleep(d).await;
     }
+    // The fake's own clock, as Tencent Cloud's `Date` shows its clock.
+    let date = httpdate::fmt_http_date(std::time::SystemTime::from(date));
+    response.headers_mut().insert("date", date.parse().unwrap());
     response
 }
 
@@ -265,8 +324,13 @@ fn answer(
     if headers.get("content-type").and_then(|v| v.to_str().ok()) != Some("application/json") {
         return err("InvalidParameter.ContentType", "content type");
     }
-    if let Err((code, m)) = verify(headers, body) {
+    if let Err((code, m)) = verify(headers, body, fake.now()) {
         return err(code, &m);
+    }
+    if let Some(token) = &fake.token
+        && header(headers, "x-tc-token").as_ref() != Some(token)
+    {
+        return err("AuthFailure.TokenFailure", "X-TC-Token missing or wrong");
     }
     let now = Instant::now();
     let window = fake.recent.entry(action.to_string()).or_default();
@@ -293,6 +357,10 @@ fn answer(
                 );
             }
             Fault::Slow(d) => delay = Some(d),
+            Fault::Hang(d) => {
+                let (response, code) = (error(id, "InternalError", "gave up"), "InternalError");
+                return (response, Some(code.to_string()), Some(d));
+            }
         }
     }
     if parsed.get("ZoneId").and_then(Value::as_str) != Some(ZONE) {
@@ -368,13 +436,13 @@ fn create(fake: &mut Fake, id: u64, body: &Value) -> (Response, Option<String>) 
     let job_id = format!("job-{id}");
     let (refused, accepted): (Vec<String>, Vec<String>) =
         targets.into_iter().partition(|t| t.contains("refuse"));
-    for target in accepted {
+    for target in accepted.into_iter().filter(|t| !t.contains("unreported")) {
         fake.rows.push(Row {
             job_id: job_id.clone(),
             target,
             kind: kind.clone(),
             method: method.clone(),
-            created: Utc::now(),
+            created: fake.now(),
             done_at: Instant::now() + fake.task_delay,
         });
     }
@@ -439,7 +507,7 @@ fn describe(fake: &Fake, id: u64, body: &Value) -> (Response, Option<String>) {
     let tasks: Vec<Value> = matching
         .iter()
         .skip(offset)
-        .take(limit as usize)
+        .take((limit as usize).min(fake.page_cap))
         .map(|r| {
             let (status, fail_type, fail_message) = if now < r.done_at {
                 ("processing", "", "")
