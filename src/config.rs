@@ -163,6 +163,21 @@ pub fn mask_url(raw: &str) -> String {
             if u.password().is_some() {
                 let _ = u.set_password(Some("***"));
             }
+            // redis-rs also reads a password from the query (`redis+unix:///s.sock?pass=...`).
+            if u.query_pairs().any(|(k, _)| k == "pass" || k == "password") {
+                let pairs: Vec<(String, String)> = u
+                    .query_pairs()
+                    .map(|(k, v)| {
+                        let v = if k == "pass" || k == "password" {
+                            "***".into()
+                        } else {
+                            v.into_owned()
+                        };
+                        (k.into_owned(), v)
+                    })
+                    .collect();
+                u.query_pairs_mut().clear().extend_pairs(pairs);
+            }
             u.to_string()
         }
         Err(_) => "***".into(),
@@ -269,9 +284,10 @@ pub struct LimitsConfig {
     pub status: Option<Vec<Rate>>,
     /// Per-call cap by kind name (`URL`, `PREFIX`, ...).
     pub max_per_call: BTreeMap<String, usize>,
-    /// Names the provider account the budgets belong to. Providers naming the same account
-    /// (two EdgeOne zones under one SecretId, say) share one set of call budgets and daily
-    /// quotas; by default each provider name is its own account.
+    /// Names the account the call budgets (API rate limits) belong to. Providers naming the
+    /// same account (two EdgeOne zones under one SecretId, say) share them; they must be of
+    /// one type with the same `submit` and `status`. Daily quotas stay per provider (per zone).
+    /// By default each provider is its own account.
     pub account: Option<String>,
 }
 
@@ -407,6 +423,26 @@ impl Config {
                 }
             }
         }
+        let mut accounts: BTreeMap<&str, &ProviderConfig> = BTreeMap::new();
+        for p in &self.providers {
+            let Some(account) = p.limits.account.as_deref() else {
+                continue;
+            };
+            let Some(first) = accounts.insert(account, p) else {
+                continue;
+            };
+            let same_type =
+                std::mem::discriminant(&first.settings) == std::mem::discriminant(&p.settings);
+            if !same_type
+                || first.limits.submit != p.limits.submit
+                || first.limits.status != p.limits.status
+            {
+                return invalid(format!(
+                    "providers.{}.limits.account: {account:?} is also the account of provider {:?}; providers sharing an account need the same type and the same limits.submit and limits.status",
+                    p.name, first.name
+                ));
+            }
+        }
         for g in &self.groups {
             if !names.insert(g.name.as_str()) {
                 return invalid(format!("groups: name {:?} is already used", g.name));
@@ -462,8 +498,6 @@ impl Config {
         Ok(())
     }
 
-    /// The effective configuration as TOML. Secrets are only ever referenced by env var or file
-    /// name, so this shows none.
     /// The effective settings as TOML, for `check-config`; Redis passwords are masked and
     /// secrets are only references (env var or file names).
     pub fn to_toml(&self) -> String {
@@ -586,6 +620,21 @@ mod tests {
         assert!(t("[[providers]]\nname=\"a\"\ntype=\"sandbox\"\nbogus=1").is_err());
         assert!(t("[[groups]]\nname=\"g\"\nproviders=[\"nope\"]").is_err());
         assert!(t("[store]\nbackend=\"redis\"").is_err());
+        let two = |b: &str| {
+            format!(
+                "[[providers]]\nname=\"a\"\ntype=\"sandbox\"\nlimits={{account=\"x\"}}\n[[providers]]\nname=\"b\"\ntype=\"sandbox\"\nlimits={{account=\"x\"{b}}}"
+            )
+        };
+        assert!(t(&two("")).is_ok());
+        let err = t(&two(", submit=[{count=1, per=\"1s\"}]")).unwrap_err();
+        assert!(
+            err.to_string().contains("providers.b.limits.account"),
+            "{err}"
+        );
+        assert!(
+            t("[[providers]]\nname=\"a\"\ntype=\"sandbox\"\nlimits={max_per_call={URL=0}}")
+                .is_err()
+        );
     }
 
     #[test]
@@ -616,5 +665,7 @@ mod tests {
             Some("redis://app:hunter2@redis:6379/0")
         );
         assert_eq!(mask_url("not a url with pass"), "***");
+        let unix = mask_url("redis+unix:///run/redis.sock?db=1&pass=hunter4");
+        assert!(!unix.contains("hunter4") && unix.contains("db=1"), "{unix}");
     }
 }

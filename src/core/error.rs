@@ -57,7 +57,7 @@ pub enum Error {
     Internal(#[source] StoreError),
 }
 
-/// The first few violations; the details list them all.
+/// The first few violations; the details list more.
 fn summary(v: &[FieldViolation]) -> String {
     const SHOWN: usize = 3;
     let mut s = v

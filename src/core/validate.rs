@@ -36,10 +36,10 @@ const MAX_LABEL_VALUE: usize = 256;
 const MAX_IDEMPOTENCY_KEY: usize = 128;
 const MAX_HOSTS: usize = 100;
 
-/// Quotes a value for an error message, shortened so errors stay small.
 /// Most field violations one error lists.
 pub const MAX_VIOLATIONS: usize = 50;
 
+/// Quotes a value for an error message, shortened so errors stay small.
 pub fn quote(value: &str) -> String {
     const MAX: usize = 120;
     if value.chars().count() <= MAX {

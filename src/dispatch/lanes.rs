@@ -143,6 +143,11 @@ impl Lanes {
         Taken { targets, credits }
     }
 
+    /// Targets waiting to be sent, over every lane.
+    pub fn waiting(&self) -> usize {
+        self.lanes.values().map(|l| l.order.len()).sum()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.lanes.is_empty()
     }
@@ -167,6 +172,7 @@ mod tests {
         lanes.push(&key(), "https://a/1", "p1");
         lanes.push(&key(), "https://a/1", "p2");
         lanes.push(&key(), "https://a/2", "p2");
+        assert_eq!(lanes.waiting(), 2);
         let taken = lanes.take(&key(), 10);
         assert_eq!(taken.targets, ["https://a/1", "https://a/2"]);
         assert_eq!(taken.credits["https://a/1"], ["p1", "p2"]);

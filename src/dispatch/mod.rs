@@ -13,7 +13,6 @@ use chrono::{DateTime, Utc};
 use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use crate::config::DispatchConfig;
 use crate::core::model::{PurgeKind, PurgeRecord, TaskState, UnitStatus};
@@ -48,7 +47,6 @@ pub fn spawn(
             lane_changed: Notify::new(),
             inflight: Mutex::default(),
             held: Mutex::default(),
-            sending: TaskTracker::new(),
         }));
         set.spawn(worker.clone().intake());
         set.spawn(worker.clone().flush());
@@ -83,8 +81,6 @@ struct Inner {
     inflight: Mutex<HashMap<String, InFlight>>,
     /// Purge id -> the delivery to acknowledge when this provider is done with it.
     held: Mutex<HashMap<String, String>>,
-    /// Submits under way, waited for when stopping so no sent batch goes unrecorded.
-    sending: TaskTracker,
 }
 
 /// How a provider task ended.
@@ -112,15 +108,16 @@ impl Worker {
         let s = &self.0.settings;
         let mut last_upkeep = tokio::time::Instant::now();
         let upkeep_every = s.reclaim_idle / 3;
-        // Work beyond this stays in the queue for replicas with room, instead of piling up
-        // behind this one's share of the provider budget.
-        let max_held = s.claim_batch.saturating_mul(16).max(1);
+        // Unsent targets beyond this leave work in the queue for replicas with room, instead
+        // of piling it up behind this one's share of the provider budget. Purges only waiting
+        // for their provider tasks do not count.
+        let max_waiting = s.claim_batch.saturating_mul(16).max(1);
         while !self.0.stop.is_cancelled() {
             if last_upkeep.elapsed() >= upkeep_every {
                 last_upkeep = tokio::time::Instant::now();
                 self.upkeep().await;
             }
-            if self.0.held.lock().expect("held lock").len() >= max_held {
+            if self.0.lanes.lock().expect("lanes lock").waiting() >= max_waiting {
                 self.pause(Duration::from_millis(200)).await;
                 continue;
             }
@@ -256,15 +253,18 @@ impl Worker {
 
     /// Sends due lanes as soon as the provider's budget allows.
     async fn flush(self) {
-        let linger = self.0.settings.linger;
-        self.flush_lanes(linger).await;
-        // Batches already handed to the provider are recorded before the worker ends.
-        self.0.sending.close();
-        self.0.sending.wait().await;
+        // Submits under way. They end soon after a stop (no new attempt starts), and are
+        // waited for so that a batch already sent is recorded; if this worker is aborted
+        // instead, dropping the set aborts them too.
+        let mut sending = JoinSet::new();
+        self.flush_lanes(&mut sending).await;
+        while sending.join_next().await.is_some() {}
     }
 
-    async fn flush_lanes(&self, linger: Duration) {
+    async fn flush_lanes(&self, sending: &mut JoinSet<()>) {
+        let linger = self.0.settings.linger;
         loop {
+            while sending.try_join_next().is_some() {}
             let next = {
                 let lanes = self.0.lanes.lock().expect("lanes lock");
                 lanes.next_due(linger, |k| self.0.provider.max_per_call(k))
@@ -306,7 +306,7 @@ impl Worker {
                 continue;
             }
             let worker = self.clone();
-            self.0.sending.spawn(async move {
+            sending.spawn(async move {
                 worker.submit(key, taken).await;
                 drop(permit);
             });
@@ -348,7 +348,7 @@ impl Worker {
             .enumerate()
             .filter(|(_, q)| q.kinds.contains(&kind))
             .map(|(i, q)| Charge {
-                key: format!("{}:daily:{i}", self.0.provider.budget),
+                key: format!("{}:daily:{i}", self.name()),
                 limit: Limit::Daily {
                     max: q.max,
                     utc_offset_secs: q.utc_offset_secs,
@@ -360,6 +360,9 @@ impl Worker {
 
     /// Waits until the limiter grants every charge; the purge stays queued meanwhile.
     async fn wait_budget(&self, charges: &[Charge]) -> Budget {
+        if self.0.stop.is_cancelled() {
+            return Budget::Stopped;
+        }
         if charges.is_empty() {
             return Budget::Granted;
         }
@@ -436,7 +439,7 @@ impl Worker {
                         }
                     };
                     if let Some(outcome) = outcome {
-                        self.finish_task(&task.query.task_id, outcome).await;
+                        self.finish_task(&task.query, outcome).await;
                     }
                 }
             }
@@ -455,16 +458,14 @@ impl Worker {
         })
     }
 
-    /// Records a finished task on every purge it carried targets for. The entry is taken out
-    /// under the lock, so credits merged in since the poll began are recorded too.
-    async fn finish_task(&self, task_id: &str, outcome: Outcome) {
-        let Some(task) = self
-            .0
-            .inflight
-            .lock()
-            .expect("inflight lock")
-            .remove(task_id)
-        else {
+    /// Records a finished task on every purge it carried the polled targets for. Targets
+    /// merged into the task since the poll began were not asked about: they stay followed.
+    async fn finish_task(&self, polled: &TaskQuery, outcome: Outcome) {
+        let Some(task) = take_polled(
+            &mut self.0.inflight.lock().expect("inflight lock"),
+            &polled.task_id,
+            &polled.targets,
+        ) else {
             return;
         };
         let failed = match outcome {
@@ -519,14 +520,18 @@ impl Worker {
                     .filter(|t| &t.provider_task_id == task_id && t.provider == provider)
                 {
                     if t.state == TaskState::Running {
-                        t.state = if failures == 0 {
+                        // Targets the provider refused at submit already failed this task.
+                        let refused = t.error.take();
+                        t.state = if failures == 0 && refused.is_none() {
                             TaskState::Succeeded
                         } else {
                             TaskState::Failed
                         };
-                        if failures > 0 {
-                            t.error = Some(format!("{failures} targets failed"));
-                        }
+                        let failed = (failures > 0).then(|| format!("{failures} targets failed"));
+                        t.error = match (refused, failed) {
+                            (Some(a), Some(b)) => Some(format!("{a}; {b}")),
+                            (a, b) => a.or(b),
+                        };
                         changed = true;
                     }
                 }
@@ -646,5 +651,77 @@ fn merge_inflight(inflight: &mut HashMap<String, InFlight>, task: InFlight) {
     }
 }
 
+/// Takes the `polled` targets of task `task_id` out of `inflight`, with their credits; the
+/// task's other targets stay. `None` when the task is no longer followed.
+fn take_polled(
+    inflight: &mut HashMap<String, InFlight>,
+    task_id: &str,
+    polled: &[String],
+) -> Option<InFlight> {
+    let entry = inflight.get_mut(task_id)?;
+    let mut done = InFlight {
+        query: TaskQuery {
+            targets: Vec::new(),
+            ..entry.query.clone()
+        },
+        credits: HashMap::new(),
+    };
+    for target in polled {
+        if let Some(purges) = entry.credits.remove(target) {
+            done.query.targets.push(target.clone());
+            done.credits.insert(target.clone(), purges);
+        }
+    }
+    entry
+        .query
+        .targets
+        .retain(|t| entry.credits.contains_key(t));
+    if entry.credits.is_empty() {
+        inflight.remove(task_id);
+    }
+    Some(done)
+}
+
 /// When a task started, for lookups after an ambiguous submit.
 type Since = DateTime<Utc>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn task(id: &str, credits: &[(&str, &str)]) -> InFlight {
+        let mut t = InFlight {
+            query: TaskQuery {
+                task_id: id.into(),
+                kind: PurgeKind::Url,
+                targets: Vec::new(),
+                submitted_at: Utc::now(),
+            },
+            credits: HashMap::new(),
+        };
+        for (target, purge) in credits {
+            t.query.targets.push((*target).into());
+            t.credits.insert((*target).into(), vec![(*purge).into()]);
+        }
+        t
+    }
+
+    #[test]
+    fn targets_merged_during_a_poll_stay_followed() {
+        let mut inflight = HashMap::new();
+        merge_inflight(&mut inflight, task("T", &[("u1", "p1")]));
+        let polled = vec!["u1".to_owned()];
+        // Another purge's work on the same task is taken over while the poll is out.
+        merge_inflight(&mut inflight, task("T", &[("u2", "p2"), ("u1", "p3")]));
+        let done = take_polled(&mut inflight, "T", &polled).unwrap();
+        assert_eq!(done.query.targets, ["u1"]);
+        assert_eq!(done.credits["u1"], ["p1", "p3"]);
+        let rest = &inflight["T"];
+        assert_eq!(rest.query.targets, ["u2"]);
+        assert_eq!(rest.credits["u2"], ["p2"]);
+        let done = take_polled(&mut inflight, "T", &["u2".to_owned()]).unwrap();
+        assert_eq!(done.credits.len(), 1);
+        assert!(inflight.is_empty());
+        assert!(take_polled(&mut inflight, "T", &polled).is_none());
+    }
+}

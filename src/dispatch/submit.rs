@@ -80,6 +80,13 @@ impl Worker {
         let attempts = AtomicU32::new(0);
         let attempt = || async {
             let n = attempts.fetch_add(1, Ordering::Relaxed);
+            if n > 0 && self.0.stop.is_cancelled() {
+                // No new call once stopping; the targets stay pending for another replica.
+                return Err(ProviderError::Transient {
+                    message: "dispatcher stopping".into(),
+                    source: None,
+                });
+            }
             if maybe_sent.load(Ordering::Relaxed) {
                 self.budget_or_stop(&self.status_charges()).await?;
                 let since = started - chrono::Duration::seconds(60);
@@ -104,9 +111,18 @@ impl Worker {
             .with_jitter()
             .with_total_delay(Some(self.0.settings.retry_max_elapsed))
             .without_max_times();
+        let stop = self.0.stop.clone();
         attempt
             .retry(backoff)
-            .sleep(tokio::time::sleep)
+            .sleep(move |d| {
+                let stop = stop.clone();
+                async move {
+                    tokio::select! {
+                        _ = stop.cancelled() => {}
+                        _ = tokio::time::sleep(d) => {}
+                    }
+                }
+            })
             .when(|e: &ProviderError| e.is_retryable() && !self.0.stop.is_cancelled())
             .adjust(|e: &ProviderError, d: Option<Duration>| d.map(|d| e.retry_after().map_or(d, |r| r.max(d))))
             .notify(|e: &ProviderError, d: Duration| {

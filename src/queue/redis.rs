@@ -277,24 +277,38 @@ impl Queue for RedisQueue {
                     .unwrap_or_else(|| "0-0".into());
                 let mut claimed = Vec::new();
                 for _ in 0..RECLAIM_ROUNDS {
-                    let reply: StreamAutoClaimReply = ::redis::cmd("XAUTOCLAIM")
-                        .arg(&key)
-                        .arg(GROUP)
-                        .arg(consumer)
-                        .arg(idle)
-                        .arg(&start)
-                        .arg("COUNT")
-                        .arg(per_shard - claimed.len())
-                        .query_async(&mut c)
-                        .await?;
+                    let reply: Result<StreamAutoClaimReply, RedisError> =
+                        ::redis::cmd("XAUTOCLAIM")
+                            .arg(&key)
+                            .arg(GROUP)
+                            .arg(consumer)
+                            .arg(idle)
+                            .arg(&start)
+                            .arg("COUNT")
+                            .arg(per_shard - claimed.len())
+                            .query_async(&mut c)
+                            .await;
+                    let reply = match reply {
+                        Ok(r) => r,
+                        Err(e) if claimed.is_empty() => return Err(e),
+                        // What earlier rounds claimed is ours now: keep it.
+                        Err(e) => {
+                            tracing::warn!(provider, shard, error = %e, "reclaim stopped early");
+                            break;
+                        }
+                    };
                     if !reply.deleted_ids.is_empty() {
-                        // Entries acknowledged and deleted meanwhile: nothing left to do.
-                        let _: i64 = ::redis::cmd("XACK")
+                        // Entries acknowledged and deleted meanwhile: nothing left to do; if
+                        // this fails, a later round acknowledges them.
+                        let acked: Result<i64, RedisError> = ::redis::cmd("XACK")
                             .arg(&key)
                             .arg(GROUP)
                             .arg(&reply.deleted_ids)
                             .query_async(&mut c)
-                            .await?;
+                            .await;
+                        if let Err(e) = acked {
+                            tracing::warn!(provider, shard, error = %e, "cannot drop deleted entries");
+                        }
                     }
                     claimed.extend(reply.claimed);
                     start = reply.next_stream_id;

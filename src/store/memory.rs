@@ -179,3 +179,66 @@ impl Store for MemoryStore {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::model::{Action, PurgeKind, PurgeSpec};
+
+    fn record() -> PurgeRecord {
+        let spec = PurgeSpec {
+            provider: "sandbox".into(),
+            providers: vec!["sandbox".into()],
+            kind: PurgeKind::Host,
+            targets: vec!["example.com".into()],
+            action: Action::Invalidate,
+            hosts: Vec::new(),
+            headers: Default::default(),
+            labels: Default::default(),
+            idempotency_key: Some("k".into()),
+        };
+        let id = uuid::Uuid::now_v7().to_string();
+        PurgeRecord::new(id, "c".into(), spec, chrono::Utc::now())
+    }
+
+    fn claim(scope: &str, retention: Duration) -> IdempotencyClaim {
+        IdempotencyClaim {
+            scope: scope.into(),
+            fingerprint: "f".into(),
+            retention,
+        }
+    }
+
+    #[tokio::test]
+    async fn idempotency_keys_are_forgotten_after_their_retention() {
+        let store = MemoryStore::new(MemoryQueue::default(), Duration::from_secs(3600));
+        let kept = claim("kept", Duration::from_secs(3600));
+        for i in 0..100 {
+            let short = claim(&format!("short-{i}"), Duration::ZERO);
+            store
+                .create(record(), Some(short), Vec::new())
+                .await
+                .unwrap();
+        }
+        let first = store.create(record(), Some(kept.clone()), Vec::new()).await;
+        let Ok(CreateOutcome::Created(first)) = first else {
+            panic!("created");
+        };
+        {
+            let state = store.inner.state.lock().unwrap();
+            assert_eq!(state.keys.len(), 1, "expired keys are gone");
+            assert_eq!(state.key_order.len(), 1);
+        }
+        match store.replay(&kept).await.unwrap() {
+            Some(CreateOutcome::Existing(r)) => assert_eq!(r.id, first.id),
+            other => panic!("the kept key answers with its purge, got {other:?}"),
+        }
+        assert!(
+            store
+                .replay(&claim("short-1", Duration::ZERO))
+                .await
+                .unwrap()
+                .is_none()
+        );
+    }
+}

@@ -251,12 +251,17 @@ async fn a_caller_over_its_rate_gets_resource_exhausted() {
     assert!(details.quota_failure().is_some());
 }
 
+/// Providers and a caller rate of one create per minute, for `retries_are_answered_over_the_rate`.
+pub const ONE_CREATE_PER_MINUTE: &str = "[[providers]]\nname = \"sandbox\"\ntype = \"sandbox\"\n[server]\ncaller_rate = { count = 1, per = \"1m\" }\n";
+
 #[tokio::test]
 async fn a_retry_of_an_accepted_request_is_answered_even_over_the_rate() {
-    let app = spawn_app(config(
-        "[[providers]]\nname = \"sandbox\"\ntype = \"sandbox\"\n[server]\ncaller_rate = { count = 1, per = \"1m\" }\n",
-    ))
-    .await;
+    retries_are_answered_over_the_rate(config(ONE_CREATE_PER_MINUTE)).await;
+}
+
+/// A retry of an accepted request gets its purge even when the caller is over its rate.
+pub async fn retries_are_answered_over_the_rate(config: purge_service::config::Config) {
+    let app = spawn_app(config).await;
     let mut client = app.client.clone();
     let keyed = |targets: &[&str]| {
         let mut r = request("sandbox", PurgeKind::Host, targets);

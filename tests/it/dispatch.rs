@@ -140,3 +140,51 @@ async fn a_batch_the_provider_finds_too_large_is_split() {
     assert_eq!(accepted, 20, "{sizes:?}");
     assert!(p.tasks.len() >= 4, "{:?}", p.tasks);
 }
+
+/// Two providers on one CDN account (two zones under one key) name the same `limits.account`:
+/// together they stay within the account's rate, which the simulated CDN enforces for both.
+#[tokio::test]
+async fn providers_sharing_an_account_share_its_budget() {
+    const N: usize = 4;
+    let account = format!("shared-{:x}", rand::random::<u32>());
+    let zone = |name: &str| {
+        format!(
+            "[[providers]]\nname = \"{name}\"\ntype = \"sandbox\"\ndelay = \"10ms\"\nmax_per_call = 1\naccount = \"{account}\"\nrate = {{ count = {N}, per = \"1s\" }}\n[providers.limits]\naccount = \"cdn-account\"\nsubmit = [{{ count = {N}, per = \"1s\" }}]\n"
+        )
+    };
+    let app = spawn_app(config(&format!(
+        "[dispatch]\nlinger = \"5ms\"\nrate_margin = 0.05\n{}{}",
+        zone("zone-a"),
+        zone("zone-b")
+    )))
+    .await;
+    let client = &app.client;
+    let creates = ["zone-a", "zone-b"].into_iter().flat_map(|zone| {
+        (0..5).map(move |i| {
+            let mut c = client.clone();
+            let target = format!("https://{zone}.example.com/{i}");
+            async move {
+                c.create_purge(request(zone, PurgeKind::Url, &[target.as_str()]))
+                    .await
+                    .unwrap()
+                    .into_inner()
+                    .id
+            }
+        })
+    });
+    let ids = futures::future::join_all(creates).await;
+    for id in ids {
+        let p = wait_terminal(&app.client, &id, Duration::from_secs(30)).await;
+        assert_eq!(p.state(), PurgeState::Succeeded, "{p:?}");
+    }
+    // Both sandboxes name one simulated account: its call log holds both zones' calls.
+    let calls = app.registry.sandbox("zone-a").unwrap().calls();
+    assert_eq!(
+        calls.len(),
+        10,
+        "no call was throttled or repeated: {calls:?}"
+    );
+    let times: Vec<SystemTime> = calls.iter().map(|c| c.at).collect();
+    let busiest = max_in_window(&times, Duration::from_secs(1));
+    assert!(busiest <= N, "{busiest} calls within 1 s");
+}

@@ -300,6 +300,16 @@ async fn redis_cluster_core_flows() {
     assert_eq!(masters_with_records, 3, "keys should land on every master");
 }
 
+#[tokio::test]
+async fn redis_retries_are_answered_over_the_rate() {
+    let server = RedisServer::start();
+    let target = RedisTarget::node(&server);
+    crate::api::retries_are_answered_over_the_rate(
+        target.config(crate::api::ONE_CREATE_PER_MINUTE),
+    )
+    .await;
+}
+
 /// Takeover walks the whole pending list: work a live replica keeps alive at the front does not
 /// hide the idle work of a dead one behind it.
 #[tokio::test]
