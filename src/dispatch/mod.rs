@@ -17,7 +17,9 @@ use tokio_util::sync::CancellationToken;
 use crate::config::DispatchConfig;
 use crate::core::model::{PurgeKind, PurgeRecord, TaskState, UnitStatus};
 use crate::limiter::{Charge, Decision, Limit, Limiter};
-use crate::providers::{ProviderHandle, Registry, TaskProgress, TaskQuery};
+use crate::providers::{
+    CallBudget, ProviderError, ProviderHandle, Registry, TaskProgress, TaskQuery,
+};
 use crate::queue::{Delivery, Queue};
 use crate::store::Store;
 use lanes::{LaneKey, Lanes};
@@ -416,9 +418,12 @@ impl Worker {
                     provider = self.name(),
                     tasks = queries.len()
                 );
-                let answer =
-                    tracing::Instrument::instrument(self.0.provider.client.poll(&queries), span)
-                        .await;
+                let budget = StatusBudget(&self);
+                let answer = tracing::Instrument::instrument(
+                    self.0.provider.client.poll(&queries, &budget),
+                    span,
+                )
+                .await;
                 let progress: HashMap<String, TaskProgress> = match answer {
                     Ok(p) => p.into_iter().collect(),
                     Err(e) => {
@@ -624,6 +629,16 @@ impl Worker {
 
     fn track(&self, task: InFlight) {
         merge_inflight(&mut self.0.inflight.lock().expect("inflight lock"), task);
+    }
+}
+
+/// The status budget, for providers that need several calls for one poll or lookup.
+struct StatusBudget<'a>(&'a Worker);
+
+#[async_trait::async_trait]
+impl CallBudget for StatusBudget<'_> {
+    async fn acquire(&self) -> Result<(), ProviderError> {
+        self.0.budget_or_stop(&self.0.status_charges()).await
     }
 }
 

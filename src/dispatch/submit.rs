@@ -90,7 +90,14 @@ impl Worker {
             if maybe_sent.load(Ordering::Relaxed) {
                 self.budget_or_stop(&self.status_charges()).await?;
                 let since = started - chrono::Duration::seconds(60);
-                if let Some(found) = self.0.provider.client.find_submitted(batch, since).await? {
+                let budget = super::StatusBudget(self);
+                let found = self
+                    .0
+                    .provider
+                    .client
+                    .find_submitted(batch, since, &budget)
+                    .await?;
+                if let Some(found) = found {
                     tracing::info!(provider = self.name(), task = %found.task_id, "found the task of an ambiguous submit");
                     return Ok(found);
                 }
@@ -131,7 +138,7 @@ impl Worker {
             .await
     }
 
-    async fn budget_or_stop(
+    pub(super) async fn budget_or_stop(
         &self,
         charges: &[crate::limiter::Charge],
     ) -> Result<(), ProviderError> {

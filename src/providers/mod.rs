@@ -165,6 +165,24 @@ impl ProviderError {
     }
 }
 
+/// The status API's budget, for a provider whose one `poll` or lookup takes more than one
+/// call (pages): it waits here before every call after the first, so no call goes uncharged.
+#[async_trait]
+pub trait CallBudget: Send + Sync {
+    /// Waits until one more call is allowed; an error (stopping, budget gone) ends the work.
+    async fn acquire(&self) -> Result<(), ProviderError>;
+}
+
+/// No budget: for a client used outside the dispatcher (tests, tools).
+pub struct Unmetered;
+
+#[async_trait]
+impl CallBudget for Unmetered {
+    async fn acquire(&self) -> Result<(), ProviderError> {
+        Ok(())
+    }
+}
+
 /// A CDN purge API.
 #[async_trait]
 pub trait Provider: Send + Sync + 'static {
@@ -184,9 +202,13 @@ pub trait Provider: Send + Sync + 'static {
 
     async fn submit(&self, batch: &Batch) -> Result<Submission, ProviderError>;
 
-    /// Progress of submitted tasks; a task missing from the answer is still running.
-    async fn poll(&self, tasks: &[TaskQuery])
-    -> Result<Vec<(String, TaskProgress)>, ProviderError>;
+    /// Progress of submitted tasks; a task missing from the answer is still running. The
+    /// first status call is already paid for; every further one waits for `budget`.
+    async fn poll(
+        &self,
+        tasks: &[TaskQuery],
+        budget: &dyn CallBudget,
+    ) -> Result<Vec<(String, TaskProgress)>, ProviderError>;
 
     /// The quota the provider reports now, if it has such an API.
     async fn quota(&self) -> Result<BTreeMap<PurgeKind, KindQuota>, ProviderError> {
@@ -194,10 +216,12 @@ pub trait Provider: Send + Sync + 'static {
     }
 
     /// After an ambiguous submit: the task the provider made for `batch` since `since`, if any.
+    /// Its first status call is already paid for; every further one waits for `budget`.
     async fn find_submitted(
         &self,
         _batch: &Batch,
         _since: DateTime<Utc>,
+        _budget: &dyn CallBudget,
     ) -> Result<Option<Submission>, ProviderError> {
         Ok(None)
     }

@@ -8,7 +8,9 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
-use super::{Batch, Capabilities, Provider, ProviderError, Submission, TaskProgress, TaskQuery};
+use super::{
+    Batch, CallBudget, Capabilities, Provider, ProviderError, Submission, TaskProgress, TaskQuery,
+};
 use crate::core::model::PurgeKind;
 use crate::limiter::Rate;
 
@@ -242,6 +244,7 @@ impl Provider for Sandbox {
     async fn poll(
         &self,
         tasks: &[TaskQuery],
+        _budget: &dyn CallBudget,
     ) -> Result<Vec<(String, TaskProgress)>, ProviderError> {
         let now = SystemTime::now();
         let mut state = self.inner.state.lock().expect("sandbox lock");

@@ -7,7 +7,9 @@ use tempfile::TempDir;
 use tonic::Code;
 
 use crate::fakes::edgeone::{FakeEdgeOne, Fault, SECRET_ID, SECRET_KEY, ZONE};
-use crate::support::{TestApp, config, eventually, reason, request, spawn_app, wait_terminal};
+use crate::support::{
+    TestApp, config, eventually, max_in_window, reason, request, spawn_app, wait_terminal,
+};
 
 /// The service with one EdgeOne provider `edge` pointed at `fake`; `extra` is appended to the
 /// provider table.
@@ -224,6 +226,38 @@ async fn an_exhausted_daily_quota_fails_fast_and_a_quota_error_fails_the_targets
             .state(),
         PurgeState::Succeeded
     );
+}
+
+/// A poll that needs several DescribePurgeTasks pages pays the status budget for each page.
+#[tokio::test]
+async fn every_status_page_is_paid_from_the_status_budget() {
+    let fake = FakeEdgeOne::start(20, Duration::from_millis(300)).await;
+    fake.set_page_cap(3);
+    let (app, _dir) = service(
+        &fake,
+        SECRET_KEY,
+        "[providers.limits]\nstatus = [{ count = 2, per = \"1s\" }]\n",
+    )
+    .await;
+    let targets: Vec<String> = (0..10)
+        .map(|i| format!("https://www.example.com/p{i}"))
+        .collect();
+    let refs: Vec<&str> = targets.iter().map(String::as_str).collect();
+    let done = create(&app, request("edge", PurgeKind::Url, &refs)).await;
+    assert_eq!(done.state(), PurgeState::Succeeded, "{done:?}");
+    let pages: Vec<std::time::SystemTime> = fake
+        .calls()
+        .iter()
+        .filter(|c| c.action == "DescribePurgeTasks")
+        .map(|c| c.at)
+        .collect();
+    assert!(
+        pages.len() >= 4,
+        "10 rows at 3 a page: {} pages",
+        pages.len()
+    );
+    let busiest = max_in_window(&pages, Duration::from_secs(1));
+    assert!(busiest <= 2, "{busiest} status calls within 1 s");
 }
 
 #[tokio::test]

@@ -7,7 +7,9 @@ use std::time::Duration;
 use chrono::Utc;
 use purge_service::core::model::{Action, PurgeKind};
 use purge_service::providers::edgeone::{EdgeOne, EdgeOneSettings};
-use purge_service::providers::{Batch, Provider, ProviderError, TaskProgress, TaskQuery};
+use purge_service::providers::{
+    Batch, Provider, ProviderError, TaskProgress, TaskQuery, Unmetered,
+};
 use tempfile::TempDir;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -56,7 +58,12 @@ async fn submit_query(edge: &EdgeOne, b: &Batch) -> TaskQuery {
 /// Polls `task` until EdgeOne reports it finished, returning its failed targets.
 async fn finished(edge: &EdgeOne, task: &TaskQuery) -> Vec<(String, String)> {
     eventually(Duration::from_secs(15), "the task finishes", || async {
-        match edge.poll(std::slice::from_ref(task)).await.ok()?.pop()? {
+        match edge
+            .poll(std::slice::from_ref(task), &Unmetered)
+            .await
+            .ok()?
+            .pop()?
+        {
             (_, TaskProgress::Finished { failed }) => Some(failed),
             _ => None,
         }
@@ -258,7 +265,7 @@ async fn a_poll_needing_too_many_pages_is_an_error() {
     let targets: Vec<String> = (0..12).map(|i| format!("https://a.com/{i}")).collect();
     let refs: Vec<&str> = targets.iter().map(String::as_str).collect();
     let task = submit_query(&edge, &batch(PurgeKind::Url, Action::Invalidate, &refs)).await;
-    let err = edge.poll(&[task]).await.unwrap_err();
+    let err = edge.poll(&[task], &Unmetered).await.unwrap_err();
     assert!(
         matches!(&err, ProviderError::Protocol { message } if message.contains("pages")),
         "{err:?}"
@@ -280,7 +287,10 @@ async fn a_target_edgeone_never_lists_fails_after_the_task_timeout() {
     )
     .await;
     // The listed target is done at once; the unlisted one keeps the task running...
-    let first = edge.poll(std::slice::from_ref(&task)).await.unwrap();
+    let first = edge
+        .poll(std::slice::from_ref(&task), &Unmetered)
+        .await
+        .unwrap();
     assert_eq!(first, [(task.task_id.clone(), TaskProgress::Running)]);
     // ... until the task is older than the timeout, then it fails, never counted as purged.
     let failed = finished(&edge, &task).await;
@@ -311,7 +321,7 @@ async fn a_lookup_credits_only_a_job_of_the_same_method_covering_the_whole_batch
         .unwrap();
     let lost = batch(PurgeKind::Url, Action::Invalidate, &[a, b]);
     assert_eq!(
-        edge.find_submitted(&lost, since).await.unwrap(),
+        edge.find_submitted(&lost, since, &Unmetered).await.unwrap(),
         None,
         "neither job purged both targets by invalidation"
     );
@@ -322,15 +332,27 @@ async fn a_lookup_credits_only_a_job_of_the_same_method_covering_the_whole_batch
     assert_eq!(lookup["Filters"][1]["Values"].as_array().unwrap().len(), 2);
     // Our job did reach EdgeOne: it is found.
     let ours = edge.submit(&lost).await.unwrap();
-    let found = edge.find_submitted(&lost, since).await.unwrap().unwrap();
+    let found = edge
+        .find_submitted(&lost, since, &Unmetered)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(found.task_id, ours.task_id);
     // A PREFIX batch of the same strings is not credited to a URL job.
     let prefix = batch(PurgeKind::Prefix, Action::Invalidate, &[a, b]);
-    assert_eq!(edge.find_submitted(&prefix, since).await.unwrap(), None);
+    assert_eq!(
+        edge.find_submitted(&prefix, since, &Unmetered)
+            .await
+            .unwrap(),
+        None
+    );
     // A lookup EdgeOne refuses cannot tell: the batch is sent again rather than failed.
     fake.fault(
         "DescribePurgeTasks",
         Fault::Error("InvalidParameter.ParameterError"),
     );
-    assert_eq!(edge.find_submitted(&lost, since).await.unwrap(), None);
+    assert_eq!(
+        edge.find_submitted(&lost, since, &Unmetered).await.unwrap(),
+        None
+    );
 }

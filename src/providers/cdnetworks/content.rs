@@ -19,8 +19,8 @@ use crate::config::ConfigError;
 use crate::core::model::{Action, PurgeKind};
 use crate::limiter::Rate;
 use crate::providers::{
-    Batch, Capabilities, DailyQuota, KindQuota, Provider, ProviderError, Submission, TaskProgress,
-    TaskQuery,
+    Batch, CallBudget, Capabilities, DailyQuota, KindQuota, Provider, ProviderError, Submission,
+    TaskProgress, TaskQuery,
 };
 
 /// `type = "cdnetworks"` settings.
@@ -293,9 +293,14 @@ impl Provider for ContentManagement {
     async fn poll(
         &self,
         tasks: &[TaskQuery],
+        budget: &dyn CallBudget,
     ) -> Result<Vec<(String, TaskProgress)>, ProviderError> {
         let mut out = Vec::with_capacity(tasks.len());
-        for task in tasks {
+        for (i, task) in tasks.iter().enumerate() {
+            // One status call per task: every one after the first waits for budget.
+            if i > 0 && budget.acquire().await.is_err() {
+                break;
+            }
             match self.status(task).await {
                 Ok(progress) => out.push((task.task_id.clone(), progress)),
                 Err(e) if out.is_empty() => return Err(e),

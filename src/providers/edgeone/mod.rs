@@ -19,7 +19,8 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::{
-    Batch, Capabilities, KindQuota, Provider, ProviderError, Submission, TaskProgress, TaskQuery,
+    Batch, CallBudget, Capabilities, KindQuota, Provider, ProviderError, Submission, TaskProgress,
+    TaskQuery,
 };
 use crate::config::{ConfigError, SecretRef};
 use crate::core::model::PurgeKind;
@@ -165,8 +166,9 @@ impl Provider for EdgeOne {
     async fn poll(
         &self,
         tasks: &[TaskQuery],
+        budget: &dyn CallBudget,
     ) -> Result<Vec<(String, TaskProgress)>, ProviderError> {
-        self.progress_of(tasks).await
+        self.progress_of(tasks, budget).await
     }
 
     async fn quota(&self) -> Result<BTreeMap<PurgeKind, KindQuota>, ProviderError> {
@@ -179,7 +181,8 @@ impl Provider for EdgeOne {
         &self,
         batch: &Batch,
         since: DateTime<Utc>,
+        budget: &dyn CallBudget,
     ) -> Result<Option<Submission>, ProviderError> {
-        self.lookup(batch, since).await
+        self.lookup(batch, since, budget).await
     }
 }

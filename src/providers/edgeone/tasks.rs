@@ -9,13 +9,15 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use super::EdgeOne;
 use super::api::{self, AdvancedFilter, purge_type};
 use crate::core::model::{Action, PurgeKind, WHOLE_ZONE};
-use crate::providers::{Batch, KindQuota, ProviderError, Submission, TaskProgress, TaskQuery};
+use crate::providers::{
+    Batch, CallBudget, KindQuota, ProviderError, Submission, TaskProgress, TaskQuery,
+};
 
 /// Rows per DescribePurgeTasks page (the API's maximum `Limit`).
 pub(super) const PAGE: u32 = 1000;
 /// Tasks one poll covers: at the default cap of 100 targets per task that is at most 1000
-/// rows, one page. The dispatcher charges the status budget once per poll, so further pages
-/// (only with raised per-call caps) are not charged; they are bounded by `POLL_PAGES`.
+/// rows, one page. Further pages (only with raised per-call caps) wait for the status budget
+/// like the first; they are bounded by `POLL_PAGES`.
 pub(super) const POLL_TASKS: usize = (PAGE / 100) as usize;
 /// Most pages one poll reads; more rows than this is an error, not a partial answer.
 pub(super) const POLL_PAGES: u32 = 10;
@@ -205,6 +207,7 @@ impl EdgeOne {
     pub(super) async fn progress_of(
         &self,
         tasks: &[TaskQuery],
+        budget: &dyn CallBudget,
     ) -> Result<Vec<(String, TaskProgress)>, ProviderError> {
         let Some(since) = tasks.iter().map(|t| t.submitted_at).min() else {
             return Ok(Vec::new());
@@ -215,7 +218,7 @@ impl EdgeOne {
             fuzzy: false,
         };
         let rows = self
-            .describe(since - POLL_LOOKBACK, vec![filter], POLL_PAGES)
+            .describe(since - POLL_LOOKBACK, vec![filter], POLL_PAGES, budget)
             .await?
             .map_err(|total| ProviderError::Protocol {
                 message: format!(
@@ -250,6 +253,7 @@ impl EdgeOne {
         &self,
         batch: &Batch,
         since: DateTime<Utc>,
+        budget: &dyn CallBudget,
     ) -> Result<Option<Submission>, ProviderError> {
         let Some(kind) = purge_type(batch.kind) else {
             return Ok(None);
@@ -266,7 +270,7 @@ impl EdgeOne {
                 fuzzy: false,
             });
         }
-        let rows = match self.describe(since, filters, LOOKUP_PAGES).await {
+        let rows = match self.describe(since, filters, LOOKUP_PAGES, budget).await {
             Ok(Ok(rows)) => rows,
             // A lookup EdgeOne refuses (e.g. a filter it does not take) cannot tell; resend.
             Err(e @ (ProviderError::Rejected { .. } | ProviderError::Protocol { .. })) => {
@@ -333,6 +337,7 @@ impl EdgeOne {
         since: DateTime<Utc>,
         filters: Vec<AdvancedFilter>,
         max_pages: u32,
+        budget: &dyn CallBudget,
     ) -> Result<Result<Vec<api::Task>, u64>, ProviderError> {
         // EdgeOne's times are by its clock.
         let skew = self.inner.client.skew();
@@ -342,7 +347,10 @@ impl EdgeOne {
         let end = now + chrono::Duration::minutes(1);
         let mut rows: Vec<api::Task> = Vec::new();
         let mut total = 0;
-        for _ in 0..max_pages {
+        for page in 0..max_pages {
+            if page > 0 {
+                budget.acquire().await?;
+            }
             let request = api::DescribePurgeTasks {
                 zone_id: &self.inner.zone_id,
                 start_time: start.to_rfc3339_opts(SecondsFormat::Secs, true),

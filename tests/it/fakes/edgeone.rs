@@ -39,6 +39,8 @@ pub enum Fault {
 
 #[derive(Clone, Debug)]
 pub struct Call {
+    /// When the fake received it.
+    pub at: std::time::SystemTime,
     pub action: String,
     pub body: Value,
     /// The error code answered, if any.
@@ -288,6 +290,7 @@ async fn handle(
         let id = fake.next;
         let (response, code, delay) = answer(&mut fake, id, &action, &headers, &body, &parsed);
         fake.calls.push(Call {
+            at: std::time::SystemTime::now(),
             action,
             body: parsed,
             error: code,
