@@ -158,6 +158,40 @@ async fn partial_failures_name_each_target_with_edgeones_reason() {
     );
     assert_eq!(done.failures.len(), 3);
     assert_eq!(done.progress.unwrap().succeeded, 1);
+    // The task carried failures: it failed, and says it had a refused target.
+    assert_eq!(
+        done.tasks[0].state(),
+        pb::TaskState::Failed,
+        "{:?}",
+        done.tasks
+    );
+    assert!(done.tasks[0].error.contains("refused"), "{:?}", done.tasks);
+
+    // A task whose every target EdgeOne refused is over at once: FAILED, not left running.
+    let refused = create(
+        &app,
+        request(
+            "edge",
+            PurgeKind::Url,
+            &[
+                "https://www.example.com/refuse-1",
+                "https://www.example.com/refuse-2",
+            ],
+        ),
+    )
+    .await;
+    assert_eq!(refused.state(), PurgeState::Failed);
+    assert_eq!(
+        refused.tasks[0].state(),
+        pb::TaskState::Failed,
+        "{:?}",
+        refused.tasks
+    );
+    assert!(
+        refused.tasks[0].error.contains("2 of 2"),
+        "{:?}",
+        refused.tasks
+    );
 }
 
 #[tokio::test]
