@@ -377,3 +377,46 @@ async fn redis_reclaim_reaches_idle_work_behind_live_work() {
     }
     assert_eq!(taken, abandoned, "only the abandoned work is taken over");
 }
+
+/// A purge record that disappears from Redis while watched (evicted, or deleted by an operator)
+/// ends the watch with NOT_FOUND instead of leaving it open forever.
+#[tokio::test]
+async fn redis_a_watched_purge_that_disappears_ends_the_watch_not_found() {
+    let server = RedisServer::start();
+    let target = RedisTarget::node(&server);
+    let app = spawn_app(
+        target.config("[[providers]]\nname = \"sandbox\"\ntype = \"sandbox\"\ndelay = \"1h\"\n"),
+    )
+    .await;
+    let mut client = app.client.clone();
+    let created = client
+        .create_purge(request("sandbox", PurgeKind::Host, &["a.example.com"]))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut stream = client
+        .watch_purge(pb::WatchPurgeRequest {
+            id: created.id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    stream.next().await.unwrap().expect("the snapshot");
+    let keys: Vec<String> =
+        server.query(redis::cmd("KEYS").arg(format!("*{}*:purge:{}", target.prefix, created.id)));
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    let _: i64 = server.query(redis::cmd("DEL").arg(&keys[0]));
+    let end = tokio::time::timeout(Duration::from_secs(15), async {
+        loop {
+            match stream.next().await {
+                Some(Ok(_)) => continue,
+                Some(Err(status)) => return Some(status),
+                None => return None,
+            }
+        }
+    })
+    .await
+    .expect("the watch ends");
+    let status = end.expect("the watch ends with an error");
+    assert_eq!(status.code(), Code::NotFound, "{status:?}");
+}
