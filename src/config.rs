@@ -255,6 +255,11 @@ pub struct TelemetryConfig {
     pub format: LogFormat,
     /// `tracing` filter directives; `RUST_LOG` wins when set.
     pub filter: String,
+    /// An OpenTelemetry collector's OTLP/gRPC endpoint (`http://otel-collector:4317`): spans
+    /// are exported there too, continuing callers' `traceparent`. Off when unset.
+    pub otlp_endpoint: Option<String>,
+    /// `service.name` of the exported spans.
+    pub service_name: String,
 }
 
 impl Default for TelemetryConfig {
@@ -262,6 +267,8 @@ impl Default for TelemetryConfig {
         TelemetryConfig {
             format: LogFormat::Text,
             filter: "info".into(),
+            otlp_endpoint: None,
+            service_name: "purge-service".into(),
         }
     }
 }

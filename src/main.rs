@@ -34,7 +34,16 @@ async fn main() -> anyhow::Result<()> {
         print!("{}", config.to_toml());
         return Ok(());
     }
-    telemetry::init(&config.telemetry);
+    let telemetry = telemetry::init(&config.telemetry).context("setting up telemetry")?;
+    let served = serve(config).await;
+    if let Err(e) = &served {
+        tracing::error!(error = format!("{e:#}"), "stopped with an error");
+    }
+    telemetry.shutdown().await;
+    served
+}
+
+async fn serve(config: purge_service::config::Config) -> anyhow::Result<()> {
     let listen = config.server.listen;
     let app = App::build(config).await.context("building the service")?;
     let listener = tokio::net::TcpListener::bind(listen)

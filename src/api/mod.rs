@@ -7,6 +7,7 @@ use std::pin::Pin;
 
 use tokio_stream::{Stream, StreamExt, wrappers::ReceiverStream};
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
 
 use crate::core::{Caller, PurgeCore};
 use crate::pb::{self, purge_service_server::PurgeService};
@@ -43,8 +44,53 @@ fn metadata_key<T>(req: &Request<T>) -> Option<String> {
 
 #[tonic::async_trait]
 impl PurgeService for PurgeApi {
-    #[tracing::instrument(name = "rpc", skip_all, fields(rpc = "CreatePurge", purge_id = tracing::field::Empty))]
     async fn create_purge(
+        &self,
+        request: Request<pb::CreatePurgeRequest>,
+    ) -> Result<Response<pb::Purge>, Status> {
+        let span = rpc_span("CreatePurge", &request, "");
+        self.create(request).instrument(span).await
+    }
+
+    async fn get_purge(
+        &self,
+        request: Request<pb::GetPurgeRequest>,
+    ) -> Result<Response<pb::Purge>, Status> {
+        let span = rpc_span("GetPurge", &request, &request.get_ref().id);
+        self.get(request).instrument(span).await
+    }
+
+    type WatchPurgeStream = Pin<Box<dyn Stream<Item = Result<pb::Purge, Status>> + Send>>;
+
+    async fn watch_purge(
+        &self,
+        request: Request<pb::WatchPurgeRequest>,
+    ) -> Result<Response<Self::WatchPurgeStream>, Status> {
+        let span = rpc_span("WatchPurge", &request, &request.get_ref().id);
+        self.watch(request).instrument(span).await
+    }
+}
+
+/// One span per call, named as OpenTelemetry names gRPC server spans, continuing the
+/// caller's trace when it sent a `traceparent`.
+fn rpc_span<T>(rpc: &'static str, request: &Request<T>, purge_id: &str) -> tracing::Span {
+    let span = tracing::info_span!(
+        "rpc",
+        rpc,
+        otel.name = %format_args!("purge.v1.PurgeService/{rpc}"),
+        otel.kind = "server",
+        rpc.system = "grpc",
+        purge_id = tracing::field::Empty,
+    );
+    if !purge_id.is_empty() {
+        span.record("purge_id", purge_id);
+    }
+    crate::telemetry::continue_remote_trace(&span, request.metadata());
+    span
+}
+
+impl PurgeApi {
+    async fn create(
         &self,
         request: Request<pb::CreatePurgeRequest>,
     ) -> Result<Response<pb::Purge>, Status> {
@@ -60,8 +106,7 @@ impl PurgeService for PurgeApi {
         Ok(Response::new(convert::purge(&purge)))
     }
 
-    #[tracing::instrument(name = "rpc", skip_all, fields(rpc = "GetPurge", purge_id = %request.get_ref().id))]
-    async fn get_purge(
+    async fn get(
         &self,
         request: Request<pb::GetPurgeRequest>,
     ) -> Result<Response<pb::Purge>, Status> {
@@ -74,13 +119,10 @@ impl PurgeService for PurgeApi {
         Ok(Response::new(convert::purge(&purge)))
     }
 
-    type WatchPurgeStream = Pin<Box<dyn Stream<Item = Result<pb::Purge, Status>> + Send>>;
-
-    #[tracing::instrument(name = "rpc", skip_all, fields(rpc = "WatchPurge", purge_id = %request.get_ref().id))]
-    async fn watch_purge(
+    async fn watch(
         &self,
         request: Request<pb::WatchPurgeRequest>,
-    ) -> Result<Response<Self::WatchPurgeStream>, Status> {
+    ) -> Result<Response<<Self as PurgeService>::WatchPurgeStream>, Status> {
         let caller = caller(&self.core, &request)?;
         let updates = self
             .core

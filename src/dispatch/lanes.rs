@@ -59,6 +59,11 @@ impl Taken {
     /// Splits into two halves, for a provider that refused the batch as too large.
     pub fn split(self) -> (Taken, Taken) {
         let mid = self.targets.len() / 2;
+        self.split_at(mid)
+    }
+
+    /// The first `mid` targets, and the rest.
+    pub fn split_at(self, mid: usize) -> (Taken, Taken) {
         let mut credits = self.credits;
         let mut part = |targets: Vec<String>| {
             let credits = targets

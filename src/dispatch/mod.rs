@@ -614,6 +614,17 @@ impl Worker {
     /// Reads the provider's quota now and then, so batches and fail-fast checks follow it.
     async fn refresh_quota(self) {
         loop {
+            // A quota read is a call to the provider's API like a status poll, paid alike.
+            match self.wait_budget(&self.status_charges()).await {
+                Budget::Granted => {}
+                Budget::Stopped => return,
+                Budget::Exhausted => {
+                    if !self.pause(self.0.settings.quota_refresh).await {
+                        return;
+                    }
+                    continue;
+                }
+            }
             match self.0.provider.client.quota().await {
                 Ok(q) if !q.is_empty() => self.0.provider.set_quota(q),
                 Ok(_) => {}

@@ -18,25 +18,25 @@ use crate::providers::{Batch, ProviderError, Submission, TaskQuery};
 impl Worker {
     /// Submits `taken` (whose first call's budget is already granted) and records the outcome.
     pub(super) async fn submit(&self, key: LaneKey, taken: Taken) {
-        let daily = self.daily_charges(key.kind, taken.targets.len());
-        if !daily.is_empty() {
-            match self.0.limiter.acquire(&daily).await {
-                Ok(Decision::Granted) => {}
-                Ok(Decision::Wait(_) | Decision::Exhausted(_)) => {
-                    self.0.provider.mark_exhausted(key.kind);
-                    let reason = format!(
-                        "daily {} quota of provider {:?} exhausted",
-                        key.kind,
-                        self.name()
-                    );
-                    self.fail_targets(&taken.by_purge(), &reason).await;
-                    return;
-                }
-                Err(e) => {
-                    tracing::warn!(provider = self.name(), error = %e, "cannot check the daily quota; sending anyway")
-                }
+        let fit = self.charge_daily(key.kind, taken.targets.len()).await;
+        let taken = if fit < taken.targets.len() {
+            // What the day's quota still holds goes out; the rest fails, and the kind is
+            // refused at CreatePurge until the provider's next day.
+            self.0.provider.mark_exhausted(key.kind);
+            let (fits, over) = taken.split_at(fit);
+            let reason = format!(
+                "daily {} quota of provider {:?} exhausted",
+                key.kind,
+                self.name()
+            );
+            self.fail_targets(&over.by_purge(), &reason).await;
+            if fits.targets.is_empty() {
+                return;
             }
-        }
+            fits
+        } else {
+            taken
+        };
         let mut parts = vec![(taken, true)];
         while let Some((part, granted)) = parts.pop() {
             let batch = key.batch(part.targets.clone());
@@ -72,6 +72,33 @@ impl Worker {
         }
     }
 
+    /// Charges as many of `n` targets of `kind` as the documented daily quotas still hold
+    /// (all of them when the limiter cannot be asked) and says how many.
+    async fn charge_daily(&self, kind: crate::core::model::PurgeKind, n: usize) -> usize {
+        if self.daily_charges(kind, 1).is_empty() {
+            return n;
+        }
+        // Greedy halving: at most about log2(n)^2 limiter calls, never a provider call.
+        let (mut fitted, mut step) = (0, n);
+        while fitted < n && step > 0 {
+            let cost = step.min(n - fitted);
+            match self
+                .0
+                .limiter
+                .acquire(&self.daily_charges(kind, cost))
+                .await
+            {
+                Ok(Decision::Granted) => fitted += cost,
+                Ok(Decision::Wait(_) | Decision::Exhausted(_)) => step /= 2,
+                Err(e) => {
+                    tracing::warn!(provider = self.name(), error = %e, "cannot check the daily quota; sending anyway");
+                    return n;
+                }
+            }
+        }
+        fitted
+    }
+
     /// One provider call with retries; every attempt after a granted first one waits for
     /// budget again, and an ambiguous attempt is looked up before the next send.
     async fn send(&self, batch: &Batch, granted: bool) -> Result<Submission, ProviderError> {
@@ -89,7 +116,8 @@ impl Worker {
             }
             if maybe_sent.load(Ordering::Relaxed) {
                 self.budget_or_stop(&self.status_charges()).await?;
-                let since = started - chrono::Duration::seconds(60);
+                // Whole seconds: providers' task times have no finer resolution.
+                let since = started - chrono::Duration::seconds(2);
                 let budget = super::StatusBudget(self);
                 let found = self
                     .0

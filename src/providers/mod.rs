@@ -3,6 +3,7 @@
 pub mod build;
 pub mod cdnetworks;
 pub mod edgeone;
+pub mod http;
 pub mod sandbox;
 
 use std::collections::{BTreeMap, HashMap};

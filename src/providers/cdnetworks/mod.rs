@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::ProviderError;
+use super::http::{read_error, send_error};
 use crate::config::{ConfigError, SecretRef};
 
 pub const DEFAULT_ENDPOINT: &str = "https://api.cdnetworks.com";
@@ -350,7 +351,7 @@ impl Api {
         if body.is_some() {
             req = req.body(bytes);
         }
-        let response = req.send().await.map_err(|e| transport_error(&what, e))?;
+        let response = req.send().await.map_err(|e| send_error(&what, e))?;
         let status = response.status();
         let header = |name: &str| {
             response
@@ -361,10 +362,7 @@ impl Api {
         };
         let location = header("location");
         let request_id = header("x-cnc-request-id");
-        let text = response
-            .text()
-            .await
-            .map_err(|e| transport_error(&what, e))?;
+        let text = response.text().await.map_err(|e| read_error(&what, e))?;
         let body = if text.trim().is_empty() {
             Value::Null
         } else {
@@ -376,20 +374,6 @@ impl Api {
             request_id,
             body,
         })
-    }
-}
-
-/// A connect error never reached CDNetworks; a timeout may have.
-fn transport_error(what: &str, e: reqwest::Error) -> ProviderError {
-    if e.is_timeout() {
-        ProviderError::Ambiguous {
-            message: format!("{what}: no answer within the timeout"),
-        }
-    } else {
-        ProviderError::Transient {
-            message: format!("{what}: {e}"),
-            source: Some(Box::new(e)),
-        }
     }
 }
 

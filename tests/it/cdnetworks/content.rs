@@ -330,3 +330,61 @@ async fn cdnetworks_eleven_rapid_regex_purges_stay_within_ten_calls_per_five_min
         .sum();
     assert_eq!(sent, 11);
 }
+
+/// 450 regexes used today: of a 60-regex purge, the 50 the day still holds go out in one
+/// call, the other 10 fail on the quota, and further regex purges are refused at once.
+#[tokio::test]
+async fn cdnetworks_a_batch_over_the_days_regex_quota_sends_what_fits() {
+    let fake = FakeContent::start(Duration::from_millis(100)).await;
+    let (app, _dir) = service(
+        "cdnetworks",
+        &fake.endpoint(),
+        Scheme::ApiKey,
+        None,
+        "",
+        FAST_POLLS,
+        "",
+    )
+    .await;
+    let regexes = |from: usize, n: usize| -> Vec<String> {
+        (from..from + n)
+            .map(|i| format!("http://www.example.com/r{i}/.*"))
+            .collect()
+    };
+    let first = regexes(0, 450);
+    let first: Vec<&str> = first.iter().map(String::as_str).collect();
+    let done = create(&app, request("cdnetworks", PurgeKind::Regex, &first)).await;
+    assert_eq!(done.state(), PurgeState::Succeeded, "{:?}", done.error);
+
+    let second = regexes(450, 60);
+    let second: Vec<&str> = second.iter().map(String::as_str).collect();
+    let done = create(&app, request("cdnetworks", PurgeKind::Regex, &second)).await;
+    assert_eq!(done.state(), PurgeState::Failed);
+    let progress = done.progress.unwrap();
+    assert_eq!((progress.succeeded, progress.failed), (50, 10));
+    assert!(
+        done.failures
+            .iter()
+            .all(|f| f.reason.contains("daily REGEX quota")),
+        "{:?}",
+        done.failures
+    );
+    let sent: Vec<usize> = fake
+        .accepted(REGEX)
+        .iter()
+        .map(|b| b["urlRegulars"].as_array().unwrap().len())
+        .collect();
+    assert_eq!(sent, [450, 50]);
+
+    let err = app
+        .client
+        .clone()
+        .create_purge(request(
+            "cdnetworks",
+            PurgeKind::Regex,
+            &["http://www.example.com/late/.*"],
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted);
+}

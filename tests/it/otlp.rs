@@ -1,0 +1,128 @@
+//! The real binary with an OTLP endpoint: RPC spans reach an OpenTelemetry collector (a real
+//! OTLP/gRPC server here), as children of the caller's `traceparent`, and are flushed at exit.
+
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use opentelemetry_proto::tonic::common::v1::any_value::Value;
+use purge_service::pb::PurgeKind;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::support::{connect, eventually, free_port, request, wait_terminal};
+
+/// Keeps every export it receives.
+#[derive(Clone, Default)]
+struct Collector(Arc<Mutex<Vec<ExportTraceServiceRequest>>>);
+
+#[tonic::async_trait]
+impl TraceService for Collector {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        self.0.lock().unwrap().push(request.into_inner());
+        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+    }
+}
+
+#[tokio::test]
+async fn rpc_spans_are_exported_under_the_callers_trace() {
+    let collector = Collector::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let otlp = listener.local_addr().unwrap();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(TraceServiceServer::new(collector.clone()))
+            .serve_with_incoming(TcpListenerStream::new(listener)),
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("purge.toml");
+    let port = free_port();
+    std::fs::write(
+        &cfg,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\n[telemetry]\notlp_endpoint = \"http://{otlp}\"\nservice_name = \"purge-test\"\n"
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_purge-service"))
+        .arg("--config")
+        .arg(&cfg)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut client = connect(([127, 0, 0, 1], port).into()).await;
+
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let parent_id = "00f067aa0ba902b7";
+    let mut req = tonic::Request::new(request(
+        "sandbox",
+        PurgeKind::Url,
+        &["https://example.com/traced"],
+    ));
+    req.metadata_mut().insert(
+        "traceparent",
+        format!("00-{trace_id}-{parent_id}-01").parse().unwrap(),
+    );
+    let created = client.create_purge(req).await.unwrap().into_inner();
+    wait_terminal(&client, &created.id, Duration::from_secs(20)).await;
+
+    // Spans still buffered are exported at shutdown.
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let exit = eventually(Duration::from_secs(20), "the process exits", || {
+        let polled = child.try_wait().unwrap();
+        async move { polled }
+    })
+    .await;
+    assert!(exit.success(), "exit status {exit:?}");
+
+    let exports = collector.0.lock().unwrap().clone();
+    let resource_spans: Vec<_> = exports.iter().flat_map(|e| &e.resource_spans).collect();
+    let service_names: Vec<String> = resource_spans
+        .iter()
+        .filter_map(|r| r.resource.as_ref())
+        .flat_map(|r| &r.attributes)
+        .filter(|a| a.key == "service.name")
+        .filter_map(|a| match a.value.as_ref()?.value.as_ref()? {
+            Value::StringValue(s) => Some(s.clone()),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        service_names.iter().any(|s| s == "purge-test"),
+        "{service_names:?}"
+    );
+    let spans: Vec<_> = resource_spans
+        .iter()
+        .flat_map(|r| &r.scope_spans)
+        .flat_map(|s| &s.spans)
+        .collect();
+    let create = spans
+        .iter()
+        .find(|s| s.name == "purge.v1.PurgeService/CreatePurge")
+        .unwrap_or_else(|| {
+            let names: Vec<&str> = spans.iter().map(|s| s.name.as_str()).collect();
+            panic!("no CreatePurge span among {names:?}")
+        });
+    assert_eq!(hex::encode(&create.trace_id), trace_id);
+    assert_eq!(hex::encode(&create.parent_span_id), parent_id);
+    // The work behind it is traced too: the provider call of the batch.
+    assert!(
+        spans.iter().any(|s| s.name == "provider_call"),
+        "{:?}",
+        spans.iter().map(|s| &s.name).collect::<Vec<_>>()
+    );
+}
