@@ -295,19 +295,7 @@ impl Provider for ContentManagement {
         tasks: &[TaskQuery],
         budget: &dyn CallBudget,
     ) -> Result<Vec<(String, TaskProgress)>, ProviderError> {
-        let mut out = Vec::with_capacity(tasks.len());
-        for (i, task) in tasks.iter().enumerate() {
-            // One status call per task: every one after the first waits for budget.
-            if i > 0 && budget.acquire().await.is_err() {
-                break;
-            }
-            match self.status(task).await {
-                Ok(progress) => out.push((task.task_id.clone(), progress)),
-                Err(e) if out.is_empty() => return Err(e),
-                Err(_) => break,
-            }
-        }
-        Ok(out)
+        super::poll_each(tasks, budget, |task| self.status(task)).await
     }
 
     async fn quota(&self) -> Result<BTreeMap<PurgeKind, KindQuota>, ProviderError> {

@@ -20,8 +20,8 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::ProviderError;
 use super::http::{read_error, send_error};
+use super::{CallBudget, ProviderError, TaskProgress, TaskQuery};
 use crate::config::{ConfigError, SecretRef};
 
 pub const DEFAULT_ENDPOINT: &str = "https://api.cdnetworks.com";
@@ -375,6 +375,32 @@ impl Api {
             body,
         })
     }
+}
+
+/// Both products answer one task per status call: each call after the first waits for
+/// `budget`, and what was read is reported even when a later call fails (the rest is asked
+/// again next round).
+async fn poll_each<'a, F, Fut>(
+    tasks: &'a [TaskQuery],
+    budget: &dyn CallBudget,
+    mut status: F,
+) -> Result<Vec<(String, TaskProgress)>, ProviderError>
+where
+    F: FnMut(&'a TaskQuery) -> Fut,
+    Fut: std::future::Future<Output = Result<TaskProgress, ProviderError>>,
+{
+    let mut out = Vec::with_capacity(tasks.len());
+    for (i, task) in tasks.iter().enumerate() {
+        if i > 0 && budget.acquire().await.is_err() {
+            break;
+        }
+        match status(task).await {
+            Ok(progress) => out.push((task.task_id.clone(), progress)),
+            Err(e) if out.is_empty() => return Err(e),
+            Err(_) => break,
+        }
+    }
+    Ok(out)
 }
 
 /// Age of a task, for deciding when a task the provider stays silent about has failed.
