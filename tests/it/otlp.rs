@@ -1,7 +1,6 @@
 //! The real binary with an OTLP endpoint: RPC spans reach an OpenTelemetry collector (a real
 //! OTLP/gRPC server here), as children of the caller's `traceparent`, and are flushed at exit.
 
-use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -15,7 +14,7 @@ use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use purge_service::pb::PurgeKind;
 use tokio_stream::wrappers::TcpListenerStream;
 
-use crate::support::{connect, eventually, free_port, request, wait_terminal};
+use crate::support::{Binary, request, wait_terminal};
 
 /// Keeps every export it receives.
 #[derive(Clone, Default)]
@@ -43,24 +42,11 @@ async fn rpc_spans_are_exported_under_the_callers_trace() {
             .serve_with_incoming(TcpListenerStream::new(listener)),
     );
 
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("purge.toml");
-    let port = free_port();
-    std::fs::write(
-        &cfg,
-        format!(
-            "[server]\nlisten = \"127.0.0.1:{port}\"\n[telemetry]\notlp_endpoint = \"http://{otlp}\"\nservice_name = \"purge-test\"\n"
-        ),
-    )
-    .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_purge-service"))
-        .arg("--config")
-        .arg(&cfg)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut client = connect(([127, 0, 0, 1], port).into()).await;
+    let mut service = Binary::start(
+        "",
+        &format!("[telemetry]\notlp_endpoint = \"http://{otlp}\"\nservice_name = \"purge-test\"\n"),
+    );
+    let mut client = service.client().await;
 
     let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
     let parent_id = "00f067aa0ba902b7";
@@ -77,16 +63,8 @@ async fn rpc_spans_are_exported_under_the_callers_trace() {
     wait_terminal(&client, &created.id, Duration::from_secs(20)).await;
 
     // Spans still buffered are exported at shutdown.
-    let killed = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
-    let exit = eventually(Duration::from_secs(20), "the process exits", || {
-        let polled = child.try_wait().unwrap();
-        async move { polled }
-    })
-    .await;
+    service.terminate();
+    let exit = service.exit(Duration::from_secs(20)).await;
     assert!(exit.success(), "exit status {exit:?}");
 
     let exports = collector.0.lock().unwrap().clone();

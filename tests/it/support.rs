@@ -202,3 +202,69 @@ pub fn max_in_window(times: &[std::time::SystemTime], window: Duration) -> usize
         .max()
         .unwrap_or(0)
 }
+
+/// The real `purge-service` binary on a free port: `server` holds more `[server]` settings,
+/// `rest` the other tables.
+pub struct Binary {
+    pub port: u16,
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Binary {
+    pub fn start(server: &str, rest: &str) -> Binary {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("purge.toml");
+        let port = free_port();
+        let toml = format!("[server]\nlisten = \"127.0.0.1:{port}\"\n{server}\n{rest}");
+        std::fs::write(&cfg, toml).unwrap();
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_purge-service"))
+            .arg("--config")
+            .arg(&cfg)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        Binary {
+            port,
+            child,
+            _dir: dir,
+        }
+    }
+
+    pub async fn client(&self) -> Client {
+        connect(([127, 0, 0, 1], self.port).into()).await
+    }
+
+    /// Sends SIGTERM.
+    pub fn terminate(&self) {
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit.
+    pub async fn exit(&mut self, deadline: Duration) -> std::process::ExitStatus {
+        let child = &mut self.child;
+        let until = tokio::time::Instant::now() + deadline;
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                tokio::time::Instant::now() < until,
+                "the process did not exit within {deadline:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Binary {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
