@@ -291,10 +291,11 @@ pub struct LimitsConfig {
     pub status: Option<Vec<Rate>>,
     /// Per-call cap by kind name (`URL`, `PREFIX`, ...).
     pub max_per_call: BTreeMap<String, usize>,
-    /// Names the account the call budgets (API rate limits) belong to. Providers naming the
-    /// same account (two EdgeOne zones under one SecretId, say) share them; they must be of
-    /// one type with the same `submit` and `status`. Daily quotas stay per provider (per zone).
-    /// By default each provider is its own account.
+    /// Names the account the call budgets (API rate limits) and documented daily quotas belong
+    /// to. Providers naming the same account (two EdgeOne zones under one SecretId, say) share
+    /// them; they must be of one type with the same `submit` and `status`. Quotas a provider
+    /// reports itself (EdgeOne's, per zone) stay with that provider. By default each provider
+    /// is its own account.
     pub account: Option<String>,
 }
 
@@ -429,6 +430,13 @@ impl Config {
                     ));
                 }
             }
+        }
+        if let Some(endpoint) = &self.telemetry.otlp_endpoint
+            && !endpoint.starts_with("http://")
+        {
+            return invalid(format!(
+                "telemetry.otlp_endpoint: {endpoint:?} must be a plaintext http:// OTLP/gRPC endpoint (a collector or agent beside the service); TLS to a collector is not built in"
+            ));
         }
         let mut accounts: BTreeMap<&str, &ProviderConfig> = BTreeMap::new();
         for p in &self.providers {
@@ -642,6 +650,9 @@ mod tests {
             t("[[providers]]\nname=\"a\"\ntype=\"sandbox\"\nlimits={max_per_call={URL=0}}")
                 .is_err()
         );
+        assert!(t("[telemetry]\notlp_endpoint=\"http://otel:4317\"").is_ok());
+        let err = t("[telemetry]\notlp_endpoint=\"https://otel:4317\"").unwrap_err();
+        assert!(err.to_string().contains("telemetry.otlp_endpoint"), "{err}");
     }
 
     #[test]

@@ -289,6 +289,17 @@ impl Worker {
                 _ = self.0.stop.cancelled() => return,
                 p = self.0.submits.clone().acquire_owned() => p.expect("semaphore open"),
             };
+            if self.0.provider.known_quota(key.kind).remaining == Some(0) {
+                // The day's quota for this kind is gone: no call to pay for.
+                let taken = self.take(&key);
+                let reason = format!(
+                    "daily {} quota of provider {:?} exhausted",
+                    key.kind,
+                    self.name()
+                );
+                self.fail_targets(&taken.by_purge(), &reason).await;
+                continue;
+            }
             match self.wait_budget(&self.submit_charges()).await {
                 Budget::Granted => {}
                 Budget::Stopped => return,
@@ -309,7 +320,22 @@ impl Worker {
             }
             let worker = self.clone();
             sending.spawn(async move {
-                worker.submit(key, taken).await;
+                let purges: Vec<String> = taken.by_purge().into_keys().collect();
+                let sent = std::panic::AssertUnwindSafe(worker.submit(key, taken));
+                if futures::FutureExt::catch_unwind(sent).await.is_err() {
+                    // A bug, not a provider error. Let go of the purges without acknowledging
+                    // them: their work is claimed again after `reclaim_idle` and resumes from
+                    // the records.
+                    tracing::error!(
+                        provider = worker.name(),
+                        purges = purges.len(),
+                        "submit task panicked; releasing its purges"
+                    );
+                    let mut held = worker.0.held.lock().expect("held lock");
+                    for p in &purges {
+                        held.remove(p);
+                    }
+                }
                 drop(permit);
             });
         }
@@ -350,7 +376,7 @@ impl Worker {
             .enumerate()
             .filter(|(_, q)| q.kinds.contains(&kind))
             .map(|(i, q)| Charge {
-                key: format!("{}:daily:{i}", self.name()),
+                key: format!("{}:daily:{i}", self.0.provider.budget),
                 limit: Limit::Daily {
                     max: q.max,
                     utc_offset_secs: q.utc_offset_secs,

@@ -114,7 +114,7 @@ impl Worker {
                     source: None,
                 });
             }
-            if maybe_sent.load(Ordering::Relaxed) {
+            if maybe_sent.load(Ordering::Relaxed) && self.0.provider.client.finds_submitted() {
                 self.budget_or_stop(&self.status_charges()).await?;
                 // Whole seconds: providers' task times have no finer resolution.
                 let since = started - chrono::Duration::seconds(2);

@@ -217,6 +217,12 @@ pub trait Provider: Send + Sync + 'static {
     }
 
     /// After an ambiguous submit: the task the provider made for `batch` since `since`, if any.
+    /// Whether `find_submitted` can look anything up; when not, a possibly sent batch is sent
+    /// again without a lookup (and without paying for one).
+    fn finds_submitted(&self) -> bool {
+        false
+    }
+
     /// Its first status call is already paid for; every further one waits for `budget`.
     async fn find_submitted(
         &self,

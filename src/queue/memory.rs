@@ -115,7 +115,8 @@ impl Queue for MemoryQueue {
             if out.len() >= max {
                 break;
             }
-            if held.consumer != consumer && now.duration_since(held.touched) >= min_idle {
+            // As XAUTOCLAIM: this consumer's own untouched work too (work it let go of).
+            if now.duration_since(held.touched) >= min_idle {
                 held.consumer = consumer.to_owned();
                 held.touched = now;
                 out.push(Delivery {

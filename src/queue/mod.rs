@@ -29,7 +29,8 @@ pub trait Queue: Send + Sync + 'static {
         wait: Duration,
     ) -> Result<Vec<Delivery>, StoreError>;
 
-    /// Work another consumer claimed and has not touched for `min_idle`.
+    /// Work no consumer (this one included) has touched for `min_idle`: a dead replica's, or
+    /// work this one let go of.
     async fn reclaim(
         &self,
         provider: &str,

@@ -4,6 +4,7 @@
 //! `wait` catches a lost wake-up. Abandoned work is taken over with XAUTOCLAIM.
 
 use std::collections::{BTreeMap, HashSet};
+use std::future::Future;
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
@@ -93,6 +94,32 @@ fn is_no_group(e: &StoreError) -> bool {
 }
 
 impl RedisQueue {
+    /// Runs one operation per shard, each within the timeout. Entries a shard delivered are
+    /// this consumer's now, so they are kept even when another shard failed; an error only
+    /// when every shard failed.
+    async fn each_shard(
+        &self,
+        ops: impl Iterator<Item = impl Future<Output = Result<(u8, Vec<StreamId>), RedisError>>>,
+    ) -> Result<Vec<(u8, Vec<StreamId>)>, StoreError> {
+        let answers = join_all(ops.map(|op| self.shared.bounded(op))).await;
+        let mut results = Vec::with_capacity(answers.len());
+        let mut failure = None;
+        for answer in answers {
+            match answer {
+                Ok(r) => results.push(r),
+                Err(e) => failure = Some(e),
+            }
+        }
+        match failure {
+            Some(e) if results.is_empty() => Err(e),
+            Some(e) => {
+                tracing::warn!(error = %e, "a queue shard did not answer; the others' work is kept");
+                Ok(results)
+            }
+            None => Ok(results),
+        }
+    }
+
     pub fn new(shared: Arc<Shared>) -> RedisQueue {
         RedisQueue {
             shared,
@@ -171,10 +198,7 @@ impl RedisQueue {
                 Ok::<_, RedisError>((shard, ids))
             }
         });
-        let results: Vec<(u8, Vec<StreamId>)> = self
-            .shared
-            .bounded(async { join_all(reads).await.into_iter().collect() })
-            .await?;
+        let results = self.each_shard(reads).await?;
         let mut out = Vec::new();
         for (shard, ids) in results {
             if ids.len() >= per_shard {
@@ -323,10 +347,7 @@ impl Queue for RedisQueue {
                 Ok::<_, RedisError>((shard, claimed))
             }
         });
-        let results: Vec<(u8, Vec<StreamId>)> = self
-            .shared
-            .bounded(async { join_all(claims).await.into_iter().collect() })
-            .await?;
+        let results = self.each_shard(claims).await?;
         Ok(results
             .into_iter()
             .flat_map(|(shard, ids)| {

@@ -40,8 +40,8 @@ pub(super) struct Client {
     pub region: Option<String>,
     pub language: Option<String>,
     pub timeout: Duration,
-    /// EdgeOne's clock minus ours in seconds, learned from the `Date` of a
-    /// `AuthFailure.SignatureExpire` answer, so a skewed host clock signs acceptably.
+    /// EdgeOne's clock minus ours in seconds, learned from the `Date` of its answers, so a
+    /// skewed host clock signs acceptably and looks tasks up in the right window.
     skew_secs: AtomicI64,
 }
 
@@ -127,6 +127,17 @@ impl Client {
         }
     }
 
+    /// Keeps EdgeOne's clock (an answer's `Date`) against ours, once they differ by more than
+    /// the header's one-second resolution and the call's latency can explain: signatures and
+    /// the task lookup's time window follow EdgeOne's clock.
+    fn observe_clock(&self, server: i64) {
+        let observed = server - Utc::now().timestamp();
+        let known = self.skew_secs.load(Ordering::Relaxed);
+        if (observed - known).abs() >= 2 {
+            self.skew_secs.store(observed, Ordering::Relaxed);
+        }
+    }
+
     /// EdgeOne's clock minus ours, as far as we know it.
     pub fn skew(&self) -> chrono::Duration {
         chrono::Duration::seconds(self.skew_secs.load(Ordering::Relaxed))
@@ -184,6 +195,9 @@ impl Client {
             .map_err(|e| Failure::Other(send_error(action, e)))?;
         let status = response.status();
         let server_time = server_time(response.headers());
+        if let Some(server) = server_time {
+            self.observe_clock(server);
+        }
         let text = response
             .text()
             .await

@@ -177,6 +177,10 @@ impl Provider for EdgeOne {
 
     /// Credits only a job covering every target of the batch; otherwise `None`, and the whole
     /// batch is sent again.
+    fn finds_submitted(&self) -> bool {
+        true
+    }
+
     async fn find_submitted(
         &self,
         batch: &Batch,
