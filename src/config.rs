@@ -202,9 +202,12 @@ pub struct DispatchConfig {
     /// How long a batch waits for more targets before it is sent anyway.
     #[serde(with = "humantime_serde")]
     pub linger: Duration,
-    /// How often running provider tasks are polled.
+    /// How soon a running provider task is first polled; then less often, growing by half
+    /// each time up to `max_poll_interval`.
     #[serde(with = "humantime_serde")]
     pub poll_interval: Duration,
+    #[serde(with = "humantime_serde")]
+    pub max_poll_interval: Duration,
     /// Submits in flight at once per provider.
     pub max_in_flight: usize,
     /// Work items claimed per queue read.
@@ -230,6 +233,7 @@ impl Default for DispatchConfig {
         DispatchConfig {
             linger: Duration::from_millis(100),
             poll_interval: Duration::from_millis(500),
+            max_poll_interval: Duration::from_secs(10),
             max_in_flight: 8,
             claim_batch: 512,
             reclaim_idle: Duration::from_secs(30),

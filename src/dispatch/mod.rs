@@ -64,6 +64,30 @@ struct InFlight {
     query: TaskQuery,
     /// Target -> purges it is credited to.
     credits: HashMap<String, Vec<String>>,
+    /// When to ask about it next.
+    schedule: PollSchedule,
+}
+
+/// A running task is asked about less and less often (`poll_interval`, growing by half each
+/// time up to `max_poll_interval`), so long tasks do not eat the status budget new ones need.
+#[derive(Clone, Copy, Debug, Default)]
+struct PollSchedule {
+    /// `None`: at the next round.
+    next: Option<std::time::Instant>,
+    polls: u32,
+}
+
+impl PollSchedule {
+    fn due(&self, now: std::time::Instant) -> bool {
+        self.next.is_none_or(|next| next <= now)
+    }
+
+    /// After a poll that found the task still running.
+    fn still_running(&mut self, now: std::time::Instant, every: Duration, max: Duration) {
+        self.polls = self.polls.saturating_add(1);
+        let grown = every.mul_f64(1.5f64.powi(self.polls.min(32) as i32));
+        self.next = Some(now + grown.min(max.max(every)));
+    }
 }
 
 #[derive(Clone)]
@@ -240,6 +264,7 @@ impl Worker {
                                     unit.target.clone(),
                                     vec![record.id.clone()],
                                 )]),
+                                schedule: PollSchedule::default(),
                             },
                         );
                     }
@@ -422,13 +447,16 @@ impl Worker {
     async fn poll(self) {
         let every = self.0.settings.poll_interval;
         let chunk = self.0.provider.caps.poll_batch.max(1);
+        let max_every = self.0.settings.max_poll_interval;
         while self.pause(every).await {
+            let now = std::time::Instant::now();
             let mut tasks: Vec<InFlight> = self
                 .0
                 .inflight
                 .lock()
                 .expect("inflight lock")
                 .values()
+                .filter(|t| t.schedule.due(now))
                 .cloned()
                 .collect();
             tasks.sort_by_key(|t| t.query.submitted_at);
@@ -469,8 +497,15 @@ impl Worker {
                             self.timed_out(task).map(Outcome::AllFailed)
                         }
                     };
-                    if let Some(outcome) = outcome {
-                        self.finish_task(&task.query, outcome).await;
+                    match outcome {
+                        Some(outcome) => self.finish_task(&task.query, outcome).await,
+                        None => {
+                            let now = std::time::Instant::now();
+                            let mut inflight = self.0.inflight.lock().expect("inflight lock");
+                            if let Some(entry) = inflight.get_mut(&task.query.task_id) {
+                                entry.schedule.still_running(now, every, max_every);
+                            }
+                        }
                     }
                 }
             }
@@ -717,6 +752,7 @@ fn take_polled(
             ..entry.query.clone()
         },
         credits: HashMap::new(),
+        schedule: entry.schedule,
     };
     for target in polled {
         if let Some(purges) = entry.credits.remove(target) {
@@ -750,6 +786,7 @@ mod tests {
                 submitted_at: Utc::now(),
             },
             credits: HashMap::new(),
+            schedule: PollSchedule::default(),
         };
         for (target, purge) in credits {
             t.query.targets.push((*target).into());
@@ -775,5 +812,23 @@ mod tests {
         assert_eq!(done.credits.len(), 1);
         assert!(inflight.is_empty());
         assert!(take_polled(&mut inflight, "T", &polled).is_none());
+    }
+
+    #[test]
+    fn running_tasks_are_asked_less_and_less_often() {
+        let every = Duration::from_millis(500);
+        let max = Duration::from_secs(10);
+        let t0 = std::time::Instant::now();
+        let mut s = PollSchedule::default();
+        assert!(s.due(t0));
+        let mut gaps = Vec::new();
+        for _ in 0..12 {
+            s.still_running(t0, every, max);
+            gaps.push(s.next.unwrap() - t0);
+        }
+        assert_eq!(gaps[0], Duration::from_millis(750));
+        assert!(gaps.windows(2).all(|w| w[0] <= w[1]), "{gaps:?}");
+        assert_eq!(*gaps.last().unwrap(), max);
+        assert!(!s.due(t0) && s.due(t0 + max));
     }
 }

@@ -257,6 +257,7 @@ impl Worker {
                 submitted_at: now,
             },
             credits,
+            schedule: super::PollSchedule::default(),
         });
     }
 }

@@ -188,3 +188,27 @@ async fn providers_sharing_an_account_share_its_budget() {
     let busiest = max_in_window(&times, Duration::from_secs(1));
     assert!(busiest <= N, "{busiest} calls within 1 s");
 }
+
+/// A task that runs for a while is asked about less and less often: a two-second task polled
+/// from every 50 ms takes a handful of status calls, not forty.
+#[tokio::test]
+async fn long_tasks_are_polled_less_and_less_often() {
+    let app = spawn_app(config(
+        "[dispatch]\npoll_interval = \"50ms\"\nmax_poll_interval = \"2s\"\n[[providers]]\nname = \"sandbox\"\ntype = \"sandbox\"\ndelay = \"2s\"\n",
+    ))
+    .await;
+    let mut client = app.client.clone();
+    let created = client
+        .create_purge(request(
+            "sandbox",
+            PurgeKind::Url,
+            &["https://example.com/slow"],
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let p = wait_terminal(&app.client, &created.id, Duration::from_secs(20)).await;
+    assert_eq!(p.state(), PurgeState::Succeeded, "{p:?}");
+    let polls = app.registry.sandbox("sandbox").unwrap().polls();
+    assert!((2..=12).contains(&polls), "{polls} status polls");
+}
