@@ -350,17 +350,22 @@ mod tests {
 
     #[test]
     fn answers_are_classified_once() {
-        let class = |status: u16, code: &str| {
+        let answer = |status: u16, code: &str, credentials_proven: bool| {
             classify(
                 &Reply {
                     status: reqwest::StatusCode::from_u16(status).unwrap(),
                     location: None,
                     request_id: Some("r-9".into()),
                     body: json!({"code": code, "message": "m"}),
+                    credentials_proven,
                 },
                 "POST /cdn/purges",
             )
         };
+        let class = |status: u16, code: &str| answer(status, code, false);
+        // Keys that worked before: a 401 is about this signature, worth signing again.
+        assert!(answer(401, "InvalidToken", true).is_retryable());
+        assert!(!answer(403, "Forbidden", true).is_retryable());
         assert!(matches!(
             class(400, "PurgeTokenQuotaExceeded"),
             ProviderError::QuotaExhausted { .. }

@@ -352,6 +352,7 @@ mod tests {
             location: None,
             request_id: Some("r-1".into()),
             body,
+            credentials_proven: false,
         }
     }
 

@@ -11,7 +11,7 @@ pub use cdnpro::{CdnPro, CdnProSettings, CdnProTarget};
 pub use content::{ContentManagement, ContentSettings};
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::Duration;
 
 use chrono::Utc;
@@ -154,6 +154,9 @@ struct Reply {
     location: Option<String>,
     request_id: Option<String>,
     body: Value,
+    /// These credentials were accepted before: a 401 now is about this one signature (a
+    /// timestamp another replica used in the same second, a clock step), not the keys.
+    credentials_proven: bool,
 }
 
 impl Reply {
@@ -210,6 +213,10 @@ fn by_http_status(reply: &Reply, what: &str) -> Option<ProviderError> {
         reply.request_note()
     );
     match reply.status.as_u16() {
+        401 if reply.credentials_proven => Some(ProviderError::Transient {
+            message: format!("{detail}; these credentials worked before: signing again"),
+            source: None,
+        }),
         401 | 403 => Some(ProviderError::Auth { message: detail }),
         429 => Some(ProviderError::Throttled {
             message: detail,
@@ -231,6 +238,8 @@ struct Api {
     host: String,
     credentials: Credentials,
     timeout: Duration,
+    /// Whether the provider has accepted these credentials since start.
+    credentials_proven: AtomicBool,
     /// The last AK/SK timestamp used: a signed request may not be replayed within 5 minutes,
     /// so two identical calls in one second get different timestamps.
     last_timestamp: AtomicI64,
@@ -262,6 +271,7 @@ impl Api {
             credentials: Credentials::resolve(auth, product)?,
             timeout,
             last_timestamp: AtomicI64::new(0),
+            credentials_proven: AtomicBool::new(false),
         })
     }
 
@@ -368,7 +378,11 @@ impl Api {
         } else {
             serde_json::from_str(&text).unwrap_or(Value::String(text))
         };
+        if status.is_success() {
+            self.credentials_proven.store(true, Ordering::Relaxed);
+        }
         Ok(Reply {
+            credentials_proven: self.credentials_proven.load(Ordering::Relaxed),
             status,
             location,
             request_id,

@@ -253,6 +253,9 @@ async fn cdnpro_server_errors_and_throttling_are_retried_and_a_wrong_key_is_not(
     let fake = FakeCdnPro::start(Duration::from_millis(100)).await;
     fake.fault(PURGES, Fault::Code(502, "BadGateway"));
     fake.fault(PURGES, Fault::Code(429, "TooManyRequests"));
+    // Keys CDN Pro accepted before (the token read at start): a 401 now is about that one
+    // signature (a timestamp another replica used), so it is signed and sent again.
+    fake.fault(PURGES, Fault::Code(401, "InvalidSignature"));
     let (app, _dir) = service(
         "cdnpro",
         &fake.endpoint(),
@@ -262,6 +265,14 @@ async fn cdnpro_server_errors_and_throttling_are_retried_and_a_wrong_key_is_not(
         FAST_POLLS,
         "",
     )
+    .await;
+    eventually(Duration::from_secs(10), "the token read succeeded", || {
+        let read = fake
+            .calls()
+            .iter()
+            .any(|c| c.path == TOKENS && c.error.is_none());
+        async move { read.then_some(()) }
+    })
     .await;
     let done = create(
         &app,
@@ -280,6 +291,7 @@ async fn cdnpro_server_errors_and_throttling_are_retried_and_a_wrong_key_is_not(
         vec![
             Some("BadGateway".into()),
             Some("TooManyRequests".into()),
+            Some("InvalidSignature".into()),
             None
         ]
     );
