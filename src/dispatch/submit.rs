@@ -55,17 +55,19 @@ impl Worker {
                 }
                 Err(e) if e.is_retryable() && self.0.stop.is_cancelled() => {
                     // Stopping, not failing: the targets stay pending and the unacknowledged
-                    // work is taken over by another replica.
+                    // work is taken over by another replica, which pays the quota again.
                     tracing::info!(
                         provider = self.name(),
                         targets = part.targets.len(),
                         "stopping; leaving a batch to another replica"
                     );
+                    self.refund_daily(key.kind, &part, &e).await;
                 }
                 Err(e) => {
                     if matches!(e, ProviderError::QuotaExhausted { .. }) {
                         self.0.provider.mark_exhausted(key.kind);
                     }
+                    self.refund_daily(key.kind, &part, &e).await;
                     self.fail_targets(&part.by_purge(), &e.to_string()).await;
                 }
             }
@@ -97,6 +99,23 @@ impl Worker {
             }
         }
         fitted
+    }
+
+    /// Gives back the daily quota `part` was charged when the provider cannot have counted
+    /// it: its last answer was a refusal, not a call that may have gone through.
+    async fn refund_daily(
+        &self,
+        kind: crate::core::model::PurgeKind,
+        part: &Taken,
+        e: &ProviderError,
+    ) {
+        let charges = self.daily_charges(kind, part.targets.len());
+        if charges.is_empty() || matches!(e, ProviderError::Ambiguous { .. }) {
+            return;
+        }
+        if let Err(err) = self.0.limiter.refund(&charges).await {
+            tracing::warn!(provider = self.name(), error = %err, "cannot give back daily quota");
+        }
     }
 
     /// One provider call with retries; every attempt after a granted first one waits for

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use super::{Charge, Decision, Limiter, RuleState, evaluate, now_ms};
+use super::{Charge, Decision, Limiter, RuleState, evaluate, now_ms, refunded};
 use crate::store::StoreError;
 
 #[derive(Clone, Default)]
@@ -45,5 +45,19 @@ impl MemoryLimiter {
 impl Limiter for MemoryLimiter {
     async fn acquire(&self, charges: &[Charge]) -> Result<Decision, StoreError> {
         Ok(self.acquire_at(charges, now_ms()))
+    }
+
+    async fn refund(&self, charges: &[Charge]) -> Result<(), StoreError> {
+        let now = now_ms();
+        let mut rules = self.rules.lock().expect("limiter lock");
+        for c in charges {
+            let back = rules
+                .get(&c.key)
+                .and_then(|state| refunded(state, &c.limit, c.cost, now));
+            if let Some(state) = back {
+                rules.insert(c.key.clone(), state);
+            }
+        }
+        Ok(())
     }
 }

@@ -78,6 +78,29 @@ pub enum Decision {
 pub trait Limiter: Send + Sync + 'static {
     /// Charges every rule or none of them.
     async fn acquire(&self, charges: &[Charge]) -> Result<Decision, StoreError>;
+
+    /// Gives back daily units charged today for work the provider never counted (a refused
+    /// call); other rules are left as they are, a call made stays made.
+    async fn refund(&self, charges: &[Charge]) -> Result<(), StoreError>;
+}
+
+/// A daily rule's state after `cost` units are given back at `now_ms`: only units of the
+/// same day, never below zero. `None`: nothing to give back.
+pub fn refunded(state: &RuleState, limit: &Limit, cost: u32, now_ms: u64) -> Option<RuleState> {
+    let Limit::Daily {
+        utc_offset_secs, ..
+    } = *limit
+    else {
+        return None;
+    };
+    let day = (now_ms as i64 + utc_offset_secs as i64 * 1000).div_euclid(DAY_MS);
+    match *state {
+        RuleState::Daily { day: d, used } if d == day => Some(RuleState::Daily {
+            day,
+            used: used.saturating_sub(cost as u64),
+        }),
+        _ => None,
+    }
 }
 
 /// The state one rule keeps, in milliseconds since the Unix epoch.
@@ -220,6 +243,29 @@ mod tests {
         for w in grants.windows(8) {
             assert!(w[7] - w[0] >= 1000, "8 grants within {} ms", w[7] - w[0]);
         }
+    }
+
+    #[test]
+    fn daily_units_are_given_back_on_the_same_day_only() {
+        let limit = Limit::Daily {
+            max: 10,
+            utc_offset_secs: 0,
+        };
+        let s = evaluate(&RuleState::Fresh, &limit, 10, 1_000).unwrap();
+        assert!(evaluate(&s, &limit, 1, 2_000).is_err());
+        let back = refunded(&s, &limit, 4, 3_000).unwrap();
+        assert!(evaluate(&back, &limit, 4, 4_000).is_ok());
+        assert!(evaluate(&back, &limit, 5, 4_000).is_err());
+        assert_eq!(
+            refunded(&s, &limit, 4, DAY_MS as u64 + 1),
+            None,
+            "yesterday's units"
+        );
+        let gcra = Limit::Gcra {
+            rate: Rate::new(1, Duration::from_secs(1)),
+            burst: 1,
+        };
+        assert_eq!(refunded(&s, &gcra, 1, 3_000), None);
     }
 
     #[test]

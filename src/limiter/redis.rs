@@ -98,6 +98,27 @@ return {1, 0, 0}
     )
 });
 
+/// KEYS: daily rule keys. ARGV: two per key: UTC offset ms, cost. Gives units back to the
+/// current day's count (as `limiter::refunded`), never below zero.
+static REFUND: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+for i, key in ipairs(KEYS) do
+  local day = math.floor((now + tonumber(ARGV[i * 2 - 1])) / 86400000)
+  local s = redis.call('HMGET', key, 'day', 'used')
+  if s[1] and tonumber(s[1]) == day then
+    local used = tonumber(s[2]) - tonumber(ARGV[i * 2])
+    if used < 0 then used = 0 end
+    redis.call('HSET', key, 'used', string.format('%.0f', used))
+  end
+end
+return 0
+",
+    )
+});
+
 #[derive(Clone)]
 pub struct RedisLimiter {
     shared: Arc<Shared>,
@@ -150,5 +171,29 @@ impl Limiter for RedisLimiter {
             (_, 1) => Decision::Exhausted(wait),
             _ => Decision::Wait(wait),
         })
+    }
+
+    async fn refund(&self, charges: &[Charge]) -> Result<(), StoreError> {
+        let mut call = REFUND.prepare_invoke();
+        let mut any = false;
+        for c in charges {
+            if let Limit::Daily {
+                utc_offset_secs, ..
+            } = c.limit
+            {
+                call.key(self.shared.keys.limit(&c.key))
+                    .arg(utc_offset_secs as i64 * 1000)
+                    .arg(c.cost);
+                any = true;
+            }
+        }
+        if !any {
+            return Ok(());
+        }
+        let _: i64 = self
+            .shared
+            .with(|mut conn| async move { call.invoke_async(&mut conn).await })
+            .await?;
+        Ok(())
     }
 }

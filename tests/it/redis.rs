@@ -226,6 +226,25 @@ async fn limiter_rules(target: &RedisTarget) {
         limiter.acquire(&[daily(2)]).await.unwrap(),
         Decision::Granted
     );
+    // Units given back (a refused call) can be charged again, but no more than were used.
+    limiter.refund(&[daily(4)]).await.unwrap();
+    assert_eq!(
+        limiter.acquire(&[daily(4)]).await.unwrap(),
+        Decision::Granted
+    );
+    assert!(matches!(
+        limiter.acquire(&[daily(1)]).await.unwrap(),
+        Decision::Exhausted(_)
+    ));
+    limiter.refund(&[daily(50)]).await.unwrap();
+    assert_eq!(
+        limiter.acquire(&[daily(10)]).await.unwrap(),
+        Decision::Granted
+    );
+    assert!(matches!(
+        limiter.acquire(&[daily(1)]).await.unwrap(),
+        Decision::Exhausted(_)
+    ));
     // All or nothing: a denied rule charges none of the others. (Rules acquired together
     // differ only in their last `:<n>`, so they share a cluster slot.)
     let gcra = Charge {

@@ -388,3 +388,51 @@ async fn cdnetworks_a_batch_over_the_days_regex_quota_sends_what_fits() {
         .unwrap_err();
     assert_eq!(err.code(), Code::ResourceExhausted);
 }
+
+/// A batch Content Management refuses outright did not use the day's regex quota: the units
+/// are given back, and a later purge can use them.
+#[tokio::test]
+async fn cdnetworks_a_refused_batch_gives_its_daily_quota_back() {
+    let fake = FakeContent::start(Duration::from_millis(100)).await;
+    fake.fault(REGEX, Fault::Code(400, "InvalidUrlRegular"));
+    let (app, _dir) = service(
+        "cdnetworks",
+        &fake.endpoint(),
+        Scheme::ApiKey,
+        None,
+        "",
+        FAST_POLLS,
+        "",
+    )
+    .await;
+    let regexes = |from: usize, n: usize| -> Vec<String> {
+        (from..from + n)
+            .map(|i| format!("http://www.example.com/q{i}/.*"))
+            .collect()
+    };
+    let refused = regexes(0, 480);
+    let refused: Vec<&str> = refused.iter().map(String::as_str).collect();
+    let done = create(&app, request("cdnetworks", PurgeKind::Regex, &refused)).await;
+    assert_eq!(done.state(), PurgeState::Failed);
+    assert!(
+        done.failures[0].reason.contains("InvalidUrlRegular"),
+        "{:?}",
+        done.failures[0]
+    );
+
+    let next = regexes(480, 60);
+    let next: Vec<&str> = next.iter().map(String::as_str).collect();
+    let done = create(&app, request("cdnetworks", PurgeKind::Regex, &next)).await;
+    assert_eq!(
+        done.state(),
+        PurgeState::Succeeded,
+        "{:?}",
+        done.failures.first()
+    );
+    let sent: Vec<usize> = fake
+        .accepted(REGEX)
+        .iter()
+        .map(|b| b["urlRegulars"].as_array().unwrap().len())
+        .collect();
+    assert_eq!(sent, [60]);
+}
