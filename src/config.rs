@@ -155,6 +155,15 @@ impl std::fmt::Debug for StoreConfig {
     }
 }
 
+/// Every `scheme://user:password@` in `text` with the password masked.
+pub fn mask_urls_in(text: &str) -> String {
+    static URL_PASSWORD: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+        regex::Regex::new(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^:@/\s]*:)[^@\s]*@")
+            .expect("valid regex")
+    });
+    URL_PASSWORD.replace_all(text, "${head}***@").into_owned()
+}
+
 /// `redis://user:secret@host/` -> `redis://user:***@host/`; a URL that does not parse is
 /// masked whole, since it may hold a password anywhere.
 pub fn mask_url(raw: &str) -> String {
@@ -300,7 +309,25 @@ pub struct LimitsConfig {
     /// them; they must be of one type with the same `submit` and `status`. Quotas a provider
     /// reports itself (EdgeOne's, per zone) stay with that provider. By default each provider
     /// is its own account.
+    #[serde(default, deserialize_with = "string_or_number")]
     pub account: Option<String>,
+}
+
+/// A string that may arrive as a number from an environment variable (`...__ACCOUNT=1300012345`).
+pub fn string_or_number<'de, D>(d: D) -> Result<Option<String>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        S(String),
+        I(i64),
+    }
+    Ok(Option::<Raw>::deserialize(d)?.map(|r| match r {
+        Raw::S(s) => s,
+        Raw::I(i) => i.to_string(),
+    }))
 }
 
 /// The provider type and its own settings.
@@ -329,7 +356,8 @@ pub struct CallerConfig {
     pub token_file: Option<PathBuf>,
     /// Providers or groups it may use; all when absent.
     pub providers: Option<Vec<String>>,
-    /// Hosts it may purge (`example.com`, or `.example.com` for subdomains); all when absent.
+    /// Hosts it may purge (`example.com`, or `.example.com` / `*.example.com` for subdomains);
+    /// all when absent.
     pub hosts: Option<Vec<String>>,
 }
 
@@ -390,7 +418,11 @@ impl Config {
             None => toml::Table::new(),
         };
         overlay_env(&mut table, env)?;
-        let config: Config = toml::Value::Table(table).try_into()?;
+        // Type errors quote the value: a URL with a password in the wrong place must not be
+        // printed whole.
+        let config: Config = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Invalid(mask_urls_in(&e.to_string())))?;
         config.validate()?;
         Ok(config)
     }
@@ -433,6 +465,22 @@ impl Config {
                         p.name
                     ));
                 }
+            }
+        }
+        if self.server.record_retention < self.server.idempotency_retention {
+            return invalid(format!(
+                "server.record_retention ({:?}) must be at least server.idempotency_retention ({:?}): a retry must find the purge its key names",
+                self.server.record_retention, self.server.idempotency_retention
+            ));
+        }
+        for (field, d) in [
+            ("server.request_timeout", self.server.request_timeout),
+            ("store.timeout", self.store.timeout),
+            ("dispatch.poll_interval", self.dispatch.poll_interval),
+            ("dispatch.reclaim_idle", self.dispatch.reclaim_idle),
+        ] {
+            if d.is_zero() {
+                return invalid(format!("{field}: must be more than 0"));
             }
         }
         if let Some(endpoint) = &self.telemetry.otlp_endpoint
@@ -531,13 +579,26 @@ impl Config {
 /// Applies `PURGE_SERVER__LISTEN=...`-style overrides; array items by index
 /// (`PURGE_PROVIDERS__0__ZONE_ID`). Values parse as TOML when they can (`100`, `true`,
 /// `["a"]`), as strings otherwise.
+/// The top-level tables of the config, the first part of a `PURGE_..__..` variable.
+const SECTIONS: &[&str] = &[
+    "server",
+    "store",
+    "dispatch",
+    "telemetry",
+    "providers",
+    "groups",
+    "callers",
+];
+
 fn overlay_env(
     table: &mut toml::Table,
     env: impl IntoIterator<Item = (String, String)>,
 ) -> Result<(), ConfigError> {
+    // Only `PURGE_<SECTION>__...` is ours: Kubernetes adds `PURGE_SERVICE_HOST`-style variables
+    // for a Service named `purge...`, which must not stop the process from starting.
     let mut vars: Vec<(String, String)> = env
         .into_iter()
-        .filter(|(k, _)| k.starts_with("PURGE_") && k != "PURGE_CONFIG")
+        .filter(|(k, _)| k.starts_with("PURGE_") && k.contains("__"))
         .collect();
     vars.sort();
     for (key, value) in vars {
@@ -545,6 +606,13 @@ fn overlay_env(
             .split("__")
             .map(str::to_ascii_lowercase)
             .collect();
+        if !SECTIONS.contains(&path[0].as_str()) {
+            return Err(ConfigError::Invalid(format!(
+                "{key}: no config section {:?}; sections are {}",
+                path[0],
+                SECTIONS.join(", ")
+            )));
+        }
         let value = toml::from_str::<toml::Table>(&format!("v = {value}"))
             .ok()
             .and_then(|mut t| t.remove("v"))
@@ -555,30 +623,47 @@ fn overlay_env(
 }
 
 fn set_path(table: &mut toml::Table, path: &[String], value: toml::Value) -> Result<(), String> {
-    let (last, parents) = path.split_last().ok_or("empty key")?;
-    let mut node = table
-        .entry(parents.first().unwrap_or(last).clone())
-        .or_insert_with(|| toml::Value::Table(toml::Table::new()));
-    if parents.is_empty() {
+    if path.is_empty() {
+        return Err("empty key".into());
+    }
+    let mut root = toml::Value::Table(std::mem::take(table));
+    let placed = place(&mut root, path, value);
+    if let toml::Value::Table(t) = root {
+        *table = t;
+    }
+    placed
+}
+
+/// Puts `value` at `path` below `node`, making the tables and arrays on the way: a numeric
+/// segment is an array index, so `PROVIDERS__0__NAME` works without a config file too.
+fn place(node: &mut toml::Value, path: &[String], value: toml::Value) -> Result<(), String> {
+    let Some((seg, rest)) = path.split_first() else {
         *node = value;
         return Ok(());
-    }
-    for seg in parents[1..].iter().chain(std::iter::once(last)) {
-        node = match node {
-            toml::Value::Table(t) => t
-                .entry(seg.clone())
-                .or_insert_with(|| toml::Value::Table(toml::Table::new())),
-            toml::Value::Array(a) => {
-                let i: usize = seg
-                    .parse()
-                    .map_err(|_| format!("{seg:?} is not an index"))?;
-                a.get_mut(i).ok_or(format!("no item {i}"))?
+    };
+    let fresh = || match rest.first() {
+        Some(next) if next.parse::<usize>().is_ok() => toml::Value::Array(Vec::new()),
+        _ => toml::Value::Table(toml::Table::new()),
+    };
+    match node {
+        toml::Value::Table(t) => {
+            let child = t.entry(seg.clone()).or_insert_with(fresh);
+            place(child, rest, value)
+        }
+        toml::Value::Array(items) => {
+            let i: usize = seg
+                .parse()
+                .map_err(|_| format!("{seg:?} is not an index"))?;
+            if i >= 256 {
+                return Err(format!("index {i} is too large"));
             }
-            _ => return Err(format!("{seg:?} is below a plain value")),
-        };
+            while items.len() <= i {
+                items.push(fresh());
+            }
+            place(&mut items[i], rest, value)
+        }
+        _ => Err(format!("{seg:?} is below a plain value")),
     }
-    *node = value;
-    Ok(())
 }
 
 #[cfg(test)]
@@ -654,6 +739,8 @@ mod tests {
             t("[[providers]]\nname=\"a\"\ntype=\"sandbox\"\nlimits={max_per_call={URL=0}}")
                 .is_err()
         );
+        assert!(t("[server]\nrecord_retention=\"1h\"\nidempotency_retention=\"2h\"").is_err());
+        assert!(t("[store]\ntimeout=\"0s\"").is_err());
         assert!(t("[telemetry]\notlp_endpoint=\"http://otel:4317\"").is_ok());
         let err = t("[telemetry]\notlp_endpoint=\"https://otel:4317\"").unwrap_err();
         assert!(err.to_string().contains("telemetry.otlp_endpoint"), "{err}");
@@ -689,5 +776,42 @@ mod tests {
         assert_eq!(mask_url("not a url with pass"), "***");
         let unix = mask_url("redis+unix:///run/redis.sock?db=1&pass=hunter4");
         assert!(!unix.contains("hunter4") && unix.contains("db=1"), "{unix}");
+    }
+
+    #[test]
+    fn kubernetes_service_variables_are_not_config() {
+        let c = Config::load(
+            None,
+            env(&[
+                ("PURGE_SERVICE_HOST", "10.0.0.7"),
+                ("PURGE_SERVICE_PORT_GRPC", "50051"),
+                ("PURGE_PORT", "tcp://10.0.0.7:50051"),
+                ("PURGE_SERVER__MAX_TARGETS", "10"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.server.max_targets, 10);
+        let err = Config::load(None, env(&[("PURGE_SERVR__LISTEN", "0.0.0.0:1")])).unwrap_err();
+        assert!(err.to_string().contains("PURGE_SERVR__LISTEN"), "{err}");
+    }
+
+    #[test]
+    fn numeric_account_ids_and_masked_type_errors() {
+        let c = Config::load(
+            None,
+            env(&[
+                ("PURGE_PROVIDERS__0__NAME", "sandbox"),
+                ("PURGE_PROVIDERS__0__TYPE", "sandbox"),
+                ("PURGE_PROVIDERS__0__LIMITS__ACCOUNT", "1300012345"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.providers[0].limits.account.as_deref(), Some("1300012345"));
+        let err = Config::load(
+            None,
+            env(&[("PURGE_STORE__CLUSTER_URLS", "redis://:hunter5@n1:7000")]),
+        )
+        .unwrap_err();
+        assert!(!err.to_string().contains("hunter5"), "{err}");
     }
 }

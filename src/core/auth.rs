@@ -100,10 +100,13 @@ impl Caller {
 
 fn host_allowed(allowed: &[String], host: &str) -> bool {
     let host = host.trim_end_matches('.').to_ascii_lowercase();
-    allowed.iter().any(|a| match a.strip_prefix('.') {
-        Some(suffix) => host.ends_with(&format!(".{suffix}")),
-        None => a == "*" || *a == host,
-    })
+    // `.example.com` and `*.example.com` both mean "any host below example.com".
+    allowed.iter().any(
+        |a| match a.strip_prefix("*.").or_else(|| a.strip_prefix('.')) {
+            Some(suffix) => host.ends_with(&format!(".{suffix}")),
+            None => a == "*" || *a == host,
+        },
+    )
 }
 
 /// The configured callers by the SHA-256 of their token.
@@ -117,8 +120,14 @@ impl Callers {
         let mut by_token = HashMap::new();
         for c in configs {
             let token = c.resolve_token(&format!("callers.{}.token", c.name))?;
-            let digest: [u8; 32] =
-                Sha256::digest(secrecy::ExposeSecret::expose_secret(&token).as_bytes()).into();
+            let token = secrecy::ExposeSecret::expose_secret(&token).trim();
+            if token.is_empty() {
+                return Err(ConfigError::Invalid(format!(
+                    "callers.{}: the token is empty (an unset variable or an empty file?)",
+                    c.name
+                )));
+            }
+            let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
             let caller = Caller {
                 name: c.name.clone(),
                 policy: Some(Arc::new(Policy {
@@ -146,10 +155,14 @@ impl Callers {
         if self.by_token.is_empty() {
             return Ok(Caller::anonymous());
         }
+        // The scheme is case-insensitive (RFC 9110); the token may not be empty.
         let token = authorization
-            .and_then(|h| h.strip_prefix("Bearer "))
+            .and_then(|h| h.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| token.trim())
+            .filter(|token| !token.is_empty())
             .ok_or_else(|| Error::Unauthenticated("send `authorization: Bearer <token>`".into()))?;
-        let digest: [u8; 32] = Sha256::digest(token.trim().as_bytes()).into();
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         self.by_token
             .get(&digest)
             .cloned()
@@ -170,5 +183,37 @@ mod tests {
         assert!(host_allowed(&allowed, "img.cdn.example.org"));
         assert!(!host_allowed(&allowed, "cdn.example.org"));
         assert!(!host_allowed(&allowed, "evilcdn.example.org"));
+        let star = vec!["*.example.net".to_string()];
+        assert!(host_allowed(&star, "img.example.net"));
+        assert!(!host_allowed(&star, "example.net"));
+    }
+
+    #[test]
+    fn tokens_are_never_empty_and_the_scheme_is_case_insensitive() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = |name: &str, text: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).unwrap();
+            path
+        };
+        let caller = |token_file| crate::config::CallerConfig {
+            name: "ci".into(),
+            token_env: None,
+            token_file: Some(token_file),
+            providers: None,
+            hosts: None,
+        };
+        let err = Callers::from_config(&[caller(file("empty", "\n"))])
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("empty"), "{err}");
+        let callers = Callers::from_config(&[caller(file("t", "s3cret\n"))]).unwrap();
+        assert_eq!(
+            callers.authenticate(Some("bearer s3cret")).unwrap().name,
+            "ci"
+        );
+        assert!(callers.authenticate(Some("Bearer ")).is_err());
+        assert!(callers.authenticate(Some("Bearer")).is_err());
+        assert!(callers.authenticate(Some("Basic s3cret")).is_err());
     }
 }

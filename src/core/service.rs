@@ -17,6 +17,18 @@ use crate::limiter::{Charge, Decision, Limit, Limiter, Rate};
 use crate::providers::Registry;
 use crate::store::{CreateOutcome, IdempotencyClaim, Store};
 
+/// A purge id as stored (lowercase, hyphenated), whichever UUID spelling the caller used.
+fn canonical_id(id: &str) -> Result<String, Error> {
+    uuid::Uuid::parse_str(id.trim())
+        .map(|u| u.hyphenated().to_string())
+        .map_err(|_| {
+            Error::InvalidArgument(vec![FieldViolation::new(
+                "id",
+                format!("{} is not a purge id (a UUID)", super::validate::quote(id)),
+            )])
+        })
+}
+
 /// The caller's answer for a create outcome.
 fn answer(outcome: CreateOutcome, key: Option<String>) -> Result<PurgeRecord, Error> {
     match outcome {
@@ -162,18 +174,13 @@ impl PurgeCore {
     }
 
     pub async fn get(&self, caller: &Caller, id: &str) -> Result<PurgeRecord, Error> {
-        if uuid::Uuid::parse_str(id).is_err() {
-            return Err(Error::InvalidArgument(vec![FieldViolation::new(
-                "id",
-                format!("{} is not a purge id (a UUID)", super::validate::quote(id)),
-            )]));
-        }
+        let id = canonical_id(id)?;
         self.inner
             .store
-            .get(id)
+            .get(&id)
             .await?
             .filter(|r| caller.may_read(r))
-            .ok_or_else(|| Error::NotFound { id: id.to_owned() })
+            .ok_or(Error::NotFound { id })
     }
 
     /// The current snapshot, then each newer version, ending after a terminal state. On
@@ -184,6 +191,7 @@ impl PurgeCore {
         id: &str,
     ) -> Result<mpsc::Receiver<Result<PurgeRecord, Error>>, Error> {
         // Subscribed before the first read, so no change after it goes unnoticed.
+        let id = &canonical_id(id)?;
         let mut changes = self.inner.hub.subscribe(id);
         let first = self.get(caller, id).await?;
         let (tx, rx) = mpsc::channel(4);

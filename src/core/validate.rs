@@ -38,10 +38,12 @@ const MAX_HOSTS: usize = 100;
 
 /// Most field violations one error lists.
 pub const MAX_VIOLATIONS: usize = 50;
+/// Most bytes of field violations one error lists (about 4 KB once base64-encoded).
+const MAX_DETAILS_BYTES: usize = 3000;
 
 /// Quotes a value for an error message, shortened so errors stay small.
 pub fn quote(value: &str) -> String {
-    const MAX: usize = 120;
+    const MAX: usize = 64;
     if value.chars().count() <= MAX {
         format!("{value:?}")
     } else {
@@ -296,10 +298,20 @@ pub fn validate(
     }
 
     if !v.is_empty() {
-        if v.len() > MAX_VIOLATIONS {
-            // Error details travel in a trailer: keep them well under header limits.
-            let more = v.len() - MAX_VIOLATIONS;
-            v.truncate(MAX_VIOLATIONS);
+        // Error details travel base64-encoded in a trailer, and some clients refuse metadata
+        // over 8 KB: list violations while they fit in a few KB.
+        let mut size = 0;
+        let fit = v
+            .iter()
+            .take(MAX_VIOLATIONS)
+            .take_while(|f| {
+                size += f.field.len() + f.description.len() + 8;
+                size <= MAX_DETAILS_BYTES
+            })
+            .count();
+        if v.len() > fit {
+            let more = v.len() - fit;
+            v.truncate(fit);
             v.push(FieldViolation::new(
                 "targets",
                 format!("{more} more violations not listed; fix the ones above and retry"),
@@ -388,6 +400,15 @@ fn check_url(t: &str, wildcard: bool) -> Result<(), String> {
     if !(lower.starts_with("http://") || lower.starts_with("https://")) {
         return Err("must be an absolute http:// or https:// URL".into());
     }
+    // Parsers disagree about `\` (`https://allowed.com\@other.com/`) and about a missing
+    // host (`https:///other.com/`): what we check must be what the CDN reads.
+    if t.contains('\\') {
+        return Err("URLs may not contain `\\`".into());
+    }
+    let authority = t.split_once("://").map_or("", |(_, rest)| rest);
+    if authority.starts_with('/') || authority.is_empty() {
+        return Err("needs a host right after `://`".into());
+    }
     // The host must be literal even in a wildcard target; `*` may appear only in the path.
     let parsed = url::Url::parse(t).map_err(|e| format!("not a valid URL ({e})"))?;
     let host = parsed.host_str().unwrap_or_default();
@@ -433,6 +454,10 @@ mod tests {
     fn targets_are_checked_for_their_kind() {
         let ok = |k, t| check_target(k, t, 2048).is_ok();
         assert!(ok(PurgeKind::Url, "https://example.com/a.png?x=1"));
+        // What we check must be what the CDN reads.
+        assert!(!ok(PurgeKind::Url, "https://allowed.com\\@other.com/x"));
+        assert!(!ok(PurgeKind::Url, "https:///other.com/x"));
+        assert!(!ok(PurgeKind::Prefix, "https://a.com\\dir/"));
         assert!(!ok(PurgeKind::Url, "example.com/a.png"));
         assert!(!ok(PurgeKind::Url, "ftp://example.com/a"));
         assert!(!ok(PurgeKind::Url, "https://example.com/a b"));

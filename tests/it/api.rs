@@ -218,6 +218,27 @@ async fn unknown_and_malformed_ids() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
+    // Any spelling of the UUID finds the purge.
+    let created = client
+        .create_purge(request("sandbox", PurgeKind::Host, &["a.example.com"]))
+        .await
+        .unwrap()
+        .into_inner();
+    let shouted = created.id.to_uppercase();
+    let got = client
+        .get_purge(pb::GetPurgeRequest {
+            id: shouted.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(got.id, created.id);
+    let mut stream = client
+        .watch_purge(pb::WatchPurgeRequest { id: shouted })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(stream.message().await.unwrap().unwrap().id, created.id);
 }
 
 #[tokio::test]
