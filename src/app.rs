@@ -161,10 +161,10 @@ impl App {
         );
 
         let (reporter, health) = tonic_health::server::health_reporter();
-        tokio::spawn(watch_health(
+        let health_watch = tokio::spawn(watch_health(
             reporter.clone(),
             self.backends.store.clone(),
-            stop.clone(),
+            self.closing.clone(),
         ));
         let reflection_v1 = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(crate::pb::FILE_DESCRIPTOR_SET)
@@ -176,7 +176,10 @@ impl App {
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
             .build_v1alpha()?;
-        let api = PurgeServiceServer::new(PurgeApi::new(self.core.clone()));
+        let api = PurgeServiceServer::new(PurgeApi::new(
+            self.core.clone(),
+            self.config.server.request_timeout,
+        ));
 
         let addr = listener.local_addr().ok();
         tracing::info!(?addr, consumer, backend = ?self.config.store.backend, "serving purge.v1");
@@ -194,9 +197,11 @@ impl App {
             r = &mut server => r.map_err(AppError::from),
             _ = shutdown => {
                 tracing::info!("shutting down: draining calls");
+                // The backend watcher stops first, so it cannot report SERVING again.
+                self.closing.cancel();
+                let _ = health_watch.await;
                 reporter.set_service_status("", ServingStatus::NotServing).await;
                 reporter.set_not_serving::<PurgeServiceServer<PurgeApi>>().await;
-                self.closing.cancel();
                 let _ = drain_tx.send(());
                 match tokio::time::timeout(self.config.server.drain_timeout, &mut server).await {
                     Ok(r) => r.map_err(AppError::from),
@@ -235,8 +240,6 @@ fn layered(
     >,
 > {
     builder
-        // Bound how long a unary call may take; streams are bounded only until their headers.
-        .timeout(config.server.request_timeout)
         // Let one connection not starve the others.
         .concurrency_limit_per_connection(256)
         // Keep idle clients' connections healthy through proxies.

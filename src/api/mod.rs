@@ -16,11 +16,28 @@ use crate::pb::{self, purge_service_server::PurgeService};
 #[derive(Clone)]
 pub struct PurgeApi {
     core: PurgeCore,
+    /// Deadline of a unary call (a watch only until its first answer).
+    deadline: std::time::Duration,
 }
 
 impl PurgeApi {
-    pub fn new(core: PurgeCore) -> PurgeApi {
-        PurgeApi { core }
+    pub fn new(core: PurgeCore, deadline: std::time::Duration) -> PurgeApi {
+        PurgeApi { core, deadline }
+    }
+
+    /// Runs `call` within the server's deadline; past it the caller gets DEADLINE_EXCEEDED
+    /// with ErrorInfo like every other error.
+    async fn bounded<T>(
+        &self,
+        call: impl std::future::Future<Output = Result<T, Status>>,
+    ) -> Result<T, Status> {
+        tokio::time::timeout(self.deadline, call)
+            .await
+            .unwrap_or_else(|_| {
+                Err(status::from_error(crate::core::Error::DeadlineExceeded(
+                    self.deadline,
+                )))
+            })
     }
 }
 
@@ -49,7 +66,7 @@ impl PurgeService for PurgeApi {
         request: Request<pb::CreatePurgeRequest>,
     ) -> Result<Response<pb::Purge>, Status> {
         let span = rpc_span("CreatePurge", &request, "");
-        self.create(request).instrument(span).await
+        self.bounded(self.create(request)).instrument(span).await
     }
 
     async fn get_purge(
@@ -57,7 +74,7 @@ impl PurgeService for PurgeApi {
         request: Request<pb::GetPurgeRequest>,
     ) -> Result<Response<pb::Purge>, Status> {
         let span = rpc_span("GetPurge", &request, &request.get_ref().id);
-        self.get(request).instrument(span).await
+        self.bounded(self.get(request)).instrument(span).await
     }
 
     type WatchPurgeStream = Pin<Box<dyn Stream<Item = Result<pb::Purge, Status>> + Send>>;
@@ -67,7 +84,7 @@ impl PurgeService for PurgeApi {
         request: Request<pb::WatchPurgeRequest>,
     ) -> Result<Response<Self::WatchPurgeStream>, Status> {
         let span = rpc_span("WatchPurge", &request, &request.get_ref().id);
-        self.watch(request).instrument(span).await
+        self.bounded(self.watch(request)).instrument(span).await
     }
 }
 

@@ -96,6 +96,10 @@ pub fn from_error(e: Error) -> Status {
             )
         }
         Error::ShuttingDown => (Code::Unavailable, info("SHUTTING_DOWN", HashMap::new())),
+        Error::DeadlineExceeded(_) => (
+            Code::DeadlineExceeded,
+            info("SERVER_DEADLINE_EXCEEDED", HashMap::new()),
+        ),
         Error::Internal(cause) => {
             tracing::error!(error = %cause, cause = ?std::error::Error::source(cause), "internal error");
             (Code::Internal, info("INTERNAL", HashMap::new()))

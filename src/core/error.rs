@@ -53,6 +53,8 @@ pub enum Error {
     Unavailable(#[source] StoreError),
     #[error("the server is shutting down")]
     ShuttingDown,
+    #[error("no answer within the server's deadline of {0:?}")]
+    DeadlineExceeded(Duration),
     #[error("internal error")]
     Internal(#[source] StoreError),
 }

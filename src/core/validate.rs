@@ -87,12 +87,18 @@ pub fn validate(
     let kind = match req.kind {
         Ok(k) => Some(k),
         Err(raw) => {
+            let kinds: Vec<String> = PurgeKind::EVERY
+                .iter()
+                .map(|k| format!("PURGE_KIND_{}", k.as_str()))
+                .collect();
+            let what = if raw == 0 {
+                "required".to_owned()
+            } else {
+                format!("{raw} is not a purge kind")
+            };
             bad(
                 "kind".into(),
-                format!(
-                    "{raw} is not a purge kind; use one of {}",
-                    kind_list(&PurgeKind::EVERY)
-                ),
+                format!("{what}; one of {}", kinds.join(", ")),
             );
             None
         }
@@ -186,7 +192,7 @@ pub fn validate(
     } else {
         for (i, h) in req.hosts.iter().enumerate() {
             match check_host(h) {
-                Ok(()) => hosts.push(h.to_ascii_lowercase()),
+                Ok(()) => hosts.push(h.trim_end_matches('.').to_ascii_lowercase()),
                 Err(why) => bad(format!("hosts[{i}]"), format!("{why}: {}", quote(h))),
             }
         }
@@ -252,7 +258,7 @@ pub fn validate(
         {
             bad(
                 format!("labels[{}]", quote(k)),
-                format!("keys are 1-{MAX_LABEL_KEY} characters of a-z, 0-9, _ . - /"),
+                format!("keys are 1-{MAX_LABEL_KEY} characters of A-Z, a-z, 0-9, _ . - /"),
             );
         } else if val.len() > MAX_LABEL_VALUE || val.chars().any(char::is_control) {
             bad(
@@ -441,6 +447,8 @@ pub fn check_host(h: &str) -> Result<(), String> {
     });
     if ok {
         Ok(())
+    } else if !h.is_ascii() {
+        Err("not a valid host name (internationalized names go in punycode: xn--...)".into())
     } else {
         Err("not a valid host name".into())
     }

@@ -110,7 +110,7 @@ async fn bad_inputs_name_the_field_and_value() {
                 &["https://example.com/a"],
             ),
             &["kind"],
-            "not a purge kind",
+            "required; one of PURGE_KIND_URL",
         ),
         (
             pb::CreatePurgeRequest {
