@@ -135,17 +135,7 @@ impl Worker {
             }
             if maybe_sent.load(Ordering::Relaxed) && self.0.provider.client.finds_submitted() {
                 self.budget_or_stop(&self.status_charges()).await?;
-                // Whole seconds: providers' task times have no finer resolution.
-                let since = started - chrono::Duration::seconds(2);
-                let budget = super::StatusBudget(self);
-                let found = self
-                    .0
-                    .provider
-                    .client
-                    .find_submitted(batch, since, &budget)
-                    .await?;
-                if let Some(found) = found {
-                    tracing::info!(provider = self.name(), task = %found.task_id, "found the task of an ambiguous submit");
+                if let Some(found) = self.look_up(batch, started).await? {
                     return Ok(found);
                 }
             }
@@ -166,7 +156,7 @@ impl Worker {
             .with_total_delay(Some(self.0.settings.retry_max_elapsed))
             .without_max_times();
         let stop = self.0.stop.clone();
-        attempt
+        let result = attempt
             .retry(backoff)
             .sleep(move |d| {
                 let stop = stop.clone();
@@ -182,7 +172,42 @@ impl Worker {
             .notify(|e: &ProviderError, d: Duration| {
                 tracing::warn!(provider = self.name(), error = %e, retry_in = ?d, "provider call failed; retrying");
             })
-            .await
+            .await;
+        // Stopping right after a call that may have gone through: one last lookup if the
+        // budget allows it now, so another replica does not send the batch again.
+        if let Err(ProviderError::Ambiguous { .. }) = &result
+            && self.0.stop.is_cancelled()
+            && self.0.provider.client.finds_submitted()
+            && matches!(
+                self.0.limiter.acquire(&self.status_charges()).await,
+                Ok(Decision::Granted)
+            )
+            && let Ok(Some(found)) = self.look_up(batch, started).await
+        {
+            return Ok(found);
+        }
+        result
+    }
+
+    /// The provider task a possibly sent `batch` made, if the provider can tell.
+    async fn look_up(
+        &self,
+        batch: &Batch,
+        started: Since,
+    ) -> Result<Option<Submission>, ProviderError> {
+        // Whole seconds: providers' task times have no finer resolution.
+        let since = started - chrono::Duration::seconds(2);
+        let budget = super::StatusBudget(self);
+        let found = self
+            .0
+            .provider
+            .client
+            .find_submitted(batch, since, &budget)
+            .await?;
+        if let Some(found) = &found {
+            tracing::info!(provider = self.name(), task = %found.task_id, "found the task of an ambiguous submit");
+        }
+        Ok(found)
     }
 
     pub(super) async fn budget_or_stop(
