@@ -8,24 +8,38 @@ use tonic::Code;
 use super::{Scheme, create, service};
 use crate::fakes::cdnetworks::Fault;
 use crate::fakes::cdnetworks::content::{FakeContent, QUERY, QUOTA, RECEIVER, REGEX};
-use crate::support::{eventually, max_in_window, reason, request, violations, wait_terminal};
+use crate::support::{
+    TestApp, eventually, max_in_window, reason, request, violations, wait_terminal,
+};
 
 /// Status polls at the test's pace.
 const FAST_POLLS: &str = "[providers.limits]\nstatus = [{ count = 20, per = \"1s\" }]\n";
 
-#[tokio::test]
-async fn cdnetworks_url_prefix_and_regex_reach_content_management_as_documented() {
-    let fake = FakeContent::start(Duration::from_millis(200)).await;
-    let (app, _dir) = service(
+/// The service with Content Management at `fake`, polled at the test's pace.
+async fn content_service(fake: &FakeContent, scheme: Scheme) -> (TestApp, tempfile::TempDir) {
+    service(
         "cdnetworks",
         &fake.endpoint(),
-        Scheme::ApiKey,
+        scheme,
         None,
         "",
         FAST_POLLS,
         "",
     )
-    .await;
+    .await
+}
+
+/// `n` distinct regex targets from number `from` on.
+fn regexes(from: usize, n: usize) -> Vec<String> {
+    (from..from + n)
+        .map(|i| format!("http://www.example.com/r{i}/.*"))
+        .collect()
+}
+
+#[tokio::test]
+async fn cdnetworks_url_prefix_and_regex_reach_content_management_as_documented() {
+    let fake = FakeContent::start(Duration::from_millis(200)).await;
+    let (app, _dir) = content_service(&fake, Scheme::ApiKey).await;
     let url = create(
         &app,
         request(
@@ -158,16 +172,7 @@ async fn cdnetworks_regex_quota_fails_fast_when_known_and_number_out_of_limit_fa
     // Known gone from /ccm/purge/quota: refused at CreatePurge.
     let fake = FakeContent::start(Duration::from_millis(100)).await;
     fake.set_remaining("regex", 0);
-    let (app, _dir) = service(
-        "cdnetworks",
-        &fake.endpoint(),
-        Scheme::AkSk,
-        None,
-        "",
-        FAST_POLLS,
-        "",
-    )
-    .await;
+    let (app, _dir) = content_service(&fake, Scheme::AkSk).await;
     eventually(Duration::from_secs(10), "the quota was read", || {
         let seen = fake.accepted(QUOTA).len();
         async move { (seen > 0).then_some(()) }
@@ -194,16 +199,7 @@ async fn cdnetworks_regex_quota_fails_fast_when_known_and_number_out_of_limit_fa
     // regex purges fail fast.
     let fake = FakeContent::start(Duration::from_millis(100)).await;
     fake.fault(REGEX, Fault::Code(400, "NumberOutOfLimit"));
-    let (app, _dir) = service(
-        "cdnetworks",
-        &fake.endpoint(),
-        Scheme::ApiKey,
-        None,
-        "",
-        FAST_POLLS,
-        "",
-    )
-    .await;
+    let (app, _dir) = content_service(&fake, Scheme::ApiKey).await;
     let done = create(
         &app,
         request("cdnetworks", PurgeKind::Regex, &["http://a.example.com/.*"]),
@@ -336,21 +332,7 @@ async fn cdnetworks_eleven_rapid_regex_purges_stay_within_ten_calls_per_five_min
 #[tokio::test]
 async fn cdnetworks_a_batch_over_the_days_regex_quota_sends_what_fits() {
     let fake = FakeContent::start(Duration::from_millis(100)).await;
-    let (app, _dir) = service(
-        "cdnetworks",
-        &fake.endpoint(),
-        Scheme::ApiKey,
-        None,
-        "",
-        FAST_POLLS,
-        "",
-    )
-    .await;
-    let regexes = |from: usize, n: usize| -> Vec<String> {
-        (from..from + n)
-            .map(|i| format!("http://www.example.com/r{i}/.*"))
-            .collect()
-    };
+    let (app, _dir) = content_service(&fake, Scheme::ApiKey).await;
     let first = regexes(0, 450);
     let first: Vec<&str> = first.iter().map(String::as_str).collect();
     let done = create(&app, request("cdnetworks", PurgeKind::Regex, &first)).await;
@@ -395,21 +377,7 @@ async fn cdnetworks_a_batch_over_the_days_regex_quota_sends_what_fits() {
 async fn cdnetworks_a_refused_batch_gives_its_daily_quota_back() {
     let fake = FakeContent::start(Duration::from_millis(100)).await;
     fake.fault(REGEX, Fault::Code(400, "InvalidUrlRegular"));
-    let (app, _dir) = service(
-        "cdnetworks",
-        &fake.endpoint(),
-        Scheme::ApiKey,
-        None,
-        "",
-        FAST_POLLS,
-        "",
-    )
-    .await;
-    let regexes = |from: usize, n: usize| -> Vec<String> {
-        (from..from + n)
-            .map(|i| format!("http://www.example.com/q{i}/.*"))
-            .collect()
-    };
+    let (app, _dir) = content_service(&fake, Scheme::ApiKey).await;
     let refused = regexes(0, 480);
     let refused: Vec<&str> = refused.iter().map(String::as_str).collect();
     let done = create(&app, request("cdnetworks", PurgeKind::Regex, &refused)).await;
