@@ -199,6 +199,7 @@ impl App {
                 tracing::info!("shutting down: draining calls");
                 // The backend watcher stops first, so it cannot report SERVING again.
                 self.closing.cancel();
+                health_watch.abort();
                 let _ = health_watch.await;
                 reporter.set_service_status("", ServingStatus::NotServing).await;
                 reporter.set_not_serving::<PurgeServiceServer<PurgeApi>>().await;

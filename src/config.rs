@@ -594,11 +594,18 @@ fn overlay_env(
     table: &mut toml::Table,
     env: impl IntoIterator<Item = (String, String)>,
 ) -> Result<(), ConfigError> {
-    // Only `PURGE_<SECTION>__...` is ours: Kubernetes adds `PURGE_SERVICE_HOST`-style variables
-    // for a Service named `purge...`, which must not stop the process from starting.
+    // Only `PURGE_<SECTION>` and `PURGE_<SECTION>__...` are ours: Kubernetes adds
+    // `PURGE_SERVICE_HOST`-style variables for a Service named `purge...`, which must not stop
+    // the process from starting. A `__` path under an unknown section is a typo: an error.
     let mut vars: Vec<(String, String)> = env
         .into_iter()
-        .filter(|(k, _)| k.starts_with("PURGE_") && k.contains("__"))
+        .filter(|(k, _)| {
+            let Some(rest) = k.strip_prefix("PURGE_") else {
+                return false;
+            };
+            let section = rest.split("__").next().unwrap_or("").to_ascii_lowercase();
+            rest.contains("__") || SECTIONS.contains(&section.as_str())
+        })
         .collect();
     vars.sort();
     for (key, value) in vars {
@@ -787,10 +794,16 @@ mod tests {
                 ("PURGE_SERVICE_PORT_GRPC", "50051"),
                 ("PURGE_PORT", "tcp://10.0.0.7:50051"),
                 ("PURGE_SERVER__MAX_TARGETS", "10"),
+                ("PURGE_CONFIG", "/etc/purge.toml"),
+                (
+                    "PURGE_GROUPS",
+                    "[{ name = \"all\", providers = [\"sandbox\"] }]",
+                ),
             ]),
         )
         .unwrap();
         assert_eq!(c.server.max_targets, 10);
+        assert_eq!(c.groups[0].name, "all");
         let err = Config::load(None, env(&[("PURGE_SERVR__LISTEN", "0.0.0.0:1")])).unwrap_err();
         assert!(err.to_string().contains("PURGE_SERVR__LISTEN"), "{err}");
     }

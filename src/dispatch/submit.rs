@@ -40,7 +40,8 @@ impl Worker {
         let mut parts = vec![(taken, true)];
         while let Some((part, granted)) = parts.pop() {
             let batch = key.batch(part.targets.clone());
-            match self.send(&batch, granted).await {
+            let (result, maybe_sent) = self.send(&batch, granted).await;
+            match result {
                 Ok(sub) => self.record_submitted(&key, part, sub).await,
                 Err(ProviderError::BatchTooLarge { message }) if part.targets.len() > 1 => {
                     tracing::info!(
@@ -61,13 +62,13 @@ impl Worker {
                         targets = part.targets.len(),
                         "stopping; leaving a batch to another replica"
                     );
-                    self.refund_daily(key.kind, &part, &e).await;
+                    self.refund_daily(key.kind, &part, &e, maybe_sent).await;
                 }
                 Err(e) => {
                     if matches!(e, ProviderError::QuotaExhausted { .. }) {
                         self.0.provider.mark_exhausted(key.kind);
                     }
-                    self.refund_daily(key.kind, &part, &e).await;
+                    self.refund_daily(key.kind, &part, &e, maybe_sent).await;
                     self.fail_targets(&part.by_purge(), &e.to_string()).await;
                 }
             }
@@ -102,15 +103,26 @@ impl Worker {
     }
 
     /// Gives back the daily quota `part` was charged when the provider cannot have counted
-    /// it: its last answer was a refusal, not a call that may have gone through.
+    /// it: no attempt may have gone through unanswered, and the last answer was a refusal.
+    /// A server error or an unreadable acceptance may have been counted: kept.
     async fn refund_daily(
         &self,
         kind: crate::core::model::PurgeKind,
         part: &Taken,
         e: &ProviderError,
+        maybe_sent: bool,
     ) {
+        let refused = matches!(
+            e,
+            ProviderError::Rejected { .. }
+                | ProviderError::Auth { .. }
+                | ProviderError::BatchTooLarge { .. }
+                | ProviderError::QuotaExhausted { .. }
+                | ProviderError::Busy { .. }
+                | ProviderError::Throttled { .. }
+        );
         let charges = self.daily_charges(kind, part.targets.len());
-        if charges.is_empty() || matches!(e, ProviderError::Ambiguous { .. }) {
+        if charges.is_empty() || maybe_sent || !refused {
             return;
         }
         if let Err(err) = self.0.limiter.refund(&charges).await {
@@ -119,8 +131,13 @@ impl Worker {
     }
 
     /// One provider call with retries; every attempt after a granted first one waits for
-    /// budget again, and an ambiguous attempt is looked up before the next send.
-    async fn send(&self, batch: &Batch, granted: bool) -> Result<Submission, ProviderError> {
+    /// budget again, and an ambiguous attempt is looked up before the next send. Also says
+    /// whether some attempt may have reached the provider without an answer.
+    async fn send(
+        &self,
+        batch: &Batch,
+        granted: bool,
+    ) -> (Result<Submission, ProviderError>, bool) {
         let started: Since = Utc::now();
         let maybe_sent = AtomicBool::new(false);
         let attempts = AtomicU32::new(0);
@@ -173,9 +190,11 @@ impl Worker {
                 tracing::warn!(provider = self.name(), error = %e, retry_in = ?d, "provider call failed; retrying");
             })
             .await;
-        // Stopping right after a call that may have gone through: one last lookup if the
-        // budget allows it now, so another replica does not send the batch again.
-        if let Err(ProviderError::Ambiguous { .. }) = &result
+        let maybe_sent = maybe_sent.load(Ordering::Relaxed);
+        // Stopping after a call that may have gone through: one last lookup if the budget
+        // allows it now, so another replica does not send the batch again.
+        if result.is_err()
+            && maybe_sent
             && self.0.stop.is_cancelled()
             && self.0.provider.client.finds_submitted()
             && matches!(
@@ -184,9 +203,9 @@ impl Worker {
             )
             && let Ok(Some(found)) = self.look_up(batch, started).await
         {
-            return Ok(found);
+            return (Ok(found), maybe_sent);
         }
-        result
+        (result, maybe_sent)
     }
 
     /// The provider task a possibly sent `batch` made, if the provider can tell.

@@ -216,13 +216,13 @@ pub trait Provider: Send + Sync + 'static {
         Ok(BTreeMap::new())
     }
 
-    /// After an ambiguous submit: the task the provider made for `batch` since `since`, if any.
     /// Whether `find_submitted` can look anything up; when not, a possibly sent batch is sent
     /// again without a lookup (and without paying for one).
     fn finds_submitted(&self) -> bool {
         false
     }
 
+    /// After an ambiguous submit: the task the provider made for `batch` since `since`, if any.
     /// Its first status call is already paid for; every further one waits for `budget`.
     async fn find_submitted(
         &self,
@@ -245,6 +245,8 @@ pub struct ProviderHandle {
     quota: Arc<Mutex<BTreeMap<PurgeKind, KindQuota>>>,
     /// Kinds whose daily quota ran out, until the provider's next day.
     exhausted: Arc<Mutex<BTreeMap<PurgeKind, DateTime<Utc>>>>,
+    /// When `quota` was reported: a "none left" stops counting at the provider's next day.
+    quota_at: Arc<Mutex<Option<DateTime<Utc>>>>,
 }
 
 impl ProviderHandle {
@@ -256,6 +258,7 @@ impl ProviderHandle {
             caps,
             quota: Arc::default(),
             exhausted: Arc::default(),
+            quota_at: Arc::default(),
         }
     }
 
@@ -276,6 +279,13 @@ impl ProviderHandle {
             .get(&kind)
             .copied()
             .unwrap_or_default();
+        let reported_at = *self.quota_at.lock().expect("quota lock");
+        if quota.remaining == Some(0)
+            && reported_at.is_some_and(|at| Utc::now() >= next_day_start(at, self.day_offset(kind)))
+        {
+            // Reported yesterday (by the provider's day): today's count is not known yet.
+            quota.remaining = None;
+        }
         let mut exhausted = self.exhausted.lock().expect("quota lock");
         match exhausted.get(&kind) {
             Some(until) if Utc::now() < *until => quota.remaining = Some(0),
@@ -298,21 +308,26 @@ impl ProviderHandle {
         let mut exhausted = self.exhausted.lock().expect("quota lock");
         exhausted.retain(|kind, _| quota.get(kind).is_none_or(|q| q.remaining.is_none()));
         *self.quota.lock().expect("quota lock") = quota;
+        *self.quota_at.lock().expect("quota lock") = Some(Utc::now());
+    }
+
+    /// The UTC offset of the provider's day for `kind`: its documented daily quota's, else UTC.
+    fn day_offset(&self, kind: PurgeKind) -> i32 {
+        self.caps
+            .daily
+            .iter()
+            .find(|q| q.kinds.contains(&kind))
+            .map_or(0, |q| q.utc_offset_secs)
     }
 
     /// Records that the day's quota for `kind` is gone, until the provider's next day starts
     /// (its documented day for that kind, else UTC's).
     pub fn mark_exhausted(&self, kind: PurgeKind) {
-        let offset = self
-            .caps
-            .daily
-            .iter()
-            .find(|q| q.kinds.contains(&kind))
-            .map_or(0, |q| q.utc_offset_secs);
+        let until = next_day_start(Utc::now(), self.day_offset(kind));
         self.exhausted
             .lock()
             .expect("quota lock")
-            .insert(kind, next_day_start(Utc::now(), offset));
+            .insert(kind, until);
     }
 }
 
@@ -428,5 +443,14 @@ mod tests {
         };
         handle.set_quota(BTreeMap::from([(PurgeKind::Url, report)]));
         assert_eq!(handle.known_quota(PurgeKind::Url).remaining, Some(100));
+        // "None left", reported on an earlier day of the provider's, no longer holds.
+        let none_left = KindQuota {
+            remaining: Some(0),
+            ..Default::default()
+        };
+        handle.set_quota(BTreeMap::from([(PurgeKind::Url, none_left)]));
+        assert_eq!(handle.known_quota(PurgeKind::Url).remaining, Some(0));
+        *handle.quota_at.lock().unwrap() = Some(Utc::now() - chrono::Duration::days(2));
+        assert_eq!(handle.known_quota(PurgeKind::Url).remaining, None);
     }
 }

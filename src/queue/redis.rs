@@ -107,6 +107,9 @@ impl RedisQueue {
         for answer in answers {
             match answer {
                 Ok(r) => results.push(r),
+                // A shard whose consumer group is gone must be regrouped by the caller; its
+                // siblings' entries are taken over again after `reclaim_idle`.
+                Err(e) if is_no_group(&e) => return Err(e),
                 Err(e) => failure = Some(e),
             }
         }

@@ -378,11 +378,19 @@ impl Api {
         } else {
             serde_json::from_str(&text).unwrap_or(Value::String(text))
         };
-        if status.is_success() {
-            self.credentials_proven.store(true, Ordering::Relaxed);
-        }
+        // A 401 after the keys worked is retried once: the flag is spent on it, so revoked
+        // keys fail at the next 401 instead of being retried for every call.
+        let credentials_proven = match status.as_u16() {
+            401 => self.credentials_proven.swap(false, Ordering::Relaxed),
+            _ => {
+                if status.is_success() {
+                    self.credentials_proven.store(true, Ordering::Relaxed);
+                }
+                self.credentials_proven.load(Ordering::Relaxed)
+            }
+        };
         Ok(Reply {
-            credentials_proven: self.credentials_proven.load(Ordering::Relaxed),
+            credentials_proven,
             status,
             location,
             request_id,

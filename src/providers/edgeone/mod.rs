@@ -175,12 +175,12 @@ impl Provider for EdgeOne {
         self.content_quota().await
     }
 
-    /// Credits only a job covering every target of the batch; otherwise `None`, and the whole
-    /// batch is sent again.
     fn finds_submitted(&self) -> bool {
         true
     }
 
+    /// Credits only a job covering every target of the batch; otherwise `None`, and the whole
+    /// batch is sent again.
     async fn find_submitted(
         &self,
         batch: &Batch,
