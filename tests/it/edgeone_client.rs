@@ -35,6 +35,11 @@ fn client(endpoint: &str, extra: &str) -> (EdgeOne, TempDir) {
     (EdgeOne::new(&settings, http).unwrap(), dir)
 }
 
+/// One URL to invalidate.
+fn one_url() -> Batch {
+    batch(PurgeKind::Url, Action::Invalidate, &["https://a.com/x"])
+}
+
 fn batch(kind: PurgeKind, action: Action, targets: &[&str]) -> Batch {
     Batch {
         kind,
@@ -74,14 +79,7 @@ async fn finished(edge: &EdgeOne, task: &TaskQuery) -> Vec<(String, String)> {
 #[tokio::test]
 async fn a_refused_connection_is_transient_nothing_was_sent() {
     let (edge, _dir) = client(&format!("http://127.0.0.1:{}", free_port()), "");
-    let err = edge
-        .submit(&batch(
-            PurgeKind::Url,
-            Action::Invalidate,
-            &["https://a.com/x"],
-        ))
-        .await
-        .unwrap_err();
+    let err = edge.submit(&one_url()).await.unwrap_err();
     assert!(
         matches!(err, ProviderError::Transient { .. }),
         "a connect failure is safe to resend: {err:?}"
@@ -120,14 +118,7 @@ async fn broken_server(reply: &'static [u8]) -> String {
 async fn a_connection_lost_after_sending_is_ambiguous() {
     let endpoint = broken_server(b"").await;
     let (edge, _dir) = client(&endpoint, "");
-    let err = edge
-        .submit(&batch(
-            PurgeKind::Url,
-            Action::Invalidate,
-            &["https://a.com/x"],
-        ))
-        .await
-        .unwrap_err();
+    let err = edge.submit(&one_url()).await.unwrap_err();
     assert!(
         matches!(err, ProviderError::Ambiguous { .. }),
         "the request was written, EdgeOne may have acted: {err:?}"
@@ -140,14 +131,7 @@ async fn an_answer_cut_off_is_ambiguous() {
         broken_server(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 200\r\n\r\n{\"Response\":")
             .await;
     let (edge, _dir) = client(&endpoint, "");
-    let err = edge
-        .submit(&batch(
-            PurgeKind::Url,
-            Action::Invalidate,
-            &["https://a.com/x"],
-        ))
-        .await
-        .unwrap_err();
+    let err = edge.submit(&one_url()).await.unwrap_err();
     assert!(matches!(err, ProviderError::Ambiguous { .. }), "{err:?}");
 }
 
@@ -156,14 +140,7 @@ async fn a_timeout_is_ambiguous() {
     let fake = FakeEdgeOne::start(20, Duration::from_millis(50)).await;
     fake.fault("CreatePurgeTask", Fault::Hang(Duration::from_secs(3)));
     let (edge, _dir) = client(&fake.endpoint(), "");
-    let err = edge
-        .submit(&batch(
-            PurgeKind::Url,
-            Action::Invalidate,
-            &["https://a.com/x"],
-        ))
-        .await
-        .unwrap_err();
+    let err = edge.submit(&one_url()).await.unwrap_err();
     assert!(matches!(err, ProviderError::Ambiguous { .. }), "{err:?}");
 }
 
@@ -175,13 +152,9 @@ async fn an_expired_signature_is_sent_again_with_a_new_timestamp_and_signature()
         Fault::Error("AuthFailure.SignatureExpire"),
     );
     let (edge, _dir) = client(&fake.endpoint(), "");
-    edge.submit(&batch(
-        PurgeKind::Url,
-        Action::Invalidate,
-        &["https://a.com/x"],
-    ))
-    .await
-    .expect("signed again and accepted");
+    edge.submit(&one_url())
+        .await
+        .expect("signed again and accepted");
     let calls = fake.calls();
     assert_eq!(calls.len(), 2, "{calls:?}");
     assert_eq!(
@@ -202,11 +175,7 @@ async fn a_skewed_clock_is_corrected_from_edgeones_date() {
     let (edge, _dir) = client(&fake.endpoint(), "");
     let quota = edge.quota().await.expect("signed by EdgeOne's clock");
     assert!(quota.contains_key(&PurgeKind::Url));
-    let task = submit_query(
-        &edge,
-        &batch(PurgeKind::Url, Action::Invalidate, &["https://a.com/x"]),
-    )
-    .await;
+    let task = submit_query(&edge, &one_url()).await;
     assert!(finished(&edge, &task).await.is_empty());
     let errors: Vec<_> = fake.calls().into_iter().filter_map(|c| c.error).collect();
     assert_eq!(errors, ["AuthFailure.SignatureExpire"], "learned once");
