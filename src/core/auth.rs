@@ -99,7 +99,7 @@ impl Caller {
 }
 
 fn host_allowed(allowed: &[String], host: &str) -> bool {
-    let host = host.trim_end_matches('.').to_ascii_lowercase();
+    let host = super::validate::normalize_host(host);
     // `.example.com` and `*.example.com` both mean "any host below example.com".
     allowed.iter().any(
         |a| match a.strip_prefix("*.").or_else(|| a.strip_prefix('.')) {

@@ -154,7 +154,7 @@ pub fn validate(
                         // Host names are case-insensitive: one spelling, so duplicates and
                         // idempotent retries compare equal.
                         let t = match kind {
-                            PurgeKind::Host => t.trim_end_matches('.').to_ascii_lowercase(),
+                            PurgeKind::Host => normalize_host(t),
                             _ => t.clone(),
                         };
                         if seen.insert(t.clone()) {
@@ -192,7 +192,7 @@ pub fn validate(
     } else {
         for (i, h) in req.hosts.iter().enumerate() {
             match check_host(h) {
-                Ok(()) => hosts.push(h.trim_end_matches('.').to_ascii_lowercase()),
+                Ok(()) => hosts.push(normalize_host(h)),
                 Err(why) => bad(format!("hosts[{i}]"), format!("{why}: {}", quote(h))),
             }
         }
@@ -431,6 +431,11 @@ fn check_url(t: &str, wildcard: bool) -> Result<(), String> {
         return Err("`*` is a wildcard only in the path".into());
     }
     Ok(())
+}
+
+/// The one spelling of a host name: lowercase, without the root's trailing dot.
+pub fn normalize_host(h: &str) -> String {
+    h.trim_end_matches('.').to_ascii_lowercase()
 }
 
 /// A DNS host name: labels of letters, digits and hyphens, at most 253 characters.

@@ -29,7 +29,8 @@ impl WatchHub {
     }
 
     /// Purges with at least one watcher on this replica.
-    pub fn watched(&self) -> usize {
+    #[cfg(test)]
+    fn watched(&self) -> usize {
         self.senders.lock().expect("hub lock").len()
     }
 

@@ -317,12 +317,7 @@ impl Worker {
             if self.0.provider.known_quota(key.kind).remaining == Some(0) {
                 // The day's quota for this kind is gone: no call to pay for.
                 let taken = self.take(&key);
-                let reason = format!(
-                    "daily {} quota of provider {:?} exhausted",
-                    key.kind,
-                    self.name()
-                );
-                self.fail_targets(&taken.by_purge(), &reason).await;
+                self.fail_quota_gone(key.kind, &taken).await;
                 continue;
             }
             match self.wait_budget(&self.submit_charges()).await {
@@ -605,6 +600,12 @@ impl Worker {
             };
             self.update(purge_id, &change).await;
         }
+    }
+
+    /// Fails `taken` because the day's quota for `kind` is gone.
+    async fn fail_quota_gone(&self, kind: PurgeKind, taken: &lanes::Taken) {
+        let reason = format!("daily {kind} quota of provider {:?} exhausted", self.name());
+        self.fail_targets(&taken.by_purge(), &reason).await;
     }
 
     /// Fails the given units (purge id -> targets) with `reason`.

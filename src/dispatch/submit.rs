@@ -24,12 +24,7 @@ impl Worker {
             // refused at CreatePurge until the provider's next day.
             self.0.provider.mark_exhausted(key.kind);
             let (fits, over) = taken.split_at(fit);
-            let reason = format!(
-                "daily {} quota of provider {:?} exhausted",
-                key.kind,
-                self.name()
-            );
-            self.fail_targets(&over.by_purge(), &reason).await;
+            self.fail_quota_gone(key.kind, &over).await;
             if fits.targets.is_empty() {
                 return;
             }
@@ -78,19 +73,18 @@ impl Worker {
     /// Charges as many of `n` targets of `kind` as the documented daily quotas still hold
     /// (all of them when the limiter cannot be asked) and says how many.
     async fn charge_daily(&self, kind: crate::core::model::PurgeKind, n: usize) -> usize {
-        if self.daily_charges(kind, 1).is_empty() {
+        let mut charges = self.daily_charges(kind, n);
+        if charges.is_empty() {
             return n;
         }
         // Greedy halving: at most about log2(n)^2 limiter calls, never a provider call.
         let (mut fitted, mut step) = (0, n);
         while fitted < n && step > 0 {
             let cost = step.min(n - fitted);
-            match self
-                .0
-                .limiter
-                .acquire(&self.daily_charges(kind, cost))
-                .await
-            {
+            for c in &mut charges {
+                c.cost = cost as u32;
+            }
+            match self.0.limiter.acquire(&charges).await {
                 Ok(Decision::Granted) => fitted += cost,
                 Ok(Decision::Wait(_) | Decision::Exhausted(_)) => step /= 2,
                 Err(e) => {
@@ -121,8 +115,11 @@ impl Worker {
                 | ProviderError::Busy { .. }
                 | ProviderError::Throttled { .. }
         );
+        if maybe_sent || !refused {
+            return;
+        }
         let charges = self.daily_charges(kind, part.targets.len());
-        if charges.is_empty() || maybe_sent || !refused {
+        if charges.is_empty() {
             return;
         }
         if let Err(err) = self.0.limiter.refund(&charges).await {

@@ -265,7 +265,13 @@ impl ProviderHandle {
     /// The per-call cap for `kind`, lowered by what the provider last reported.
     pub fn max_per_call(&self, kind: PurgeKind) -> usize {
         let configured = self.caps.max_per_call.get(&kind).copied().unwrap_or(1);
-        let reported = self.known_quota(kind).per_call.unwrap_or(usize::MAX);
+        let reported = self
+            .quota
+            .lock()
+            .expect("quota lock")
+            .get(&kind)
+            .and_then(|q| q.per_call)
+            .unwrap_or(usize::MAX);
         configured.min(reported).max(1)
     }
 
@@ -286,13 +292,12 @@ impl ProviderHandle {
             // Reported yesterday (by the provider's day): today's count is not known yet.
             quota.remaining = None;
         }
-        let mut exhausted = self.exhausted.lock().expect("quota lock");
-        match exhausted.get(&kind) {
-            Some(until) if Utc::now() < *until => quota.remaining = Some(0),
-            Some(_) => {
-                exhausted.remove(&kind);
-            }
-            None => {}
+        let exhausted = self.exhausted.lock().expect("quota lock");
+        if exhausted
+            .get(&kind)
+            .is_some_and(|until| Utc::now() < *until)
+        {
+            quota.remaining = Some(0);
         }
         quota
     }

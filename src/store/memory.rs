@@ -34,6 +34,19 @@ struct State {
 }
 
 impl State {
+    /// What a request already made under `claim`'s key gets: its purge, or a conflict.
+    fn replay(&self, claim: &IdempotencyClaim, now: Instant) -> Option<CreateOutcome> {
+        let entry = self.keys.get(&claim.scope).filter(|e| e.expires > now)?;
+        if entry.fingerprint != claim.fingerprint {
+            return Some(CreateOutcome::Conflict {
+                existing_id: entry.purge_id.clone(),
+            });
+        }
+        self.purges
+            .get(&entry.purge_id)
+            .map(|r| CreateOutcome::Existing(r.clone()))
+    }
+
     /// Forgets finished purges created more than `retention` ago, and expired keys.
     fn expire(&mut self, now: Instant, retention: Duration) {
         while let Some((at, _)) = self.created.front() {
@@ -98,15 +111,8 @@ impl Store for MemoryStore {
         let mut state = self.inner.state.lock().expect("store lock");
         let now = Instant::now();
         if let Some(claim) = &idempotency {
-            if let Some(entry) = state.keys.get(&claim.scope).filter(|e| e.expires > now) {
-                if entry.fingerprint != claim.fingerprint {
-                    return Ok(CreateOutcome::Conflict {
-                        existing_id: entry.purge_id.clone(),
-                    });
-                }
-                if let Some(existing) = state.purges.get(&entry.purge_id) {
-                    return Ok(CreateOutcome::Existing(existing.clone()));
-                }
+            if let Some(outcome) = state.replay(claim, now) {
+                return Ok(outcome);
             }
             state.keys.insert(
                 claim.scope.clone(),
@@ -130,22 +136,7 @@ impl Store for MemoryStore {
 
     async fn replay(&self, claim: &IdempotencyClaim) -> Result<Option<CreateOutcome>, StoreError> {
         let state = self.inner.state.lock().expect("store lock");
-        let Some(entry) = state
-            .keys
-            .get(&claim.scope)
-            .filter(|e| e.expires > Instant::now())
-        else {
-            return Ok(None);
-        };
-        if entry.fingerprint != claim.fingerprint {
-            return Ok(Some(CreateOutcome::Conflict {
-                existing_id: entry.purge_id.clone(),
-            }));
-        }
-        Ok(state
-            .purges
-            .get(&entry.purge_id)
-            .map(|r| CreateOutcome::Existing(r.clone())))
+        Ok(state.replay(claim, Instant::now()))
     }
 
     async fn get(&self, id: &str) -> Result<Option<PurgeRecord>, StoreError> {

@@ -260,6 +260,11 @@ impl Provider for ContentManagement {
     }
 
     async fn submit(&self, batch: &Batch) -> Result<Submission, ProviderError> {
+        self.check_action(batch.kind, batch.action)
+            .map_err(|message| ProviderError::Rejected {
+                code: "Unsupported".into(),
+                message,
+            })?;
         let action = match batch.action {
             Action::Invalidate => "expire",
             Action::Delete => "delete",
@@ -273,10 +278,6 @@ impl Provider for ContentManagement {
                 let body = json!({"dirs": batch.targets, "dirAction": action});
                 self.purge(RECEIVER, &body, is_int_success).await
             }
-            PurgeKind::Regex if batch.action == Action::Delete => Err(ProviderError::Rejected {
-                code: "Unsupported".into(),
-                message: REGEX_ONLY_EXPIRES.into(),
-            }),
             PurgeKind::Regex => {
                 let body = json!({"urlRegulars": batch.targets});
                 self.purge(REGEX, &body, is_word_success).await

@@ -41,7 +41,7 @@ fn normalize(kind: PurgeKind, target: &str) -> String {
         PurgeKind::Url | PurgeKind::Prefix => url::Url::parse(target)
             .map(String::from)
             .unwrap_or_else(|_| target.to_owned()),
-        PurgeKind::Host => target.trim_end_matches('.').to_ascii_lowercase(),
+        PurgeKind::Host => crate::core::validate::normalize_host(target),
         _ => target.to_owned(),
     }
 }
