@@ -5,7 +5,7 @@ use super::ProviderError;
 
 /// Whether a failed request may have reached the provider.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Delivery {
+enum Delivery {
     /// No connection was made: nothing was sent, sending again is safe.
     NotSent,
     /// Sent, or possibly sent: a timeout, or the connection was lost while the request was
@@ -18,7 +18,7 @@ pub enum Delivery {
 /// Classifies a `send()` failure from reqwest's predicates. A connect failure (a connect
 /// timeout included: reqwest marks it both connect and timeout) never sent anything; any
 /// other failure after connecting may have delivered the request.
-pub fn delivery(e: &reqwest::Error) -> Delivery {
+fn delivery(e: &reqwest::Error) -> Delivery {
     if e.is_connect() {
         Delivery::NotSent
     } else if e.is_builder() || e.is_redirect() {

@@ -47,12 +47,7 @@ pub(super) struct Client {
 
 /// Why one attempt failed: an API error code (still to classify), or a classified error.
 enum Failure {
-    Api {
-        code: String,
-        message: String,
-        /// The server's clock, from the answer's `Date` header.
-        server_time: Option<i64>,
-    },
+    Api { code: String, message: String },
     Other(ProviderError),
 }
 
@@ -101,16 +96,11 @@ impl Client {
                         })?;
                     return Ok((parsed, request_id));
                 }
-                Err(Failure::Api {
-                    code,
-                    message,
-                    server_time,
-                }) if api::is_signature_expired(&code) && !resigned => {
+                Err(Failure::Api { code, message })
+                    if api::is_signature_expired(&code) && !resigned =>
+                {
+                    // The answer's `Date` already corrected the known clock difference.
                     resigned = true;
-                    if let Some(server) = server_time {
-                        self.skew_secs
-                            .store(server - Utc::now().timestamp(), Ordering::Relaxed);
-                    }
                     not_before = timestamp + 1;
                     tracing::warn!(
                         action,
@@ -119,7 +109,7 @@ impl Client {
                         "EdgeOne says the signature expired; signing again with a new timestamp"
                     );
                 }
-                Err(Failure::Api { code, message, .. }) => {
+                Err(Failure::Api { code, message }) => {
                     return Err(api::classify(&code, &message));
                 }
                 Err(Failure::Other(e)) => return Err(e),
@@ -194,8 +184,7 @@ impl Client {
             .await
             .map_err(|e| Failure::Other(send_error(action, e)))?;
         let status = response.status();
-        let server_time = server_time(response.headers());
-        if let Some(server) = server_time {
+        if let Some(server) = server_time(response.headers()) {
             self.observe_clock(server);
         }
         let text = response
@@ -238,7 +227,6 @@ impl Client {
             return Err(Failure::Api {
                 code: error.code,
                 message,
-                server_time,
             });
         }
         Ok((response, request_id))
