@@ -2,6 +2,24 @@
 //! reached the provider (resending is safe only when it cannot have).
 
 use super::ProviderError;
+use crate::config::ConfigError;
+
+/// A provider's configured `endpoint`, and the `Host` its requests are signed for
+/// (`host[:port]`).
+pub fn endpoint(product: &str, raw: &str) -> Result<(url::Url, String), ConfigError> {
+    let url = url::Url::parse(raw)
+        .map_err(|e| ConfigError::Invalid(format!("{product} endpoint {raw:?}: {e}")))?;
+    let host = match (url.host_str(), url.port()) {
+        (Some(h), Some(p)) => format!("{h}:{p}"),
+        (Some(h), None) => h.to_owned(),
+        (None, _) => {
+            return Err(ConfigError::Invalid(format!(
+                "{product} endpoint {raw:?} needs a host"
+            )));
+        }
+    };
+    Ok((url, host))
+}
 
 /// Whether a failed request may have reached the provider.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

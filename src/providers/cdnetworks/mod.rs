@@ -253,17 +253,7 @@ impl Api {
         timeout: Duration,
         http: reqwest::Client,
     ) -> Result<Api, ConfigError> {
-        let base = url::Url::parse(endpoint)
-            .map_err(|e| ConfigError::Invalid(format!("{product} endpoint {endpoint:?}: {e}")))?;
-        let host = match (base.host_str(), base.port()) {
-            (Some(h), Some(p)) => format!("{h}:{p}"),
-            (Some(h), None) => h.to_owned(),
-            (None, _) => {
-                return Err(ConfigError::Invalid(format!(
-                    "{product} endpoint {endpoint:?} needs a host"
-                )));
-            }
-        };
+        let (base, host) = super::http::endpoint(product, endpoint)?;
         Ok(Api {
             http,
             base,

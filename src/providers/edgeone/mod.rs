@@ -82,14 +82,7 @@ struct Inner {
 
 impl EdgeOne {
     pub fn new(settings: &EdgeOneSettings, http: reqwest::Client) -> Result<EdgeOne, ConfigError> {
-        let endpoint = url::Url::parse(&settings.endpoint).map_err(|e| {
-            ConfigError::Invalid(format!("edgeone endpoint {:?}: {e}", settings.endpoint))
-        })?;
-        let host = match (endpoint.host_str(), endpoint.port()) {
-            (Some(h), Some(p)) => format!("{h}:{p}"),
-            (Some(h), None) => h.to_owned(),
-            (None, _) => return Err(ConfigError::Invalid("edgeone endpoint needs a host".into())),
-        };
+        let (endpoint, host) = super::http::endpoint("edgeone", &settings.endpoint)?;
         if settings.zone_id.is_empty() {
             return Err(ConfigError::Invalid("edgeone zone_id is required".into()));
         }
