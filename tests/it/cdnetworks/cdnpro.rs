@@ -8,10 +8,15 @@ use tonic::Code;
 use super::{Scheme, create, service};
 use crate::fakes::cdnetworks::Fault;
 use crate::fakes::cdnetworks::cdnpro::{FakeCdnPro, PURGES, TOKENS};
-use crate::support::{eventually, reason, request, violations};
+use crate::support::{TestApp, eventually, reason, request, violations};
 
 /// Status polls at the test's pace; the documented 300 per 5 minutes still bounds the total.
 const FAST_POLLS: &str = "[providers.limits]\nstatus = [{ count = 20, per = \"1s\" }]\n";
+
+/// The service with CDN Pro at `fake`, polled at the test's pace.
+async fn cdnpro_service(fake: &FakeCdnPro, scheme: Scheme) -> (TestApp, tempfile::TempDir) {
+    service("cdnpro", &fake.endpoint(), scheme, None, "", FAST_POLLS, "").await
+}
 
 #[tokio::test]
 async fn cdnpro_every_kind_reaches_cdn_pro_as_documented() {
@@ -115,16 +120,7 @@ async fn cdnpro_every_kind_reaches_cdn_pro_as_documented() {
 #[tokio::test]
 async fn cdnpro_api_key_auth_and_a_partial_success_rate_fails_the_purge() {
     let fake = FakeCdnPro::start(Duration::from_millis(100)).await;
-    let (app, _dir) = service(
-        "cdnpro",
-        &fake.endpoint(),
-        Scheme::ApiKey,
-        None,
-        "",
-        FAST_POLLS,
-        "",
-    )
-    .await;
+    let (app, _dir) = cdnpro_service(&fake, Scheme::ApiKey).await;
     let done = create(
         &app,
         request(
@@ -197,16 +193,7 @@ async fn cdnpro_patterns_breaking_a_dialect_rule_are_refused_naming_the_rule() {
 async fn cdnpro_exhausted_tokens_fail_fast_and_a_token_error_fails_the_targets() {
     let fake = FakeCdnPro::start(Duration::from_millis(100)).await;
     fake.set_tokens(0, 1_000);
-    let (app, _dir) = service(
-        "cdnpro",
-        &fake.endpoint(),
-        Scheme::AkSk,
-        None,
-        "",
-        FAST_POLLS,
-        "",
-    )
-    .await;
+    let (app, _dir) = cdnpro_service(&fake, Scheme::AkSk).await;
     let err = eventually(Duration::from_secs(10), "CreatePurge fails fast", || {
         let mut c = app.client.clone();
         async move {
@@ -256,16 +243,7 @@ async fn cdnpro_server_errors_and_throttling_are_retried_and_a_wrong_key_is_not(
     // Keys CDN Pro accepted before (the token read at start): a 401 now is about that one
     // signature (a timestamp another replica used), so it is signed and sent again.
     fake.fault(PURGES, Fault::Code(401, "InvalidSignature"));
-    let (app, _dir) = service(
-        "cdnpro",
-        &fake.endpoint(),
-        Scheme::AkSk,
-        None,
-        "",
-        FAST_POLLS,
-        "",
-    )
-    .await;
+    let (app, _dir) = cdnpro_service(&fake, Scheme::AkSk).await;
     eventually(Duration::from_secs(10), "the token read succeeded", || {
         let read = fake
             .calls()
