@@ -13,26 +13,31 @@ use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
 use crate::api::PurgeApi;
-use crate::config::{Backend, Config, ConfigError};
+use crate::backend::BackendError;
+use crate::config::{Backend, Config, ConfigError, StoreConfig};
 use crate::core::PurgeCore;
 use crate::core::service::CoreSettings;
 use crate::core::validate::Limits;
 use crate::core::watch::WatchHub;
 use crate::limiter::Limiter;
 use crate::limiter::memory::MemoryLimiter;
+use crate::limiter::redis::RedisLimiter;
 use crate::pb::purge_service_server::PurgeServiceServer;
 use crate::providers::{Registry, build};
 use crate::queue::Queue;
 use crate::queue::memory::MemoryQueue;
+use crate::queue::redis::RedisQueue;
+use crate::redis_state;
+use crate::store::Store;
 use crate::store::memory::MemoryStore;
-use crate::store::{Store, StoreError};
+use crate::store::redis::RedisStore;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
     #[error(transparent)]
     Config(#[from] ConfigError),
     #[error("state backend error")]
-    Store(#[from] StoreError),
+    Store(#[from] BackendError),
     #[error("gRPC server error")]
     Serve(#[from] tonic::transport::Error),
     #[error("reflection setup failed")]
@@ -54,7 +59,10 @@ impl Backends {
                 let queue = MemoryQueue::default();
                 Ok(Backends {
                     store: Arc::new(MemoryStore::new(
-                        queue.clone(),
+                        Arc::new({
+                            let queue = queue.clone();
+                            move |work| queue.enqueue(work)
+                        }),
                         config.server.record_retention,
                     )),
                     queue: Arc::new(queue),
@@ -62,14 +70,26 @@ impl Backends {
                 })
             }
             Backend::Redis => {
-                let (store, queue, limiter) = crate::store::redis::connect(config)?;
+                let shared = redis_state::Shared::connect(&redis_options(&config.store))?;
                 Ok(Backends {
-                    store: Arc::new(store),
-                    queue: Arc::new(queue),
-                    limiter: Arc::new(limiter),
+                    store: Arc::new(RedisStore::new(
+                        shared.clone(),
+                        config.server.record_retention,
+                    )),
+                    queue: Arc::new(RedisQueue::new(shared.clone())),
+                    limiter: Arc::new(RedisLimiter::new(shared)),
                 })
             }
         }
+    }
+}
+
+fn redis_options(store: &StoreConfig) -> redis_state::RedisOptions {
+    redis_state::RedisOptions {
+        url: store.url.clone(),
+        cluster_urls: store.cluster_urls.clone(),
+        key_prefix: store.key_prefix.clone(),
+        timeout: store.timeout,
     }
 }
 
@@ -92,7 +112,7 @@ impl App {
     /// Builds on given backends (several replicas in one test share one Redis this way).
     pub fn with_backends(config: Config, backends: Backends) -> Result<App, AppError> {
         let http = build::http_client()?;
-        let registry = build::registry(&config, &http)?;
+        let registry = build::registry(&config.providers, &config.groups, &http)?;
         let hub = WatchHub::default();
         let callers = crate::core::Callers::from_config(&config.callers)?;
         let closing = CancellationToken::new();

@@ -10,21 +10,10 @@ use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 
 use crate::limiter::Rate;
-use crate::providers::sandbox::SandboxSettings;
-
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("cannot read config file {path}")]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("invalid config: {0}")]
-    Parse(#[from] toml::de::Error),
-    #[error("invalid config: {0}")]
-    Invalid(String),
-}
+pub use crate::providers::settings::{
+    GroupConfig, LimitsConfig, ProviderConfig, ProviderSettings, string_or_number,
+};
+pub use crate::settings::{ConfigError, SecretRef};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -64,7 +53,7 @@ fn default_providers() -> Vec<ProviderConfig> {
     vec![ProviderConfig {
         name: "sandbox".into(),
         limits: LimitsConfig::default(),
-        settings: ProviderSettings::Sandbox(SandboxSettings::default()),
+        settings: ProviderSettings::Sandbox(crate::providers::sandbox::SandboxSettings::default()),
     }]
 }
 
@@ -286,67 +275,6 @@ impl Default for TelemetryConfig {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct ProviderConfig {
-    /// What callers put in `CreatePurgeRequest.provider`.
-    pub name: String,
-    #[serde(default)]
-    pub limits: LimitsConfig,
-    #[serde(flatten)]
-    pub settings: ProviderSettings,
-}
-
-/// Overrides of a provider's documented limits.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct LimitsConfig {
-    pub submit: Option<Vec<Rate>>,
-    pub status: Option<Vec<Rate>>,
-    /// Per-call cap by kind name (`URL`, `PREFIX`, ...).
-    pub max_per_call: BTreeMap<String, usize>,
-    /// Names the account the call budgets (API rate limits) and documented daily quotas belong
-    /// to. Providers naming the same account (two EdgeOne zones under one SecretId, say) share
-    /// them; they must be of one type with the same `submit` and `status`. Quotas a provider
-    /// reports itself (EdgeOne's, per zone) stay with that provider. By default each provider
-    /// is its own account.
-    #[serde(default, deserialize_with = "string_or_number")]
-    pub account: Option<String>,
-}
-
-/// A string that may arrive as a number from an environment variable (`...__ACCOUNT=1300012345`).
-pub fn string_or_number<'de, D>(d: D) -> Result<Option<String>, D::Error>
-where
-    D: serde::Deserializer<'de>,
-{
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Raw {
-        S(String),
-        I(i64),
-    }
-    Ok(Option::<Raw>::deserialize(d)?.map(|r| match r {
-        Raw::S(s) => s,
-        Raw::I(i) => i.to_string(),
-    }))
-}
-
-/// The provider type and its own settings.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "lowercase")]
-pub enum ProviderSettings {
-    Sandbox(SandboxSettings),
-    Edgeone(crate::providers::edgeone::EdgeOneSettings),
-    Cdnpro(crate::providers::cdnetworks::CdnProSettings),
-    Cdnetworks(crate::providers::cdnetworks::ContentSettings),
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct GroupConfig {
-    pub name: String,
-    pub providers: Vec<String>,
-}
-
 /// A caller: its name, where its bearer token comes from, and what it may purge.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -364,40 +292,6 @@ pub struct CallerConfig {
 impl CallerConfig {
     pub fn resolve_token(&self, what: &str) -> Result<SecretString, ConfigError> {
         SecretRef::new(self.token_env.clone(), self.token_file.clone()).resolve(what)
-    }
-}
-
-/// Where a secret comes from: an environment variable or a file, never the config itself.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct SecretRef {
-    pub env: Option<String>,
-    pub file: Option<PathBuf>,
-}
-
-impl SecretRef {
-    pub fn new(env: Option<String>, file: Option<PathBuf>) -> SecretRef {
-        SecretRef { env, file }
-    }
-
-    /// Reads the secret; `what` names it in errors (never its value).
-    pub fn resolve(&self, what: &str) -> Result<SecretString, ConfigError> {
-        if let Some(var) = &self.env {
-            return std::env::var(var)
-                .map(|v| SecretString::from(v.trim().to_owned()))
-                .map_err(|_| {
-                    ConfigError::Invalid(format!("{what}: environment variable {var} is not set"))
-                });
-        }
-        if let Some(path) = &self.file {
-            return std::fs::read_to_string(path)
-                .map(|v| SecretString::from(v.trim().to_owned()))
-                .map_err(|e| {
-                    ConfigError::Invalid(format!("{what}: cannot read {}: {e}", path.display()))
-                });
-        }
-        Err(ConfigError::Invalid(format!(
-            "{what}: set {what}_env or {what}_file"
-        )))
     }
 }
 
@@ -459,7 +353,7 @@ impl Config {
                         p.name
                     ));
                 }
-                if crate::core::model::PurgeKind::parse(kind).is_none() {
+                if crate::model::PurgeKind::parse(kind).is_none() {
                     return invalid(format!(
                         "providers.{}.limits.max_per_call: unknown kind {kind:?}",
                         p.name

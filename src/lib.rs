@@ -3,12 +3,16 @@
 
 pub mod api;
 pub mod app;
+pub mod backend;
 pub mod config;
 pub mod core;
 pub mod dispatch;
 pub mod limiter;
+pub mod model;
 pub mod providers;
 pub mod queue;
+pub mod redis_state;
+pub mod settings;
 pub mod store;
 pub mod telemetry;
 

@@ -30,7 +30,8 @@ async fn main() -> anyhow::Result<()> {
     let config =
         Config::load(cli.config.as_deref(), std::env::vars()).context("loading configuration")?;
     if let Some(Command::CheckConfig) = cli.command {
-        purge_service::providers::build::check_secrets(&config).context("checking secrets")?;
+        purge_service::providers::build::check_secrets(&config.providers)
+            .context("checking secrets")?;
         purge_service::core::Callers::from_config(&config.callers)
             .context("checking caller tokens")?;
         print!("{}", config.to_toml());

@@ -3,7 +3,7 @@
 use chrono::{DateTime, Utc};
 
 use crate::core::CreateRequest;
-use crate::core::model::{Action, PurgeKind, PurgeRecord, PurgeState, TaskState};
+use crate::model::{Action, PurgeKind, PurgeRecord, PurgeState, TaskState};
 use crate::pb;
 
 pub fn create_request(m: pb::CreatePurgeRequest, metadata_key: Option<String>) -> CreateRequest {

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use sha2::{Digest, Sha256};
 
 use super::error::Error;
-use super::model::{PurgeKind, PurgeRecord, PurgeSpec};
 use crate::config::{CallerConfig, ConfigError};
+use crate::model::{PurgeKind, PurgeRecord, PurgeSpec};
 
 /// What one configured caller may do.
 #[derive(Debug)]
@@ -99,7 +99,7 @@ impl Caller {
 }
 
 fn host_allowed(allowed: &[String], host: &str) -> bool {
-    let host = super::validate::normalize_host(host);
+    let host = crate::model::normalize_host(host);
     // `.example.com` and `*.example.com` both mean "any host below example.com".
     allowed.iter().any(
         |a| match a.strip_prefix("*.").or_else(|| a.strip_prefix('.')) {

@@ -2,9 +2,9 @@
 
 use std::time::Duration;
 
-use crate::core::model::PurgeKind;
+use crate::backend::BackendError;
 use crate::limiter::Rate;
-use crate::store::StoreError;
+use crate::model::PurgeKind;
 
 /// One bad field: `field` is a path such as `targets[3]`, `description` says what is wrong
 /// and quotes the offending value.
@@ -50,13 +50,13 @@ pub enum Error {
     #[error("permission denied: {0}")]
     PermissionDenied(String),
     #[error("the state backend is unavailable")]
-    Unavailable(#[source] StoreError),
+    Unavailable(#[source] BackendError),
     #[error("the server is shutting down")]
     ShuttingDown,
     #[error("no answer within the server's deadline of {0:?}")]
     DeadlineExceeded(Duration),
     #[error("internal error")]
-    Internal(#[source] StoreError),
+    Internal(#[source] BackendError),
 }
 
 /// The first few violations; the details list more.
@@ -74,11 +74,11 @@ fn summary(v: &[FieldViolation]) -> String {
     s
 }
 
-impl From<StoreError> for Error {
-    fn from(e: StoreError) -> Error {
+impl From<BackendError> for Error {
+    fn from(e: BackendError) -> Error {
         match e {
-            StoreError::Unavailable(_) => Error::Unavailable(e),
-            StoreError::Corrupt(_) => Error::Internal(e),
+            BackendError::Unavailable(_) => Error::Unavailable(e),
+            BackendError::Corrupt(_) => Error::Internal(e),
         }
     }
 }

@@ -2,7 +2,6 @@
 
 pub mod auth;
 pub mod error;
-pub mod model;
 pub mod service;
 pub mod validate;
 pub mod watch;

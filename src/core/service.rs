@@ -9,11 +9,11 @@ use tracing::Instrument;
 
 use super::auth::{Caller, Callers};
 use super::error::{Error, FieldViolation};
-use super::model::{PurgeRecord, PurgeSpec};
 use super::validate::{CreateRequest, Limits, validate};
 use super::watch::WatchHub;
-use crate::core::model::WorkItem;
 use crate::limiter::{Charge, Decision, Limit, Limiter, Rate};
+use crate::model::WorkItem;
+use crate::model::{PurgeRecord, PurgeSpec};
 use crate::providers::Registry;
 use crate::store::{CreateOutcome, IdempotencyClaim, Store};
 

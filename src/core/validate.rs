@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, HashSet};
 
 use super::error::{Error, FieldViolation};
-use super::model::{Action, PurgeKind, PurgeSpec};
+use crate::model::{Action, PurgeKind, PurgeSpec, normalize_host};
 use crate::providers::Registry;
 
 /// A CreatePurge request as the caller sent it, before validation.
@@ -431,11 +431,6 @@ fn check_url(t: &str, wildcard: bool) -> Result<(), String> {
         return Err("`*` is a wildcard only in the path".into());
     }
     Ok(())
-}
-
-/// The one spelling of a host name: lowercase, without the root's trailing dot.
-pub fn normalize_host(h: &str) -> String {
-    h.trim_end_matches('.').to_ascii_lowercase()
 }
 
 /// A DNS host name: labels of letters, digits and hyphens, at most 253 characters.

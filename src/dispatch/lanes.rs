@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use crate::core::model::{Action, PurgeKind, PurgeSpec};
+use crate::model::{Action, PurgeKind, PurgeSpec};
 use crate::providers::Batch;
 
 /// What must be equal for targets to share a provider call (the provider is implied).

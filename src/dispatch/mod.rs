@@ -15,8 +15,8 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::DispatchConfig;
-use crate::core::model::{PurgeKind, PurgeRecord, TaskState, UnitStatus};
 use crate::limiter::{Charge, Decision, Limit, Limiter};
+use crate::model::{PurgeKind, PurgeRecord, TaskState, UnitStatus};
 use crate::providers::{
     CallBudget, ProviderError, ProviderHandle, Registry, TaskProgress, TaskQuery,
 };

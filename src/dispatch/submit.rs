@@ -11,8 +11,8 @@ use tracing::Instrument;
 
 use super::lanes::{LaneKey, Taken};
 use super::{Budget, InFlight, Since, Worker};
-use crate::core::model::{PurgeRecord, TaskRecord, TaskState, UnitStatus};
 use crate::limiter::Decision;
+use crate::model::{PurgeRecord, TaskRecord, TaskState, UnitStatus};
 use crate::providers::{Batch, ProviderError, Submission, TaskQuery};
 
 impl Worker {
@@ -72,7 +72,7 @@ impl Worker {
 
     /// Charges as many of `n` targets of `kind` as the documented daily quotas still hold
     /// (all of them when the limiter cannot be asked) and says how many.
-    async fn charge_daily(&self, kind: crate::core::model::PurgeKind, n: usize) -> usize {
+    async fn charge_daily(&self, kind: crate::model::PurgeKind, n: usize) -> usize {
         let mut charges = self.daily_charges(kind, n);
         if charges.is_empty() {
             return n;
@@ -101,7 +101,7 @@ impl Worker {
     /// A server error or an unreadable acceptance may have been counted: kept.
     async fn refund_daily(
         &self,
-        kind: crate::core::model::PurgeKind,
+        kind: crate::model::PurgeKind,
         part: &Taken,
         e: &ProviderError,
         maybe_sent: bool,

@@ -7,7 +7,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use super::{Charge, Decision, Limiter, RuleState, evaluate, now_ms, refunded};
-use crate::store::StoreError;
+use crate::backend::BackendError;
 
 #[derive(Clone, Default)]
 pub struct MemoryLimiter {
@@ -43,11 +43,11 @@ impl MemoryLimiter {
 
 #[async_trait]
 impl Limiter for MemoryLimiter {
-    async fn acquire(&self, charges: &[Charge]) -> Result<Decision, StoreError> {
+    async fn acquire(&self, charges: &[Charge]) -> Result<Decision, BackendError> {
         Ok(self.acquire_at(charges, now_ms()))
     }
 
-    async fn refund(&self, charges: &[Charge]) -> Result<(), StoreError> {
+    async fn refund(&self, charges: &[Charge]) -> Result<(), BackendError> {
         let now = now_ms();
         let mut rules = self.rules.lock().expect("limiter lock");
         for c in charges {

@@ -9,7 +9,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
-use crate::store::StoreError;
+use crate::backend::BackendError;
 
 /// `count` events per `per`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -77,11 +77,11 @@ pub enum Decision {
 #[async_trait]
 pub trait Limiter: Send + Sync + 'static {
     /// Charges every rule or none of them.
-    async fn acquire(&self, charges: &[Charge]) -> Result<Decision, StoreError>;
+    async fn acquire(&self, charges: &[Charge]) -> Result<Decision, BackendError>;
 
     /// Gives back daily units charged today for work the provider never counted (a refused
     /// call); other rules are left as they are, a call made stays made.
-    async fn refund(&self, charges: &[Charge]) -> Result<(), StoreError>;
+    async fn refund(&self, charges: &[Charge]) -> Result<(), BackendError>;
 }
 
 /// A daily rule's state after `cost` units are given back at `now_ms`: only units of the

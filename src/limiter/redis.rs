@@ -9,8 +9,8 @@ use ::redis::Script;
 use async_trait::async_trait;
 
 use super::{Charge, Decision, Limit, Limiter, gcra_interval_ms};
-use crate::store::StoreError;
-use crate::store::redis_shared::Shared;
+use crate::backend::BackendError;
+use crate::redis_state::Shared;
 
 /// KEYS: one per charge. ARGV: four per charge: kind, a, b, cost, where kind `g` (GCRA: a =
 /// emission interval ms, b = tolerance ms), `w` (window: a = count, b = window ms) or `d`
@@ -148,7 +148,7 @@ fn rule_args(limit: &Limit) -> (&'static str, i64, i64) {
 
 #[async_trait]
 impl Limiter for RedisLimiter {
-    async fn acquire(&self, charges: &[Charge]) -> Result<Decision, StoreError> {
+    async fn acquire(&self, charges: &[Charge]) -> Result<Decision, BackendError> {
         if charges.is_empty() {
             return Ok(Decision::Granted);
         }
@@ -173,7 +173,7 @@ impl Limiter for RedisLimiter {
         })
     }
 
-    async fn refund(&self, charges: &[Charge]) -> Result<(), StoreError> {
+    async fn refund(&self, charges: &[Charge]) -> Result<(), BackendError> {
         let mut call = REFUND.prepare_invoke();
         let mut any = false;
         for c in charges {

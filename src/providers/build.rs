@@ -3,9 +3,10 @@
 use std::sync::Arc;
 
 use super::sandbox::Sandbox;
+use super::settings::{GroupConfig, ProviderConfig, ProviderSettings};
 use super::{Provider, ProviderHandle, Registry};
-use crate::config::{Config, ConfigError, ProviderConfig, ProviderSettings};
-use crate::core::model::PurgeKind;
+use crate::model::PurgeKind;
+use crate::settings::ConfigError;
 
 /// One shared HTTP client for every provider: connection pools and TLS set up once.
 pub fn http_client() -> Result<reqwest::Client, ConfigError> {
@@ -18,9 +19,13 @@ pub fn http_client() -> Result<reqwest::Client, ConfigError> {
         .map_err(|e| ConfigError::Invalid(format!("cannot build the HTTP client: {e}")))
 }
 
-pub fn registry(config: &Config, http: &reqwest::Client) -> Result<Registry, ConfigError> {
+pub fn registry(
+    providers: &[ProviderConfig],
+    groups: &[GroupConfig],
+    http: &reqwest::Client,
+) -> Result<Registry, ConfigError> {
     let mut registry = Registry::default();
-    for pc in &config.providers {
+    for pc in providers {
         let client: Arc<dyn Provider> = match &pc.settings {
             ProviderSettings::Sandbox(s) => {
                 let sandbox = Sandbox::new(s.clone()).map_err(|e| {
@@ -41,7 +46,7 @@ pub fn registry(config: &Config, http: &reqwest::Client) -> Result<Registry, Con
         };
         registry.insert(handle(pc, client));
     }
-    for g in &config.groups {
+    for g in groups {
         registry.insert_group(g.name.clone(), g.providers.clone());
     }
     Ok(registry)
@@ -69,7 +74,7 @@ fn handle(pc: &ProviderConfig, client: Arc<dyn Provider>) -> ProviderHandle {
 }
 
 /// Resolves every provider's secrets once, so `check-config` reports a missing one.
-pub fn check_secrets(config: &Config) -> Result<(), ConfigError> {
+pub fn check_secrets(providers: &[ProviderConfig]) -> Result<(), ConfigError> {
     let http = http_client()?;
-    registry(config, &http).map(|_| ())
+    registry(providers, &[], &http).map(|_| ())
 }

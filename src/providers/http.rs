@@ -2,7 +2,7 @@
 //! reached the provider (resending is safe only when it cannot have).
 
 use super::ProviderError;
-use crate::config::ConfigError;
+use crate::settings::ConfigError;
 
 /// A provider's configured `endpoint`, and the `Host` its requests are signed for
 /// (`host[:port]`).

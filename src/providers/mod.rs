@@ -5,6 +5,7 @@ pub mod cdnetworks;
 pub mod edgeone;
 pub mod http;
 pub mod sandbox;
+pub mod settings;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -13,8 +14,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-use crate::core::model::{Action, PurgeKind};
 use crate::limiter::Rate;
+use crate::model::{Action, PurgeKind};
 
 /// What a provider can do and what it allows, before configuration overrides.
 #[derive(Clone, Debug, PartialEq)]

@@ -11,8 +11,8 @@ use serde::{Deserialize, Serialize};
 use super::{
     Batch, CallBudget, Capabilities, Provider, ProviderError, Submission, TaskProgress, TaskQuery,
 };
-use crate::core::model::PurgeKind;
 use crate::limiter::Rate;
+use crate::model::PurgeKind;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

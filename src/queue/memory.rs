@@ -8,8 +8,8 @@ use async_trait::async_trait;
 use tokio::sync::Notify;
 
 use super::{Delivery, Queue};
-use crate::core::model::WorkItem;
-use crate::store::StoreError;
+use crate::backend::BackendError;
+use crate::model::WorkItem;
 
 #[derive(Clone, Default)]
 pub struct MemoryQueue {
@@ -81,7 +81,7 @@ impl Queue for MemoryQueue {
         consumer: &str,
         max: usize,
         wait: Duration,
-    ) -> Result<Vec<Delivery>, StoreError> {
+    ) -> Result<Vec<Delivery>, BackendError> {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             // Registered before looking, so an enqueue in between is not missed.
@@ -104,7 +104,7 @@ impl Queue for MemoryQueue {
         consumer: &str,
         min_idle: Duration,
         max: usize,
-    ) -> Result<Vec<Delivery>, StoreError> {
+    ) -> Result<Vec<Delivery>, BackendError> {
         let mut lanes = self.inner.lanes.lock().expect("queue lock");
         let Some(lane) = lanes.get_mut(provider) else {
             return Ok(Vec::new());
@@ -133,7 +133,7 @@ impl Queue for MemoryQueue {
         provider: &str,
         consumer: &str,
         ids: &[String],
-    ) -> Result<(), StoreError> {
+    ) -> Result<(), BackendError> {
         let mut lanes = self.inner.lanes.lock().expect("queue lock");
         if let Some(lane) = lanes.get_mut(provider) {
             let now = Instant::now();
@@ -146,7 +146,7 @@ impl Queue for MemoryQueue {
         Ok(())
     }
 
-    async fn ack(&self, provider: &str, ids: &[String]) -> Result<(), StoreError> {
+    async fn ack(&self, provider: &str, ids: &[String]) -> Result<(), BackendError> {
         let mut lanes = self.inner.lanes.lock().expect("queue lock");
         if let Some(lane) = lanes.get_mut(provider) {
             for id in ids {

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use crate::core::model::WorkItem;
-use crate::store::StoreError;
+use crate::backend::BackendError;
+use crate::model::WorkItem;
 
 /// A claimed work item; `id` is what `ack` and `keep_alive` take.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -27,7 +27,7 @@ pub trait Queue: Send + Sync + 'static {
         consumer: &str,
         max: usize,
         wait: Duration,
-    ) -> Result<Vec<Delivery>, StoreError>;
+    ) -> Result<Vec<Delivery>, BackendError>;
 
     /// Work no consumer (this one included) has touched for `min_idle`: a dead replica's, or
     /// work this one let go of.
@@ -37,7 +37,7 @@ pub trait Queue: Send + Sync + 'static {
         consumer: &str,
         min_idle: Duration,
         max: usize,
-    ) -> Result<Vec<Delivery>, StoreError>;
+    ) -> Result<Vec<Delivery>, BackendError>;
 
     /// Marks held deliveries as still being worked on, so they are not reclaimed.
     async fn keep_alive(
@@ -45,7 +45,7 @@ pub trait Queue: Send + Sync + 'static {
         provider: &str,
         consumer: &str,
         ids: &[String],
-    ) -> Result<(), StoreError>;
+    ) -> Result<(), BackendError>;
 
-    async fn ack(&self, provider: &str, ids: &[String]) -> Result<(), StoreError>;
+    async fn ack(&self, provider: &str, ids: &[String]) -> Result<(), BackendError>;
 }

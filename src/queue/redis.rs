@@ -14,9 +14,9 @@ use async_trait::async_trait;
 use futures::future::join_all;
 
 use super::{Delivery, Queue};
-use crate::core::model::WorkItem;
-use crate::store::StoreError;
-use crate::store::redis_shared::{ALL_SHARDS, SHARDS, Shared};
+use crate::backend::BackendError;
+use crate::model::WorkItem;
+use crate::redis_state::{ALL_SHARDS, SHARDS, Shared};
 
 const GROUP: &str = "dispatch";
 
@@ -84,12 +84,12 @@ fn shards(mask: u32) -> impl Iterator<Item = u8> {
     (0..SHARDS).filter(move |s| mask & (1 << s) != 0)
 }
 
-fn is_no_group(e: &StoreError) -> bool {
+fn is_no_group(e: &BackendError) -> bool {
     match e {
-        StoreError::Unavailable(source) => source
+        BackendError::Unavailable(source) => source
             .downcast_ref::<RedisError>()
             .is_some_and(|r| r.code() == Some("NOGROUP")),
-        StoreError::Corrupt(_) => false,
+        BackendError::Corrupt(_) => false,
     }
 }
 
@@ -100,7 +100,7 @@ impl RedisQueue {
     async fn each_shard(
         &self,
         ops: impl Iterator<Item = impl Future<Output = Result<(u8, Vec<StreamId>), RedisError>>>,
-    ) -> Result<Vec<(u8, Vec<StreamId>)>, StoreError> {
+    ) -> Result<Vec<(u8, Vec<StreamId>)>, BackendError> {
         let answers = join_all(ops.map(|op| self.shared.bounded(op))).await;
         let mut results = Vec::with_capacity(answers.len());
         let mut failure = None;
@@ -133,7 +133,7 @@ impl RedisQueue {
 
     /// Creates the consumer group of every shard stream of `provider` (at the stream's
     /// start, so work enqueued before the first replica came is seen).
-    async fn ensure_groups(&self, provider: &str) -> Result<(), StoreError> {
+    async fn ensure_groups(&self, provider: &str) -> Result<(), BackendError> {
         if self.ready.lock().expect("ready lock").contains(provider) {
             return Ok(());
         }
@@ -178,7 +178,7 @@ impl RedisQueue {
         consumer: &str,
         mask: u32,
         per_shard: usize,
-    ) -> Result<Vec<Delivery>, StoreError> {
+    ) -> Result<Vec<Delivery>, BackendError> {
         let conn = self.shared.conn().await?;
         let reads = shards(mask).map(|shard| {
             let key = self.shared.keys.stream(shard, provider);
@@ -220,7 +220,7 @@ impl RedisQueue {
         consumer: &str,
         mask: u32,
         per_shard: usize,
-    ) -> Result<Vec<Delivery>, StoreError> {
+    ) -> Result<Vec<Delivery>, BackendError> {
         match self.read(provider, consumer, mask, per_shard).await {
             Err(e) if is_no_group(&e) => {
                 tracing::warn!(provider, "work streams were lost; recreating them");
@@ -252,7 +252,7 @@ impl Queue for RedisQueue {
         consumer: &str,
         max: usize,
         wait: Duration,
-    ) -> Result<Vec<Delivery>, StoreError> {
+    ) -> Result<Vec<Delivery>, BackendError> {
         self.ensure_groups(provider).await?;
         let per_shard = max.div_ceil(SHARDS as usize).max(1);
         let deadline = tokio::time::Instant::now() + wait;
@@ -285,7 +285,7 @@ impl Queue for RedisQueue {
         consumer: &str,
         min_idle: Duration,
         max: usize,
-    ) -> Result<Vec<Delivery>, StoreError> {
+    ) -> Result<Vec<Delivery>, BackendError> {
         self.ensure_groups(provider).await?;
         let per_shard = max.div_ceil(SHARDS as usize).max(1);
         let conn = self.shared.conn().await?;
@@ -365,7 +365,7 @@ impl Queue for RedisQueue {
         provider: &str,
         consumer: &str,
         ids: &[String],
-    ) -> Result<(), StoreError> {
+    ) -> Result<(), BackendError> {
         let conn = self.shared.conn().await?;
         let calls = by_shard(ids).into_iter().map(|(shard, entries)| {
             let mut call = KEEP_ALIVE.prepare_invoke();
@@ -382,7 +382,7 @@ impl Queue for RedisQueue {
             .map(|_: Vec<i64>| ())
     }
 
-    async fn ack(&self, provider: &str, ids: &[String]) -> Result<(), StoreError> {
+    async fn ack(&self, provider: &str, ids: &[String]) -> Result<(), BackendError> {
         let conn = self.shared.conn().await?;
         let calls = by_shard(ids).into_iter().map(|(shard, entries)| {
             let mut call = ACK.prepare_invoke();

@@ -7,9 +7,9 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use tokio::sync::broadcast;
 
-use super::{Change, CreateOutcome, IdempotencyClaim, Store, StoreError, apply_change};
-use crate::core::model::{PurgeRecord, WorkItem};
-use crate::queue::memory::MemoryQueue;
+use super::{Change, CreateOutcome, IdempotencyClaim, Store, apply_change};
+use crate::backend::BackendError;
+use crate::model::{PurgeRecord, WorkItem};
 
 #[derive(Clone)]
 pub struct MemoryStore {
@@ -18,7 +18,7 @@ pub struct MemoryStore {
 
 struct Inner {
     state: Mutex<State>,
-    queue: MemoryQueue,
+    enqueue: Enqueue,
     events: broadcast::Sender<String>,
     retention: Duration,
 }
@@ -74,6 +74,9 @@ impl State {
     }
 }
 
+/// Where created work goes, under the store's lock so create stays atomic.
+pub type Enqueue = Arc<dyn Fn(Vec<WorkItem>) + Send + Sync>;
+
 struct KeyEntry {
     fingerprint: String,
     purge_id: String,
@@ -81,13 +84,14 @@ struct KeyEntry {
 }
 
 impl MemoryStore {
-    /// A store that enqueues created work on `queue` and keeps finished purges `retention`.
-    pub fn new(queue: MemoryQueue, retention: Duration) -> MemoryStore {
+    /// A store that hands created work to `enqueue` (the memory queue, wired by the app) and
+    /// keeps finished purges `retention`.
+    pub fn new(enqueue: Enqueue, retention: Duration) -> MemoryStore {
         let (events, _) = broadcast::channel(4096);
         MemoryStore {
             inner: Arc::new(Inner {
                 state: Mutex::new(State::default()),
-                queue,
+                enqueue,
                 events,
                 retention,
             }),
@@ -107,7 +111,7 @@ impl Store for MemoryStore {
         record: PurgeRecord,
         idempotency: Option<IdempotencyClaim>,
         work: Vec<WorkItem>,
-    ) -> Result<CreateOutcome, StoreError> {
+    ) -> Result<CreateOutcome, BackendError> {
         let mut state = self.inner.state.lock().expect("store lock");
         let now = Instant::now();
         if let Some(claim) = &idempotency {
@@ -130,16 +134,19 @@ impl Store for MemoryStore {
         state.created.push_back((now, record.id.clone()));
         state.purges.insert(record.id.clone(), record.clone());
         drop(state);
-        self.inner.queue.enqueue(work);
+        (self.inner.enqueue)(work);
         Ok(CreateOutcome::Created(record))
     }
 
-    async fn replay(&self, claim: &IdempotencyClaim) -> Result<Option<CreateOutcome>, StoreError> {
+    async fn replay(
+        &self,
+        claim: &IdempotencyClaim,
+    ) -> Result<Option<CreateOutcome>, BackendError> {
         let state = self.inner.state.lock().expect("store lock");
         Ok(state.replay(claim, Instant::now()))
     }
 
-    async fn get(&self, id: &str) -> Result<Option<PurgeRecord>, StoreError> {
+    async fn get(&self, id: &str) -> Result<Option<PurgeRecord>, BackendError> {
         let state = self.inner.state.lock().expect("store lock");
         Ok(state.purges.get(id).cloned())
     }
@@ -148,7 +155,7 @@ impl Store for MemoryStore {
         &self,
         id: &str,
         change: Change<'_>,
-    ) -> Result<Option<PurgeRecord>, StoreError> {
+    ) -> Result<Option<PurgeRecord>, BackendError> {
         let mut state = self.inner.state.lock().expect("store lock");
         let Some(record) = state.purges.get_mut(id) else {
             return Ok(None);
@@ -166,7 +173,7 @@ impl Store for MemoryStore {
         self.inner.events.subscribe()
     }
 
-    async fn ping(&self) -> Result<(), StoreError> {
+    async fn ping(&self) -> Result<(), BackendError> {
         Ok(())
     }
 }
@@ -174,7 +181,7 @@ impl Store for MemoryStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::model::{Action, PurgeKind, PurgeSpec};
+    use crate::model::{Action, PurgeKind, PurgeSpec};
 
     fn record() -> PurgeRecord {
         let spec = PurgeSpec {
@@ -202,7 +209,7 @@ mod tests {
 
     #[tokio::test]
     async fn idempotency_keys_are_forgotten_after_their_retention() {
-        let store = MemoryStore::new(MemoryQueue::default(), Duration::from_secs(3600));
+        let store = MemoryStore::new(Arc::new(|_| {}), Duration::from_secs(3600));
         let kept = claim("kept", Duration::from_secs(3600));
         for i in 0..100 {
             let short = claim(&format!("short-{i}"), Duration::ZERO);

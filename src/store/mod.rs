@@ -3,29 +3,14 @@
 
 pub mod memory;
 pub mod redis;
-pub mod redis_shared;
 
 use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio::sync::broadcast;
 
-use crate::core::model::{PurgeRecord, WorkItem};
-
-/// Why the shared state could not be read or written.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("state backend unavailable")]
-    Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
-    #[error("stored data is corrupt: {0}")]
-    Corrupt(String),
-}
-
-impl StoreError {
-    pub fn is_retryable(&self) -> bool {
-        matches!(self, StoreError::Unavailable(_))
-    }
-}
+use crate::backend::BackendError;
+use crate::model::{PurgeRecord, WorkItem};
 
 /// "Caller `scope` used this key for a request with this fingerprint."
 #[derive(Clone, Debug)]
@@ -57,24 +42,28 @@ pub trait Store: Send + Sync + 'static {
         record: PurgeRecord,
         idempotency: Option<IdempotencyClaim>,
         work: Vec<WorkItem>,
-    ) -> Result<CreateOutcome, StoreError>;
+    ) -> Result<CreateOutcome, BackendError>;
 
     /// What `create` would answer for a request already made under `claim`'s key: `Existing`
     /// or `Conflict`, or `None` when the key is unused. Creates nothing.
-    async fn replay(&self, claim: &IdempotencyClaim) -> Result<Option<CreateOutcome>, StoreError>;
+    async fn replay(&self, claim: &IdempotencyClaim)
+    -> Result<Option<CreateOutcome>, BackendError>;
 
-    async fn get(&self, id: &str) -> Result<Option<PurgeRecord>, StoreError>;
+    async fn get(&self, id: &str) -> Result<Option<PurgeRecord>, BackendError>;
 
     /// Applies `change` atomically, bumps the version and wakes watchers. `None`: no such purge.
-    async fn update(&self, id: &str, change: Change<'_>)
-    -> Result<Option<PurgeRecord>, StoreError>;
+    async fn update(
+        &self,
+        id: &str,
+        change: Change<'_>,
+    ) -> Result<Option<PurgeRecord>, BackendError>;
 
     /// Wake-ups carrying the id of a purge that changed. A wake-up may be lost or lag: watchers
     /// re-read the record, so nothing is lost with it.
     fn events(&self) -> broadcast::Receiver<String>;
 
     /// Whether the backend answers, for health.
-    async fn ping(&self) -> Result<(), StoreError>;
+    async fn ping(&self) -> Result<(), BackendError>;
 }
 
 /// Bumps version and update time of a record that `change` changed.

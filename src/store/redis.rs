@@ -9,12 +9,10 @@ use ::redis::Script;
 use async_trait::async_trait;
 use tokio::sync::broadcast;
 
-use super::redis_shared::{Shared, pin_id, shard_of_id, shard_of_scope};
-use super::{Change, CreateOutcome, IdempotencyClaim, Store, StoreError, apply_change};
-use crate::config::Config;
-use crate::core::model::{PurgeRecord, WorkItem};
-use crate::limiter::redis::RedisLimiter;
-use crate::queue::redis::RedisQueue;
+use super::{Change, CreateOutcome, IdempotencyClaim, Store, apply_change};
+use crate::backend::BackendError;
+use crate::model::{PurgeRecord, WorkItem};
+use crate::redis_state::{Shared, pin_id, shard_of_id, shard_of_scope};
 
 /// KEYS: record, idempotency key (or the record again), provider streams.
 /// ARGV: record json, version, record ttl ms, fingerprint ('' = none), key ttl ms, purge id,
@@ -71,25 +69,19 @@ pub struct RedisStore {
 }
 
 /// The Redis store, queue and limiter of one replica, over one connection.
-pub fn connect(config: &Config) -> Result<(RedisStore, RedisQueue, RedisLimiter), StoreError> {
-    let shared = Shared::connect(&config.store)?;
-    let store = RedisStore {
-        shared: shared.clone(),
-        record_ttl: config.server.record_retention,
-    };
-    Ok((
-        store,
-        RedisQueue::new(shared.clone()),
-        RedisLimiter::new(shared),
-    ))
+impl RedisStore {
+    /// A store on `shared` that keeps finished purges `record_ttl` after their last change.
+    pub fn new(shared: Arc<Shared>, record_ttl: Duration) -> RedisStore {
+        RedisStore { shared, record_ttl }
+    }
 }
 
 fn ms(d: Duration) -> u64 {
     (d.as_millis() as u64).max(1)
 }
 
-fn decode(json: &str) -> Result<PurgeRecord, StoreError> {
-    serde_json::from_str(json).map_err(|e| StoreError::Corrupt(format!("purge record: {e}")))
+fn decode(json: &str) -> Result<PurgeRecord, BackendError> {
+    serde_json::from_str(json).map_err(|e| BackendError::Corrupt(format!("purge record: {e}")))
 }
 
 fn encode(record: &PurgeRecord) -> String {
@@ -103,7 +95,7 @@ impl Store for RedisStore {
         mut record: PurgeRecord,
         idempotency: Option<IdempotencyClaim>,
         work: Vec<WorkItem>,
-    ) -> Result<CreateOutcome, StoreError> {
+    ) -> Result<CreateOutcome, BackendError> {
         let keys = &self.shared.keys;
         let shard = match &idempotency {
             // A retried request must find the key: the scope decides the shard, and the id
@@ -148,13 +140,16 @@ impl Store for RedisStore {
             "conflict" => Ok(CreateOutcome::Conflict {
                 existing_id: detail,
             }),
-            other => Err(StoreError::Corrupt(format!(
+            other => Err(BackendError::Corrupt(format!(
                 "create script answered {other:?}"
             ))),
         }
     }
 
-    async fn replay(&self, claim: &IdempotencyClaim) -> Result<Option<CreateOutcome>, StoreError> {
+    async fn replay(
+        &self,
+        claim: &IdempotencyClaim,
+    ) -> Result<Option<CreateOutcome>, BackendError> {
         let key = self.shared.keys.idempotency(&claim.scope);
         let (fingerprint, id): (Option<String>, Option<String>) = self
             .shared
@@ -176,7 +171,7 @@ impl Store for RedisStore {
         Ok(self.get(&id).await?.map(CreateOutcome::Existing))
     }
 
-    async fn get(&self, id: &str) -> Result<Option<PurgeRecord>, StoreError> {
+    async fn get(&self, id: &str) -> Result<Option<PurgeRecord>, BackendError> {
         let key = self.shared.keys.record(id);
         let json: Option<String> = self
             .shared
@@ -195,7 +190,7 @@ impl Store for RedisStore {
         &self,
         id: &str,
         change: Change<'_>,
-    ) -> Result<Option<PurgeRecord>, StoreError> {
+    ) -> Result<Option<PurgeRecord>, BackendError> {
         let key = self.shared.keys.record(id);
         for _ in 0..MAX_CONFLICTS {
             let Some(mut record) = self.get(id).await? else {
@@ -223,7 +218,7 @@ impl Store for RedisStore {
                 _ => tokio::task::yield_now().await,
             }
         }
-        Err(StoreError::Unavailable(
+        Err(BackendError::Unavailable(
             format!("purge {id} kept changing under {MAX_CONFLICTS} attempts to update it").into(),
         ))
     }
@@ -232,14 +227,14 @@ impl Store for RedisStore {
         self.shared.events.subscribe()
     }
 
-    async fn ping(&self) -> Result<(), StoreError> {
+    async fn ping(&self) -> Result<(), BackendError> {
         let pong: String = self
             .shared
             .with(|mut c| async move { ::redis::cmd("PING").query_async(&mut c).await })
             .await?;
         match pong.as_str() {
             "PONG" => Ok(()),
-            other => Err(StoreError::Corrupt(format!("PING answered {other:?}"))),
+            other => Err(BackendError::Corrupt(format!("PING answered {other:?}"))),
         }
     }
 }

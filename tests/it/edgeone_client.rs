@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use chrono::Utc;
-use purge_service::core::model::{Action, PurgeKind};
+use purge_service::model::{Action, PurgeKind};
 use purge_service::providers::edgeone::{EdgeOne, EdgeOneSettings};
 use purge_service::providers::{
     Batch, Provider, ProviderError, TaskProgress, TaskQuery, Unmetered,

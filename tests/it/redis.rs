@@ -333,14 +333,14 @@ async fn redis_retries_are_answered_over_the_rate() {
 /// hide the idle work of a dead one behind it.
 #[tokio::test]
 async fn redis_reclaim_reaches_idle_work_behind_live_work() {
-    use purge_service::core::model::{Action, PurgeKind, PurgeRecord, PurgeSpec, WorkItem};
-    use purge_service::queue::Queue;
-    use purge_service::store::Store;
+    use purge_service::model::{Action, PurgeKind, PurgeRecord, PurgeSpec, WorkItem};
 
     let server = RedisServer::start();
     let target = RedisTarget::node(&server);
-    let (store, queue, _) =
-        purge_service::store::redis::connect(&target.config(&sandbox("acct", ""))).unwrap();
+    let backends = purge_service::app::Backends::build(&target.config(&sandbox("acct", "")))
+        .await
+        .unwrap();
+    let (store, queue) = (backends.store, backends.queue);
     let spec = PurgeSpec {
         provider: "sandbox".into(),
         providers: vec!["sandbox".into()],

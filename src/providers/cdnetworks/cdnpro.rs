@@ -15,13 +15,13 @@ use super::{
     Api, AuthSettings, Reply, by_http_status, count, default_endpoint, default_missing_timeout,
     default_timeout, dialect,
 };
-use crate::config::ConfigError;
-use crate::core::model::{Action, PurgeKind};
 use crate::limiter::Rate;
+use crate::model::{Action, PurgeKind};
 use crate::providers::{
     Batch, CallBudget, Capabilities, KindQuota, Provider, ProviderError, Submission, TaskProgress,
     TaskQuery,
 };
+use crate::settings::ConfigError;
 
 /// Where CDN Pro purges: the staging or the production network.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -15,13 +15,13 @@ use super::{
     Api, AuthSettings, Reply, by_http_status, count, default_endpoint, default_missing_timeout,
     default_timeout, field, scalar,
 };
-use crate::config::ConfigError;
-use crate::core::model::{Action, PurgeKind};
 use crate::limiter::Rate;
+use crate::model::{Action, PurgeKind};
 use crate::providers::{
     Batch, CallBudget, Capabilities, DailyQuota, KindQuota, Provider, ProviderError, Submission,
     TaskProgress, TaskQuery,
 };
+use crate::settings::ConfigError;
 
 /// `type = "cdnetworks"` settings.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -22,7 +22,7 @@ use serde_json::Value;
 
 use super::http::{read_error, send_error};
 use super::{CallBudget, ProviderError, TaskProgress, TaskQuery};
-use crate::config::{ConfigError, SecretRef};
+use crate::settings::{ConfigError, SecretRef};
 
 pub const DEFAULT_ENDPOINT: &str = "https://api.cdnetworks.com";
 

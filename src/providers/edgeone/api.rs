@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::core::model::PurgeKind;
+use crate::model::PurgeKind;
 use crate::providers::ProviderError;
 
 pub const VERSION: &str = "2022-09-01";

@@ -22,9 +22,9 @@ use super::{
     Batch, CallBudget, Capabilities, KindQuota, Provider, ProviderError, Submission, TaskProgress,
     TaskQuery,
 };
-use crate::config::{ConfigError, SecretRef};
-use crate::core::model::PurgeKind;
 use crate::limiter::Rate;
+use crate::model::PurgeKind;
+use crate::settings::{ConfigError, SecretRef};
 use client::{Client, Credentials};
 
 /// `type = "edgeone"` settings. Credentials come from env or files only.

@@ -8,7 +8,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 
 use super::EdgeOne;
 use super::api::{self, AdvancedFilter, purge_type};
-use crate::core::model::{Action, PurgeKind, WHOLE_ZONE};
+use crate::model::{Action, PurgeKind, WHOLE_ZONE};
 use crate::providers::{
     Batch, CallBudget, KindQuota, ProviderError, Submission, TaskProgress, TaskQuery,
 };
@@ -41,7 +41,7 @@ fn normalize(kind: PurgeKind, target: &str) -> String {
         PurgeKind::Url | PurgeKind::Prefix => url::Url::parse(target)
             .map(String::from)
             .unwrap_or_else(|_| target.to_owned()),
-        PurgeKind::Host => crate::core::validate::normalize_host(target),
+        PurgeKind::Host => crate::model::normalize_host(target),
         _ => target.to_owned(),
     }
 }

@@ -1,4 +1,4 @@
-//! What the Redis store, queue and limiter share: one connection (a single node or a cluster),
+//! What the Redis store, queue and limiter share (each of them imports this, none imports another): one connection (a single node or a cluster),
 //! the key layout with its hash tags, the one pub/sub subscriber per replica, bounded calls.
 
 use std::collections::HashMap;
@@ -15,8 +15,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::{Notify, OnceCell, broadcast};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
-use super::StoreError;
-use crate::config::StoreConfig;
+use crate::backend::BackendError;
 
 /// Shards of the create path. Everything one create touches (record, idempotency key, the
 /// provider streams) carries the tag `{<prefix>:<shard>}`, so it sits in one cluster slot,
@@ -199,6 +198,17 @@ impl WorkSignal {
     }
 }
 
+/// Where Redis is and how long any call to it may take.
+/// No `Debug`: the URLs may carry a password.
+#[derive(Clone)]
+pub struct RedisOptions {
+    /// One node (or a primary behind a proxy); used when `cluster_urls` is empty.
+    pub url: Option<String>,
+    pub cluster_urls: Vec<String>,
+    pub key_prefix: String,
+    pub timeout: Duration,
+}
+
 /// The connection, keys and wake-ups of one replica, shared by its store, queue and limiter.
 pub struct Shared {
     source: Source,
@@ -212,9 +222,9 @@ pub struct Shared {
 
 impl Shared {
     /// Connects lazily (a replica starts while Redis is down) and starts the subscriber.
-    pub fn connect(config: &StoreConfig) -> Result<Arc<Shared>, StoreError> {
+    pub fn connect(config: &RedisOptions) -> Result<Arc<Shared>, BackendError> {
         let timeout = config.timeout;
-        let bad = |e: RedisError| StoreError::Corrupt(format!("invalid Redis address: {e}"));
+        let bad = |e: RedisError| BackendError::Corrupt(format!("invalid Redis address: {e}"));
         let (source, urls) = if config.cluster_urls.is_empty() {
             let url = config.url.clone().unwrap_or_default();
             let client = ::redis::Client::open(url.as_str()).map_err(bad)?;
@@ -265,7 +275,7 @@ impl Shared {
     }
 
     /// A handle on the shared multiplexed connection.
-    pub async fn conn(&self) -> Result<Conn, StoreError> {
+    pub async fn conn(&self) -> Result<Conn, BackendError> {
         match &self.source {
             Source::Single(m) => Ok(Conn::Single(m.clone())),
             Source::Cluster(cluster) => {
@@ -282,15 +292,15 @@ impl Shared {
     pub async fn bounded<T>(
         &self,
         op: impl Future<Output = Result<T, RedisError>>,
-    ) -> Result<T, StoreError> {
+    ) -> Result<T, BackendError> {
         match tokio::time::timeout(self.timeout, op).await {
             Ok(r) => r.map_err(classify),
-            Err(elapsed) => Err(StoreError::Unavailable(Box::new(elapsed))),
+            Err(elapsed) => Err(BackendError::Unavailable(Box::new(elapsed))),
         }
     }
 
     /// Runs `f` on a connection within the configured timeout.
-    pub async fn with<T, F, Fut>(&self, f: F) -> Result<T, StoreError>
+    pub async fn with<T, F, Fut>(&self, f: F) -> Result<T, BackendError>
     where
         F: FnOnce(Conn) -> Fut,
         Fut: Future<Output = Result<T, RedisError>>,
@@ -301,12 +311,12 @@ impl Shared {
 }
 
 /// Replies we cannot read mean corrupt data; anything else means Redis cannot serve now.
-pub fn classify(e: RedisError) -> StoreError {
+pub fn classify(e: RedisError) -> BackendError {
     match e.kind() {
         ErrorKind::Parse | ErrorKind::UnexpectedReturnType => {
-            StoreError::Corrupt(format!("unexpected Redis reply: {e}"))
+            BackendError::Corrupt(format!("unexpected Redis reply: {e}"))
         }
-        _ => StoreError::Unavailable(Box::new(e)),
+        _ => BackendError::Unavailable(Box::new(e)),
     }
 }
 

@@ -314,3 +314,8 @@ pub struct WorkItem {
     pub purge_id: String,
     pub provider: String,
 }
+
+/// The one spelling of a host name: lowercase, without the root's trailing dot.
+pub fn normalize_host(h: &str) -> String {
+    h.trim_end_matches('.').to_ascii_lowercase()
+}
