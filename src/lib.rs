@@ -6,6 +6,7 @@ pub mod app;
 pub mod config;
 pub mod core;
 pub mod dispatch;
+pub mod health_probe;
 pub mod limiter;
 pub mod providers;
 pub mod queue;
