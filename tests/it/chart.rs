@@ -376,11 +376,7 @@ async fn the_binary_runs_with_what_the_chart_renders() {
     assert!(!effective.contains(password), "a secret was printed");
 
     // serve, against the real Redis, driven through gRPC.
-    let mut service = Process::spawn(
-        binary(&pod, &pod.args)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null()),
-    );
+    let mut service = Process::spawn(&mut binary(&pod, &pod.args));
     let addr = format!("127.0.0.1:{port}");
     wait_serving(&addr, &mut service).await;
     let mut client = connect(addr.parse().unwrap()).await;

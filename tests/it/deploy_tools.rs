@@ -69,16 +69,26 @@ pub fn find<'a>(
     })
 }
 
-/// A child process killed when dropped.
+/// A child process killed when dropped; its stdout and stderr go to a file shown on failure.
 pub struct Process {
     pub child: Child,
+    log: tempfile::NamedTempFile,
 }
 
 impl Process {
     pub fn spawn(cmd: &mut Command) -> Process {
-        Process {
-            child: cmd.spawn().expect("the process starts"),
-        }
+        let log = tempfile::NamedTempFile::new().unwrap();
+        let child = cmd
+            .stdout(log.reopen().unwrap())
+            .stderr(log.reopen().unwrap())
+            .spawn()
+            .expect("the process starts");
+        Process { child, log }
+    }
+
+    /// What the process wrote so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log.path()).unwrap_or_default()
     }
 
     pub fn pid(&self) -> u32 {
@@ -98,7 +108,8 @@ impl Process {
             }
             assert!(
                 tokio::time::Instant::now() < until,
-                "the process did not exit within {deadline:?}"
+                "the process did not exit within {deadline:?}\n{}",
+                self.log()
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -107,7 +118,7 @@ impl Process {
     /// Fails the test if the process has exited.
     pub fn assert_running(&mut self) {
         if let Some(status) = self.child.try_wait().unwrap() {
-            panic!("the service exited early: {status}");
+            panic!("the service exited early: {status}\n{}", self.log());
         }
     }
 }

@@ -178,6 +178,17 @@ async fn image_runs_its_entrypoint_as_non_root_serves_and_stops_on_sigterm() {
     eprintln!("image content: {size} bytes");
     assert!(size < 40 * 1024 * 1024, "the image holds {size} bytes");
 
+    // What every OCI runtime gives a container: the standard devices (the binary reads
+    // /dev/urandom where getrandom(2) cannot be found: a static binary has no dlsym).
+    for (dev, minor) in [("null", 3), ("zero", 5), ("random", 8), ("urandom", 9)] {
+        let path = image.root.join("dev").join(dev);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        run_ok(Command::new("mknod").args(["-m", "0666"]).arg(&path).args([
+            "c",
+            "1",
+            &minor.to_string(),
+        ]));
+    }
     // What Kubernetes mounts into every container: /etc/hosts and /etc/resolv.conf.
     let redis_name = "redis.cache.svc.cluster.test";
     std::fs::write(
@@ -225,11 +236,7 @@ async fn image_runs_its_entrypoint_as_non_root_serves_and_stops_on_sigterm() {
             .env("PURGE_PROVIDERS__0__DELAY", "50ms");
         cmd
     };
-    let mut service = Process::spawn(
-        chroot(&entrypoint)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null()),
-    );
+    let mut service = Process::spawn(&mut chroot(&entrypoint));
     let addr = format!("127.0.0.1:{port}");
     // SERVING means Redis answered PING: its host name resolved inside the image (DNS).
     wait_serving(&addr, &mut service).await;
