@@ -37,7 +37,11 @@ enum Command {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     if let Some(Command::Health { addr, timeout }) = &cli.command {
-        purge_service::health_probe::check(addr, *timeout).await?;
+        // A probe's answer: one short line, exit 1 unless SERVING.
+        if let Err(e) = purge_service::health_probe::check(addr, *timeout).await {
+            eprintln!("{e}");
+            std::process::exit(1);
+        }
         println!("SERVING");
         return Ok(());
     }
