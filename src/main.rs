@@ -22,11 +22,29 @@ enum Command {
     Serve,
     /// Validate the config and print the effective settings (secrets are never printed).
     CheckConfig,
+    /// Ask a running server for its gRPC health (service ""); exit 0 only when SERVING.
+    Health {
+        /// host:port of the server.
+        #[arg(long, default_value = "127.0.0.1:50051")]
+        addr: String,
+        /// Give up after this long (connect and call).
+        #[arg(long, default_value = "5s", value_parser = humantime_serde::re::humantime::parse_duration)]
+        timeout: std::time::Duration,
+    },
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Some(Command::Health { addr, timeout }) = &cli.command {
+        // A probe's answer: one short line, exit 1 unless SERVING.
+        if let Err(e) = purge_service::health_probe::check(addr, *timeout).await {
+            eprintln!("{e}");
+            std::process::exit(1);
+        }
+        println!("SERVING");
+        return Ok(());
+    }
     let config =
         Config::load(cli.config.as_deref(), std::env::vars()).context("loading configuration")?;
     if let Some(Command::CheckConfig) = cli.command {

@@ -1,14 +1,17 @@
 //! Integration tests: the service in-process on port 0, real sockets, real dependencies.
 
+mod deploy_tools;
 mod fakes;
 mod support;
 
 mod api;
 mod cdnetworks;
+mod chart;
 mod dispatch;
 mod edgeone;
 mod edgeone_client;
 mod grpcurl;
+mod image;
 mod otlp;
 mod redis;
 mod redis_replicas;
