@@ -46,8 +46,27 @@ pub enum TargetError {
     #[error("not a valid host name")]
     HostInvalid,
     /// A chosen provider's own rule.
-    #[error("provider {provider:?}: {refused}")]
-    Provider { provider: String, refused: Refused },
+    #[error(transparent)]
+    Provider(#[from] ProviderRefusal),
+}
+
+/// A provider's refusal of a target or an action, as a violation shows it: naming the provider.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("provider {provider:?}: {refused}")]
+pub struct ProviderRefusal {
+    pub provider: String,
+    #[source]
+    pub refused: Refused,
+}
+
+impl ProviderRefusal {
+    /// The result of one of `provider`'s checks, its refusal named.
+    pub fn check(provider: &str, result: Result<(), Refused>) -> Result<(), ProviderRefusal> {
+        result.map_err(|refused| ProviderRefusal {
+            provider: provider.to_owned(),
+            refused,
+        })
+    }
 }
 
 /// Checks one target against the rules of its kind.
@@ -202,10 +221,10 @@ mod tests {
             "not a valid host name (internationalized names go in punycode: xn--...)"
         );
         assert!(why(PurgeKind::Regex, "(").starts_with("not a valid regular expression ("));
-        let refused = TargetError::Provider {
-            provider: "cdnpro".into(),
-            refused: Refused::new("breaks a rule"),
-        };
-        assert_eq!(refused.to_string(), "provider \"cdnpro\": breaks a rule");
+        let refused = ProviderRefusal::check("cdnpro", Err(Refused::new("breaks a rule")));
+        assert_eq!(
+            TargetError::from(refused.unwrap_err()).to_string(),
+            "provider \"cdnpro\": breaks a rule"
+        );
     }
 }

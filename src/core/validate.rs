@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, HashSet};
 
 use super::error::Error;
-use super::targets::{TargetError, check_host, check_target};
+use super::targets::{ProviderRefusal, TargetError, check_host, check_target};
 use super::violations::Violations;
 use crate::model::{Action, PurgeKind, PurgeSpec, normalize_host};
 use crate::providers::{ProviderHandle, Registry};
@@ -186,12 +186,8 @@ fn check_targets(
     for (i, t) in raw.iter().enumerate() {
         let checked = check_target(kind, t, limits.max_len).and_then(|()| {
             providers.iter().try_for_each(|p| {
-                p.client
-                    .check_target(kind, t)
-                    .map_err(|refused| TargetError::Provider {
-                        provider: p.name.clone(),
-                        refused,
-                    })
+                ProviderRefusal::check(&p.name, p.client.check_target(kind, t))
+                    .map_err(TargetError::from)
             })
         });
         if v.check(format!("targets[{i}]"), quoted(checked, t))
@@ -228,8 +224,9 @@ fn check_providers_can(
                     kind_list(&p.caps.kinds())
                 ),
             );
-        } else if let Err(why) = p.client.check_action(kind, action) {
-            v.add("action", format!("provider {:?}: {why}", p.name));
+        } else {
+            let checked = ProviderRefusal::check(&p.name, p.client.check_action(kind, action));
+            v.check("action", checked);
         }
     }
 }
