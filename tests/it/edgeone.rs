@@ -5,12 +5,11 @@ use std::time::Duration;
 
 use purge_service::pb::{self, PurgeAction, PurgeKind, PurgeState};
 use tempfile::TempDir;
-use tonic::Code;
 
 use crate::fakes::edgeone::{FakeEdgeOne, Fault, SECRET_ID, SECRET_KEY, ZONE};
 use crate::support::{
-    TestApp, assert_failed_with, config, eventually, max_in_window, reason, refused_eventually,
-    request, spawn_app, wait_terminal,
+    TestApp, assert_failed_with, config, eventually, max_in_window, request, spawn_app,
+    wait_terminal,
 };
 
 /// The provider table of one EdgeOne provider `edge` pointed at `fake`, its secrets in files
@@ -100,66 +99,6 @@ async fn partial_failures_name_each_target_with_edgeones_reason() {
         refused.tasks[0].error.contains("2 of 2"),
         "{:?}",
         refused.tasks
-    );
-}
-
-#[tokio::test]
-async fn an_exhausted_daily_quota_fails_fast_and_a_quota_error_fails_the_targets() {
-    let fake = FakeEdgeOne::start(20, Duration::from_millis(50)).await;
-    fake.set_daily_available("purge_url", 0);
-    let (app, _dir) = service(&fake, SECRET_KEY, "").await;
-    eventually(Duration::from_secs(10), "the quota was read", || {
-        let seen = fake.accepted("DescribeContentQuota").len();
-        async move { (seen > 0).then_some(()) }
-    })
-    .await;
-    // Known exhausted: refused at once, nothing queued.
-    let err = refused_eventually(
-        &app.client,
-        request("edge", PurgeKind::Url, &["https://www.example.com/q"]),
-    )
-    .await;
-    assert_eq!(err.code(), Code::ResourceExhausted);
-    assert_eq!(reason(&err), "PROVIDER_QUOTA_EXHAUSTED");
-    use tonic_types::StatusExt;
-    assert!(err.get_error_details().quota_failure().is_some());
-
-    // Not known yet: the submit meets LimitExceeded.DailyQuota and the targets fail with it.
-    fake.set_daily_available("purge_prefix", 1);
-    let done = create(
-        &app,
-        request(
-            "edge",
-            PurgeKind::Prefix,
-            &["https://www.example.com/a/", "https://www.example.com/b/"],
-        ),
-    )
-    .await;
-    assert_eq!(done.state(), PurgeState::Failed);
-    assert!(
-        done.failures
-            .iter()
-            .all(|f| f.reason.contains("LimitExceeded.DailyQuota")),
-        "{:?}",
-        done.failures
-    );
-    // ... and from then on PREFIX purges fail fast too.
-    let mut client = app.client.clone();
-    let err = client
-        .create_purge(request(
-            "edge",
-            PurgeKind::Prefix,
-            &["https://www.example.com/c/"],
-        ))
-        .await
-        .unwrap_err();
-    assert_eq!(err.code(), Code::ResourceExhausted);
-    // Other types are unaffected.
-    assert_eq!(
-        create(&app, request("edge", PurgeKind::Host, &["www.example.com"]))
-            .await
-            .state(),
-        PurgeState::Succeeded
     );
 }
 

@@ -3,12 +3,11 @@
 use std::time::Duration;
 
 use purge_service::pb::{PurgeKind, PurgeState};
-use tonic::Code;
 
 use super::{Scheme, create, service};
 use crate::fakes::cdnetworks::Fault;
 use crate::fakes::cdnetworks::cdnpro::{FakeCdnPro, PURGES, TOKENS};
-use crate::support::{TestApp, eventually, reason, refused_eventually, request};
+use crate::support::{TestApp, eventually, request};
 
 /// Status polls at the test's pace; the documented 300 per 5 minutes still bounds the total.
 const FAST_POLLS: &str = "[providers.limits]\nstatus = [{ count = 20, per = \"1s\" }]\n";
@@ -44,44 +43,6 @@ async fn cdnpro_api_key_auth_and_a_partial_success_rate_fails_the_purge() {
     let calls = fake.calls();
     assert!(calls.iter().all(|c| c.auth == "api_key"), "{calls:?}");
     assert_eq!(fake.accepted()[0]["target"], "production");
-}
-
-#[tokio::test]
-async fn cdnpro_exhausted_tokens_fail_fast_and_a_token_error_fails_the_targets() {
-    let fake = FakeCdnPro::start(Duration::from_millis(100)).await;
-    fake.set_tokens(0, 1_000);
-    let (app, _dir) = cdnpro_service(&fake, Scheme::AkSk).await;
-    let err = refused_eventually(
-        &app.client,
-        request("cdnpro", PurgeKind::Url, &["https://www.example.com/q"]),
-    )
-    .await;
-    assert_eq!(err.code(), Code::ResourceExhausted);
-    assert_eq!(reason(&err), "PROVIDER_QUOTA_EXHAUSTED");
-
-    // Not known in advance: CDN Pro refuses the call and the targets fail with its reason.
-    fake.fault(PURGES, Fault::Code(400, "PurgeTokenQuotaExceeded"));
-    let done = create(
-        &app,
-        request("cdnpro", PurgeKind::Prefix, &["https://www.example.com/a/"]),
-    )
-    .await;
-    assert_eq!(done.state(), PurgeState::Failed);
-    assert!(
-        done.failures[0].reason.contains("PurgeTokenQuotaExceeded"),
-        "{:?}",
-        done.failures
-    );
-    let mut client = app.client.clone();
-    let err = client
-        .create_purge(request(
-            "cdnpro",
-            PurgeKind::Prefix,
-            &["https://www.example.com/b/"],
-        ))
-        .await
-        .unwrap_err();
-    assert_eq!(err.code(), Code::ResourceExhausted);
 }
 
 #[tokio::test]

@@ -7,10 +7,9 @@ use tonic::Code;
 
 use super::{Scheme, create, service};
 use crate::fakes::cdnetworks::Fault;
-use crate::fakes::cdnetworks::content::{FakeContent, QUOTA, REGEX};
+use crate::fakes::cdnetworks::content::{FakeContent, REGEX};
 use crate::support::{
-    TestApp, assert_failed_with, eventually, max_in_window, reason, refused_eventually, request,
-    wait_terminal,
+    TestApp, assert_failed_with, eventually, max_in_window, request, wait_terminal,
 };
 
 /// Status polls at the test's pace.
@@ -69,59 +68,6 @@ async fn cdnetworks_aksk_per_item_failures_and_unreported_items_fail_by_name() {
     assert_eq!(done.failures.len(), 2);
     assert_eq!(done.progress.unwrap().succeeded, 1);
     assert!(fake.calls().iter().all(|c| c.auth == "aksk"));
-}
-
-#[tokio::test]
-async fn cdnetworks_regex_quota_fails_fast_when_known_and_number_out_of_limit_fails_the_task() {
-    // Known gone from /ccm/purge/quota: refused at CreatePurge.
-    let fake = FakeContent::start(Duration::from_millis(100)).await;
-    fake.set_remaining("regex", 0);
-    let (app, _dir) = content_service(&fake, Scheme::AkSk).await;
-    eventually(Duration::from_secs(10), "the quota was read", || {
-        let seen = fake.accepted(QUOTA).len();
-        async move { (seen > 0).then_some(()) }
-    })
-    .await;
-    let err = refused_eventually(
-        &app.client,
-        request("cdnetworks", PurgeKind::Regex, &["http://a.example.com/.*"]),
-    )
-    .await;
-    assert_eq!(err.code(), Code::ResourceExhausted);
-    assert_eq!(reason(&err), "PROVIDER_QUOTA_EXHAUSTED");
-    assert!(fake.accepted(REGEX).is_empty());
-
-    // Not known: NumberOutOfLimit fails the task at once, without retries, and later
-    // regex purges fail fast.
-    let fake = FakeContent::start(Duration::from_millis(100)).await;
-    fake.fault(REGEX, Fault::Code(400, "NumberOutOfLimit"));
-    let (app, _dir) = content_service(&fake, Scheme::ApiKey).await;
-    let done = create(
-        &app,
-        request("cdnetworks", PurgeKind::Regex, &["http://a.example.com/.*"]),
-    )
-    .await;
-    assert_eq!(done.state(), PurgeState::Failed);
-    assert!(
-        done.failures[0].reason.contains("NumberOutOfLimit"),
-        "{:?}",
-        done.failures
-    );
-    assert_eq!(
-        fake.calls_of(REGEX).len(),
-        1,
-        "quota errors are not retried"
-    );
-    let mut client = app.client.clone();
-    let err = client
-        .create_purge(request(
-            "cdnetworks",
-            PurgeKind::Regex,
-            &["http://b.example.com/.*"],
-        ))
-        .await
-        .unwrap_err();
-    assert_eq!(err.code(), Code::ResourceExhausted);
 }
 
 #[tokio::test]

@@ -1,8 +1,9 @@
 //! The scenarios every provider goes through end to end, run for each row of the provider
 //! table (`table.rs`): every kind and action succeeds; kinds and rules it cannot do are refused
 //! up front; a fatal provider error fails the targets with its reason; a batch over the cap is
-//! split. A new provider's end-to-end tests are a row there and one line in `scenarios!` below,
-//! plus its own tests of what is special to it.
+//! split; and, for a provider with quotas, a known-exhausted quota is refused at once and a
+//! quota error fails the targets. A new provider's end-to-end tests are a row there and one
+//! line in `scenarios!` below, plus its own tests of what is special to it.
 
 mod table;
 
@@ -14,7 +15,9 @@ use purge_service::pb::{self, CreatePurgeRequest, PurgeAction, PurgeKind, PurgeS
 use tempfile::TempDir;
 use tonic::Code;
 
-use crate::support::{TestApp, config, spawn_app, violations, wait_terminal};
+use crate::support::{
+    TestApp, config, eventually, reason, refused_eventually, spawn_app, violations, wait_terminal,
+};
 
 /// One provider as the common scenarios see it. `F` is its fake (`()` for the in-process
 /// sandbox).
@@ -47,6 +50,26 @@ pub struct Row<F: 'static> {
     pub attempts: fn(&Running<F>) -> usize,
     /// The number of targets of each purge call it accepted.
     pub sent: fn(&Running<F>) -> Vec<usize>,
+    /// Its quotas, if it has any.
+    pub quota: Option<Quota<F>>,
+}
+
+/// How a provider's quota runs out, known in advance or met at submit.
+pub struct Quota<F: 'static> {
+    /// Makes the fake report `exhausted`'s quota used up, before the service starts.
+    pub exhaust: fn(&F),
+    /// Whether the service has read the quotas from the fake.
+    pub read: fn(&F) -> bool,
+    /// A request the exhausted quota refuses at CreatePurge.
+    pub exhausted: fn() -> CreatePurgeRequest,
+    /// Makes the fake refuse the next purge for its quota, which the service cannot know.
+    pub refuse: fn(&F),
+    /// A request the fake then refuses.
+    pub refused: fn() -> CreatePurgeRequest,
+    /// What the failures of `refused` say.
+    pub reason: &'static str,
+    /// A request of another kind, which the quota does not stop.
+    pub unaffected: Option<fn() -> CreatePurgeRequest>,
 }
 
 /// A request refused at CreatePurge: the violation's field and what its description says.
@@ -99,7 +122,19 @@ impl Done {
 impl<F> Running<F> {
     /// Starts the row's fake and the service with its provider.
     pub async fn start(row: &Row<F>, secret: Option<&str>, keys: &str, limits: &str) -> Self {
+        Self::start_with(row, secret, keys, limits, |_| {}).await
+    }
+
+    /// As `start`, with `prepare` applied to the fake before the service starts.
+    pub async fn start_with(
+        row: &Row<F>,
+        secret: Option<&str>,
+        keys: &str,
+        limits: &str,
+        prepare: impl FnOnce(&F),
+    ) -> Self {
         let fake = (row.start)().await;
+        prepare(&fake);
         let dir = tempfile::tempdir().unwrap();
         let provider = (row.provider_toml)(&fake, secret, keys, dir.path());
         let toml = format!(
@@ -242,6 +277,54 @@ pub async fn over_the_cap<F>(row: &Row<F>) {
     assert!(done.tasks.len() >= 3, "{:?}", done.tasks);
 }
 
+/// A quota the provider reports used up is refused at CreatePurge with RESOURCE_EXHAUSTED,
+/// nothing sent; a quota error the service could not foresee fails the targets with the
+/// provider's reason, without retrying, and later purges of that kind are refused at once.
+pub async fn quota<F>(row: &Row<F>) {
+    use tonic_types::StatusExt;
+    let q = row.quota.as_ref().expect("the row has quotas");
+
+    let run = Running::start_with(row, None, "", "", q.exhaust).await;
+    eventually(Duration::from_secs(10), "the quota was read", || {
+        let read = (q.read)(&run.fake);
+        async move { read.then_some(()) }
+    })
+    .await;
+    let err = refused_eventually(&run.app.client, (q.exhausted)()).await;
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    assert_eq!(reason(&err), "PROVIDER_QUOTA_EXHAUSTED");
+    assert!(err.get_error_details().quota_failure().is_some());
+    assert_eq!((row.attempts)(&run), 0, "nothing was sent");
+
+    let run = Running::start(row, None, "", "").await;
+    eventually(Duration::from_secs(10), "the quota was read", || {
+        let read = (q.read)(&run.fake);
+        async move { read.then_some(()) }
+    })
+    .await;
+    (q.refuse)(&run.fake);
+    let done = run.create((q.refused)()).await;
+    assert_eq!(done.state(), PurgeState::Failed, "{done:?}");
+    assert!(
+        !done.failures.is_empty() && done.failures.iter().all(|f| f.reason.contains(q.reason)),
+        "{:?}",
+        done.failures
+    );
+    assert_eq!((row.attempts)(&run), 1, "quota errors are not retried");
+    let err = run
+        .app
+        .client
+        .clone()
+        .create_purge((q.refused)())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    if let Some(unaffected) = q.unaffected {
+        let other = run.create(unaffected()).await;
+        assert_eq!(other.state(), PurgeState::Succeeded, "{other:?}");
+    }
+}
+
 /// One module of tests per provider row, one test per scenario.
 macro_rules! scenarios {
     ($($provider:ident => $row:expr),+ $(,)?) => {$(
@@ -269,9 +352,29 @@ macro_rules! scenarios {
     )+};
 }
 
+/// The quota scenario, for the rows with quotas.
+macro_rules! quota_scenarios {
+    ($($provider:ident => $row:expr),+ $(,)?) => {$(
+        mod $provider {
+            #[tokio::test]
+            async fn an_exhausted_quota_fails_fast_and_a_quota_error_fails_the_targets() {
+                super::super::quota(&$row).await
+            }
+        }
+    )+};
+}
+
 scenarios! {
     edgeone => super::table::edgeone(),
     cdnpro => super::table::cdnpro(),
     cdnetworks => super::table::content_management(),
     sandbox => super::table::sandbox(),
+}
+
+mod quota {
+    quota_scenarios! {
+        edgeone => super::super::table::edgeone(),
+        cdnpro => super::super::table::cdnpro(),
+        cdnetworks => super::super::table::content_management(),
+    }
 }

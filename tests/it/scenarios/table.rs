@@ -8,7 +8,7 @@ use futures::FutureExt;
 use purge_service::pb::{CreatePurgeRequest, PurgeAction, PurgeKind};
 use serde_json::Value;
 
-use super::{Done, Fatal, Refusal, Row, Running};
+use super::{Done, Fatal, Quota, Refusal, Row, Running};
 use crate::cdnetworks::{Scheme, provider_toml};
 use crate::fakes::cdnetworks::Fault;
 use crate::fakes::cdnetworks::cdnpro::{FakeCdnPro, PURGES, TOKENS};
@@ -126,6 +126,21 @@ pub fn edgeone() -> Row<FakeEdgeOne> {
                 .map(|b| len(b, "Targets"))
                 .collect()
         },
+        quota: Some(Quota {
+            exhaust: |fake| fake.set_daily_available("purge_url", 0),
+            read: |fake| !fake.accepted("DescribeContentQuota").is_empty(),
+            exhausted: || request("edge", PurgeKind::Url, &["https://www.example.com/q"]),
+            refuse: |fake| fake.set_daily_available("purge_prefix", 1),
+            refused: || {
+                request(
+                    "edge",
+                    PurgeKind::Prefix,
+                    &["https://www.example.com/a/", "https://www.example.com/b/"],
+                )
+            },
+            reason: "LimitExceeded.DailyQuota",
+            unaffected: Some(|| request("edge", PurgeKind::Host, &["www.example.com"])),
+        }),
     }
 }
 
@@ -267,6 +282,19 @@ pub fn cdnpro() -> Row<FakeCdnPro> {
                 .map(|b| len(b, "fileUrls") + len(b, "dirUrls") + len(b, "regexPatterns"))
                 .collect()
         },
+        quota: Some(Quota {
+            exhaust: |fake| fake.set_tokens(0, 1_000),
+            read: |fake| {
+                fake.calls()
+                    .iter()
+                    .any(|c| c.path == TOKENS && c.error.is_none())
+            },
+            exhausted: || request("cdnpro", PurgeKind::Url, &["https://www.example.com/q"]),
+            refuse: |fake| fake.fault(PURGES, Fault::Code(400, "PurgeTokenQuotaExceeded")),
+            refused: || request("cdnpro", PurgeKind::Prefix, &["https://www.example.com/a/"]),
+            reason: "PurgeTokenQuotaExceeded",
+            unaffected: None,
+        }),
     }
 }
 
@@ -371,6 +399,15 @@ pub fn content_management() -> Row<FakeContent> {
                 .chain(regexes.iter().map(|b| len(b, "urlRegulars")))
                 .collect()
         },
+        quota: Some(Quota {
+            exhaust: |fake| fake.set_remaining("regex", 0),
+            read: |fake| !fake.accepted(QUOTA).is_empty(),
+            exhausted: || request("cdnetworks", PurgeKind::Regex, &["http://a.example.com/.*"]),
+            refuse: |fake| fake.fault(REGEX, Fault::Code(400, "NumberOutOfLimit")),
+            refused: || request("cdnetworks", PurgeKind::Regex, &["http://a.example.com/.*"]),
+            reason: "NumberOutOfLimit",
+            unaffected: None,
+        }),
     }
 }
 
@@ -443,6 +480,7 @@ pub fn sandbox() -> Row<()> {
                 .map(|c| c.targets.len())
                 .collect()
         },
+        quota: None,
     }
 }
 
