@@ -107,3 +107,21 @@ pub struct GroupConfig {
     pub name: String,
     pub providers: Vec<String>,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_listed_type_is_a_config_type_and_builds() {
+        let err = toml::from_str::<ProviderConfig>("name = \"x\"\ntype = \"nope\"").unwrap_err();
+        for t in ProviderSettings::TYPES {
+            assert!(err.to_string().contains(&format!("`{t}`")), "{t}: {err}");
+        }
+        let sandbox: ProviderConfig = toml::from_str("name = \"s\"\ntype = \"sandbox\"").unwrap();
+        let mut registry = Registry::default();
+        let http = reqwest::Client::new();
+        let built = sandbox.settings.factory().build("s", &http, &mut registry);
+        assert!(built.is_ok() && registry.sandbox("s").is_some());
+    }
+}
