@@ -123,7 +123,7 @@ impl App {
             },
             idempotency_retention: config.server.idempotency_retention,
             caller_rate: config.server.caller_rate,
-            watch_resync: Duration::from_secs(2),
+            watch_resync: config.server.watch_resync,
         };
         let core = PurgeCore::new(
             backends.store.clone(),
@@ -162,7 +162,11 @@ impl App {
         let stop = CancellationToken::new();
         let consumer = format!(
             "{}-{}",
-            std::env::var("HOSTNAME").unwrap_or_else(|_| "replica".into()),
+            self.config
+                .server
+                .replica_name
+                .as_deref()
+                .unwrap_or("replica"),
             &uuid::Uuid::now_v7().simple().to_string()[24..]
         );
         tokio::spawn(

@@ -15,6 +15,17 @@ use tracing_subscriber::{EnvFilter, Layer};
 
 use crate::config::{LogFormat, TelemetryConfig};
 
+/// Why telemetry could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum TelemetryError {
+    #[error("telemetry.otlp_endpoint {endpoint:?}: cannot build the OTLP exporter")]
+    Exporter {
+        endpoint: String,
+        #[source]
+        source: opentelemetry_otlp::ExporterBuildError,
+    },
+}
+
 /// What must be flushed before the process exits.
 #[must_use = "call shutdown() before exiting, or the last spans are lost"]
 pub struct Telemetry {
@@ -35,7 +46,7 @@ impl Telemetry {
 
 /// Installs the global subscriber (a second call, as in tests, keeps the first). Call from
 /// within the Tokio runtime: the OTLP exporter runs on it.
-pub fn init(config: &TelemetryConfig) -> anyhow::Result<Telemetry> {
+pub fn init(config: &TelemetryConfig) -> Result<Telemetry, TelemetryError> {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.filter));
     let fmt = tracing_subscriber::fmt::layer()
@@ -64,13 +75,19 @@ pub fn init(config: &TelemetryConfig) -> anyhow::Result<Telemetry> {
     Ok(Telemetry { traces })
 }
 
-fn tracer_provider(endpoint: &str, service_name: &str) -> anyhow::Result<SdkTracerProvider> {
+fn tracer_provider(
+    endpoint: &str,
+    service_name: &str,
+) -> Result<SdkTracerProvider, TelemetryError> {
     let exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_tonic()
         .with_endpoint(endpoint)
         .with_timeout(std::time::Duration::from_secs(5))
         .build()
-        .map_err(|e| anyhow::anyhow!("telemetry.otlp_endpoint {endpoint:?}: {e}"))?;
+        .map_err(|source| TelemetryError::Exporter {
+            endpoint: endpoint.to_owned(),
+            source,
+        })?;
     // The batch processor exports on the Tokio runtime, where tonic's channel lives.
     let processor =
         BatchSpanProcessor::builder(exporter, opentelemetry_sdk::runtime::Tokio).build();

@@ -3,7 +3,9 @@
 pub mod auth;
 pub mod error;
 pub mod service;
+pub mod targets;
 pub mod validate;
+pub mod violations;
 pub mod watch;
 
 pub use auth::{Caller, Callers};

@@ -2,8 +2,7 @@
 
 use std::sync::Arc;
 
-use super::sandbox::Sandbox;
-use super::settings::{GroupConfig, ProviderConfig, ProviderSettings};
+use super::settings::{GroupConfig, ProviderConfig};
 use super::{Provider, ProviderHandle, Registry};
 use crate::model::PurgeKind;
 use crate::settings::ConfigError;
@@ -26,24 +25,7 @@ pub fn registry(
 ) -> Result<Registry, ConfigError> {
     let mut registry = Registry::default();
     for pc in providers {
-        let client: Arc<dyn Provider> = match &pc.settings {
-            ProviderSettings::Sandbox(s) => {
-                let sandbox = Sandbox::new(s.clone()).map_err(|e| {
-                    ConfigError::Invalid(format!("providers.{}.fail_pattern: {e}", pc.name))
-                })?;
-                registry.insert_sandbox(&pc.name, sandbox.clone());
-                Arc::new(sandbox)
-            }
-            ProviderSettings::Edgeone(s) => {
-                Arc::new(super::edgeone::EdgeOne::new(s, http.clone())?)
-            }
-            ProviderSettings::Cdnpro(s) => {
-                Arc::new(super::cdnetworks::CdnPro::new(s, http.clone())?)
-            }
-            ProviderSettings::Cdnetworks(s) => {
-                Arc::new(super::cdnetworks::ContentManagement::new(s, http.clone())?)
-            }
-        };
+        let client = pc.settings.factory().build(&pc.name, http, &mut registry)?;
         registry.insert(handle(pc, client));
     }
     for g in groups {

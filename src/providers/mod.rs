@@ -185,6 +185,21 @@ impl CallBudget for Unmetered {
     }
 }
 
+/// A provider's refusal of a target or an action at CreatePurge time: the rule broken, or what
+/// the provider can do instead. `core::validate` turns it into a field violation naming the
+/// provider.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{rule}")]
+pub struct Refused {
+    pub rule: String,
+}
+
+impl Refused {
+    pub fn new(rule: impl Into<String>) -> Refused {
+        Refused { rule: rule.into() }
+    }
+}
+
 /// A CDN purge API.
 #[async_trait]
 pub trait Provider: Send + Sync + 'static {
@@ -192,13 +207,13 @@ pub trait Provider: Send + Sync + 'static {
 
     /// Provider-specific rules for one target, checked at CreatePurge time; the error says
     /// which rule the target breaks.
-    fn check_target(&self, _kind: PurgeKind, _target: &str) -> Result<(), String> {
+    fn check_target(&self, _kind: PurgeKind, _target: &str) -> Result<(), Refused> {
         Ok(())
     }
 
     /// Whether `action` is possible for `kind`, checked at CreatePurge time; the error says
     /// what the provider can do instead.
-    fn check_action(&self, _kind: PurgeKind, _action: Action) -> Result<(), String> {
+    fn check_action(&self, _kind: PurgeKind, _action: Action) -> Result<(), Refused> {
         Ok(())
     }
 

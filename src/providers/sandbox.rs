@@ -118,6 +118,21 @@ struct SimTask {
     done_at: SystemTime,
 }
 
+impl super::settings::ProviderFactory for SandboxSettings {
+    fn build(
+        &self,
+        name: &str,
+        _http: &reqwest::Client,
+        registry: &mut super::Registry,
+    ) -> Result<Arc<dyn super::Provider>, crate::settings::ConfigError> {
+        let sandbox = Sandbox::new(self.clone()).map_err(|e| {
+            crate::settings::ConfigError::Invalid(format!("providers.{name}.fail_pattern: {e}"))
+        })?;
+        registry.insert_sandbox(name, sandbox.clone());
+        Ok(Arc::new(sandbox))
+    }
+}
+
 impl Sandbox {
     pub fn new(settings: SandboxSettings) -> Result<Sandbox, regex::Error> {
         let fail = settings

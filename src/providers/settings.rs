@@ -1,12 +1,61 @@
 //! How providers and groups are configured: the provider type with its own settings, limit
-//! overrides, and groups that fan out to several providers.
+//! overrides, and groups that fan out to several providers. Every provider type is listed
+//! once, in the `provider_types!` line below; its settings type implements [`ProviderFactory`].
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::sandbox::SandboxSettings;
+use super::{Provider, Registry};
 use crate::limiter::Rate;
+use crate::settings::ConfigError;
+
+/// What each provider's settings type implements: how its client is built.
+pub trait ProviderFactory {
+    /// The client of provider `name`, on the one shared `http` client. `registry` is where the
+    /// provider is about to be registered, for what a provider adds beside its client (the
+    /// sandbox's simulated CDN, which tests read).
+    fn build(
+        &self,
+        name: &str,
+        http: &reqwest::Client,
+        registry: &mut Registry,
+    ) -> Result<Arc<dyn Provider>, ConfigError>;
+}
+
+/// Generates [`ProviderSettings`], tagged by `type = "..."` in the config, and its dispatch to
+/// each settings type's [`ProviderFactory`].
+macro_rules! provider_types {
+    ($($tag:literal => $variant:ident($settings:ty)),+ $(,)?) => {
+        /// The provider type and its own settings.
+        #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+        #[serde(tag = "type")]
+        pub enum ProviderSettings {
+            $(#[serde(rename = $tag)] $variant($settings),)+
+        }
+
+        impl ProviderSettings {
+            /// Every `type` a provider may have.
+            pub const TYPES: &[&str] = &[$($tag),+];
+
+            /// The settings as the factory of their provider.
+            pub fn factory(&self) -> &dyn ProviderFactory {
+                match self {
+                    $(ProviderSettings::$variant(s) => s,)+
+                }
+            }
+        }
+    };
+}
+
+// The one line per provider type: `type => Variant(SettingsType)`.
+provider_types! {
+    "sandbox" => Sandbox(super::sandbox::SandboxSettings),
+    "edgeone" => Edgeone(super::edgeone::EdgeOneSettings),
+    "cdnpro" => Cdnpro(super::cdnetworks::CdnProSettings),
+    "cdnetworks" => Cdnetworks(super::cdnetworks::ContentSettings),
+}
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ProviderConfig {
@@ -52,19 +101,27 @@ where
     }))
 }
 
-/// The provider type and its own settings.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "lowercase")]
-pub enum ProviderSettings {
-    Sandbox(SandboxSettings),
-    Edgeone(crate::providers::edgeone::EdgeOneSettings),
-    Cdnpro(crate::providers::cdnetworks::CdnProSettings),
-    Cdnetworks(crate::providers::cdnetworks::ContentSettings),
-}
-
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GroupConfig {
     pub name: String,
     pub providers: Vec<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_listed_type_is_a_config_type_and_builds() {
+        let err = toml::from_str::<ProviderConfig>("name = \"x\"\ntype = \"nope\"").unwrap_err();
+        for t in ProviderSettings::TYPES {
+            assert!(err.to_string().contains(&format!("`{t}`")), "{t}: {err}");
+        }
+        let sandbox: ProviderConfig = toml::from_str("name = \"s\"\ntype = \"sandbox\"").unwrap();
+        let mut registry = Registry::default();
+        let http = reqwest::Client::new();
+        let built = sandbox.settings.factory().build("s", &http, &mut registry);
+        assert!(built.is_ok() && registry.sandbox("s").is_some());
+    }
 }

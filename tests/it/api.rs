@@ -68,46 +68,6 @@ async fn create_then_watch_until_succeeded() {
 }
 
 #[tokio::test]
-async fn failing_targets_end_failed_and_are_listed() {
-    let app = spawn_app(config(
-        "[[providers]]\nname = \"sandbox\"\ntype = \"sandbox\"\ndelay = \"30ms\"\nfail_pattern = \"/broken/\"\n",
-    ))
-    .await;
-    let mut client = app.client.clone();
-    let created = client
-        .create_purge(request(
-            "sandbox",
-            PurgeKind::Url,
-            &[
-                "https://example.com/ok.png",
-                "https://example.com/broken/x.png",
-                "https://example.com/broken/y.png",
-            ],
-        ))
-        .await
-        .unwrap()
-        .into_inner();
-    let done = wait_terminal(&client, &created.id, Duration::from_secs(10)).await;
-    assert_eq!(done.state(), PurgeState::Failed);
-    let mut failed: Vec<&str> = done.failures.iter().map(|f| f.target.as_str()).collect();
-    failed.sort();
-    assert_eq!(
-        failed,
-        [
-            "https://example.com/broken/x.png",
-            "https://example.com/broken/y.png"
-        ]
-    );
-    assert!(
-        done.failures
-            .iter()
-            .all(|f| f.provider == "sandbox" && f.reason.contains("fail_pattern"))
-    );
-    assert_eq!(done.progress.unwrap().succeeded, 1);
-    assert_eq!(done.error, "2 of 3 targets failed");
-}
-
-#[tokio::test]
 async fn groups_fan_out_to_every_member() {
     let app = spawn_app(config(
         "[[providers]]\nname = \"a\"\ntype = \"sandbox\"\ndelay = \"10ms\"\n[[providers]]\nname = \"b\"\ntype = \"sandbox\"\ndelay = \"10ms\"\n[[groups]]\nname = \"both\"\nproviders = [\"a\", \"b\"]\n",

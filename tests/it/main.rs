@@ -16,5 +16,6 @@ mod otlp;
 mod redis;
 mod redis_replicas;
 mod redis_server;
+mod scenarios;
 mod shutdown;
 mod validation;

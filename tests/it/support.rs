@@ -156,6 +156,28 @@ pub async fn wait_terminal(client: &Client, id: &str, deadline: Duration) -> pb:
     .await
 }
 
+/// Asserts that the target of `p` ending in `suffix` failed with a reason containing `says`.
+pub fn assert_failed_with(p: &pb::Purge, suffix: &str, says: &str) {
+    let reason = p
+        .failures
+        .iter()
+        .find(|f| f.target.ends_with(suffix))
+        .map(|f| f.reason.as_str())
+        .unwrap_or_default();
+    assert!(reason.contains(says), "{suffix}: {:?}", p.failures);
+}
+
+/// Polls CreatePurge with `req` until it is refused (by what the service learns in the
+/// background, such as a provider's quota), and answers the refusal.
+pub async fn refused_eventually(client: &Client, req: CreatePurgeRequest) -> tonic::Status {
+    eventually(Duration::from_secs(10), "CreatePurge fails fast", || {
+        let mut c = client.clone();
+        let req = req.clone();
+        async move { c.create_purge(req).await.err() }
+    })
+    .await
+}
+
 /// The BadRequest field names of an INVALID_ARGUMENT status.
 pub fn violations(status: &tonic::Status) -> Vec<(String, String)> {
     use tonic_types::StatusExt;

@@ -17,6 +17,7 @@ use super::{
 };
 use crate::limiter::Rate;
 use crate::model::{Action, PurgeKind};
+use crate::providers::Refused;
 use crate::providers::{
     Batch, CallBudget, Capabilities, KindQuota, Provider, ProviderError, Submission, TaskProgress,
     TaskQuery,
@@ -225,7 +226,7 @@ impl Provider for CdnPro {
         }
     }
 
-    fn check_target(&self, kind: PurgeKind, target: &str) -> Result<(), String> {
+    fn check_target(&self, kind: PurgeKind, target: &str) -> Result<(), Refused> {
         match kind {
             PurgeKind::Url => dialect::check_file_url(target),
             PurgeKind::Prefix => dialect::check_prefix(target),

@@ -17,6 +17,7 @@ use super::{
 };
 use crate::limiter::Rate;
 use crate::model::{Action, PurgeKind};
+use crate::providers::Refused;
 use crate::providers::{
     Batch, CallBudget, Capabilities, DailyQuota, KindQuota, Provider, ProviderError, Submission,
     TaskProgress, TaskQuery,
@@ -239,31 +240,33 @@ impl Provider for ContentManagement {
         }
     }
 
-    fn check_target(&self, kind: PurgeKind, target: &str) -> Result<(), String> {
+    fn check_target(&self, kind: PurgeKind, target: &str) -> Result<(), Refused> {
         match kind {
-            PurgeKind::Prefix if !target.ends_with('/') => Err(
-                "Content Management purges directories: a PREFIX target must end with `/`".into(),
-            ),
-            PurgeKind::Regex if target.chars().count() > MAX_REGEX_LEN => Err(format!(
-                "Content Management takes regexes of at most {MAX_REGEX_LEN} characters, this has {}",
-                target.chars().count()
+            PurgeKind::Prefix if !target.ends_with('/') => Err(Refused::new(
+                "Content Management purges directories: a PREFIX target must end with `/`",
             )),
+            PurgeKind::Regex if target.chars().count() > MAX_REGEX_LEN => {
+                Err(Refused::new(format!(
+                    "Content Management takes regexes of at most {MAX_REGEX_LEN} characters, this has {}",
+                    target.chars().count()
+                )))
+            }
             _ => Ok(()),
         }
     }
 
-    fn check_action(&self, kind: PurgeKind, action: Action) -> Result<(), String> {
+    fn check_action(&self, kind: PurgeKind, action: Action) -> Result<(), Refused> {
         match (kind, action) {
-            (PurgeKind::Regex, Action::Delete) => Err(REGEX_ONLY_EXPIRES.into()),
+            (PurgeKind::Regex, Action::Delete) => Err(Refused::new(REGEX_ONLY_EXPIRES)),
             _ => Ok(()),
         }
     }
 
     async fn submit(&self, batch: &Batch) -> Result<Submission, ProviderError> {
         self.check_action(batch.kind, batch.action)
-            .map_err(|message| ProviderError::Rejected {
+            .map_err(|refused| ProviderError::Rejected {
                 code: "Unsupported".into(),
-                message,
+                message: refused.rule,
             })?;
         let action = match batch.action {
             Action::Invalidate => "expire",

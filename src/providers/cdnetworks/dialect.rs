@@ -3,6 +3,8 @@
 
 use regex_syntax::ast::{self, Ast, RepetitionKind, RepetitionRange};
 
+use crate::providers::Refused;
+
 /// Longest `fileUrls` entry CDN Pro accepts.
 pub const MAX_FILE_URL: usize = 2048;
 /// Longest part of a regex pattern after `scheme://host`.
@@ -12,12 +14,12 @@ pub const MAX_UNLIMITED: usize = 2;
 /// Largest quantifier bound (`{n}`, `{m,n}`).
 pub const MAX_BOUND: u32 = 59;
 
-fn rule(name: &str, detail: impl std::fmt::Display) -> String {
-    format!("breaks the CDN Pro rule \"{name}\": {detail}")
+fn rule(name: &str, detail: impl std::fmt::Display) -> Refused {
+    Refused::new(format!("breaks the CDN Pro rule \"{name}\": {detail}"))
 }
 
 /// `fileUrls`: no `*` (URL purges are exact), every `%` starts an escape, at most 2048 bytes.
-pub fn check_file_url(t: &str) -> Result<(), String> {
+pub fn check_file_url(t: &str) -> Result<(), Refused> {
     if t.len() > MAX_FILE_URL {
         return Err(rule(
             "url length",
@@ -33,7 +35,7 @@ pub fn check_file_url(t: &str) -> Result<(), String> {
     check_percent(t)
 }
 
-fn check_percent(t: &str) -> Result<(), String> {
+fn check_percent(t: &str) -> Result<(), Refused> {
     let b = t.as_bytes();
     for (i, _) in t.match_indices('%') {
         let ok = b.len() > i + 2 && b[i + 1].is_ascii_hexdigit() && b[i + 2].is_ascii_hexdigit();
@@ -48,7 +50,7 @@ fn check_percent(t: &str) -> Result<(), String> {
 }
 
 /// PREFIX targets become `dirUrls` ending in `**`, so a `*` inside would turn into a wildcard.
-pub fn check_prefix(t: &str) -> Result<(), String> {
+pub fn check_prefix(t: &str) -> Result<(), Refused> {
     if t.contains('*') {
         return Err(rule(
             "no wildcard in PREFIX",
@@ -59,7 +61,7 @@ pub fn check_prefix(t: &str) -> Result<(), String> {
 }
 
 /// `dirUrls` wildcards: only the last `*` or `**` is a wildcard, so there may be only one.
-pub fn check_wildcard(t: &str) -> Result<(), String> {
+pub fn check_wildcard(t: &str) -> Result<(), Refused> {
     let runs: Vec<usize> = t
         .split(|c| c != '*')
         .filter(|s| !s.is_empty())
@@ -81,7 +83,7 @@ pub fn check_wildcard(t: &str) -> Result<(), String> {
 }
 
 /// Splits `scheme://host/rest` into the host and `/rest`.
-fn split_pattern(t: &str) -> Result<(&str, &str), String> {
+fn split_pattern(t: &str) -> Result<(&str, &str), Refused> {
     let Some((scheme, rest)) = t.split_once("://") else {
         return Err(rule(
             "scheme",
@@ -149,7 +151,7 @@ impl ast::Visitor for Quantifiers {
 
 /// `regexPatterns`: `{http|https|any}://{host}/`, at most 126 characters after the host, at
 /// most two unlimited quantifiers, no quantifier bound above 59.
-pub fn check_regex(t: &str) -> Result<(), String> {
+pub fn check_regex(t: &str) -> Result<(), Refused> {
     let (_, rest) = split_pattern(t)?;
     let len = rest.chars().count();
     if len > MAX_REGEX_AFTER_HOST {
@@ -184,8 +186,8 @@ pub fn check_regex(t: &str) -> Result<(), String> {
 mod tests {
     use super::*;
 
-    fn broken(r: Result<(), String>) -> String {
-        r.expect_err("should break a rule")
+    fn broken(r: Result<(), Refused>) -> String {
+        r.expect_err("should break a rule").rule
     }
 
     #[test]

@@ -419,3 +419,27 @@ where
 fn age(submitted_at: chrono::DateTime<Utc>) -> Duration {
     (Utc::now() - submitted_at).to_std().unwrap_or_default()
 }
+impl super::settings::ProviderFactory for CdnProSettings {
+    fn build(
+        &self,
+        _name: &str,
+        http: &reqwest::Client,
+        _registry: &mut super::Registry,
+    ) -> Result<std::sync::Arc<dyn super::Provider>, ConfigError> {
+        Ok(std::sync::Arc::new(CdnPro::new(self, http.clone())?))
+    }
+}
+
+impl super::settings::ProviderFactory for ContentSettings {
+    fn build(
+        &self,
+        _name: &str,
+        http: &reqwest::Client,
+        _registry: &mut super::Registry,
+    ) -> Result<std::sync::Arc<dyn super::Provider>, ConfigError> {
+        Ok(std::sync::Arc::new(ContentManagement::new(
+            self,
+            http.clone(),
+        )?))
+    }
+}

@@ -80,6 +80,17 @@ struct Inner {
     task_timeout: Duration,
 }
 
+impl super::settings::ProviderFactory for EdgeOneSettings {
+    fn build(
+        &self,
+        _name: &str,
+        http: &reqwest::Client,
+        _registry: &mut super::Registry,
+    ) -> Result<Arc<dyn super::Provider>, ConfigError> {
+        Ok(Arc::new(EdgeOne::new(self, http.clone())?))
+    }
+}
+
 impl EdgeOne {
     pub fn new(settings: &EdgeOneSettings, http: reqwest::Client) -> Result<EdgeOne, ConfigError> {
         let (endpoint, host) = super::http::endpoint("edgeone", &settings.endpoint)?;

@@ -46,31 +46,39 @@ fn normalize(kind: PurgeKind, target: &str) -> String {
     }
 }
 
-/// A target's outcome from its DescribePurgeTasks row; `None` while it runs.
-fn outcome(row: &api::Task) -> Option<Result<(), String>> {
+/// A target's outcome from its DescribePurgeTasks rows.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Outcome {
+    Running,
+    Succeeded,
+    /// EdgeOne's reason, shown to the caller.
+    Failed(String),
+}
+
+/// The outcome of one DescribePurgeTasks row.
+fn outcome(row: &api::Task) -> Outcome {
     match row.status.as_str() {
-        "processing" => None,
-        "success" => Some(Ok(())),
-        "timeout" => Some(Err("EdgeOne: the purge timed out".into())),
-        other => Some(Err(format!(
-            "EdgeOne: {other}: {} {}",
-            row.fail_type.as_deref().unwrap_or(""),
-            row.fail_message.as_deref().unwrap_or("")
-        )
-        .trim_end()
-        .to_owned())),
+        "processing" => Outcome::Running,
+        "success" => Outcome::Succeeded,
+        "timeout" => Outcome::Failed("EdgeOne: the purge timed out".into()),
+        other => Outcome::Failed(
+            format!(
+                "EdgeOne: {other}: {} {}",
+                row.fail_type.as_deref().unwrap_or(""),
+                row.fail_message.as_deref().unwrap_or("")
+            )
+            .trim_end()
+            .to_owned(),
+        ),
     }
 }
 
 /// Several rows for one target (a target sent twice): running wins, then failure.
-fn worst(
-    a: Option<Result<(), String>>,
-    b: Option<Result<(), String>>,
-) -> Option<Result<(), String>> {
+fn worst(a: Outcome, b: Outcome) -> Outcome {
     match (a, b) {
-        (None, _) | (_, None) => None,
-        (Some(Err(e)), _) | (_, Some(Err(e))) => Some(Err(e)),
-        (Some(Ok(())), Some(Ok(()))) => Some(Ok(())),
+        (Outcome::Running, _) | (_, Outcome::Running) => Outcome::Running,
+        (Outcome::Failed(e), _) | (_, Outcome::Failed(e)) => Outcome::Failed(e),
+        (Outcome::Succeeded, Outcome::Succeeded) => Outcome::Succeeded,
     }
 }
 
@@ -82,7 +90,7 @@ pub(super) fn progress(
     now: DateTime<Utc>,
     timeout: Duration,
 ) -> TaskProgress {
-    let mut by_target: HashMap<String, Option<Result<(), String>>> = HashMap::new();
+    let mut by_target: HashMap<String, Outcome> = HashMap::new();
     for row in rows {
         // ALL is tracked under one implicit target, whatever EdgeOne names it.
         let target = if task.kind == PurgeKind::All {
@@ -103,9 +111,9 @@ pub(super) fn progress(
     for target in &task.targets {
         match by_target.get(&normalize(task.kind, target)) {
             None => missing.push(target),
-            Some(None) => running = true,
-            Some(Some(Ok(()))) => {}
-            Some(Some(Err(reason))) => failed.push((target.clone(), reason.clone())),
+            Some(Outcome::Running) => running = true,
+            Some(Outcome::Succeeded) => {}
+            Some(Outcome::Failed(reason)) => failed.push((target.clone(), reason.clone())),
         }
     }
     let expired = chrono::Duration::from_std(timeout)

@@ -2,14 +2,14 @@
 
 use std::time::Duration;
 
-use purge_service::pb::{PurgeAction, PurgeKind, PurgeState};
+use purge_service::pb::{PurgeKind, PurgeState};
 use tonic::Code;
 
 use super::{Scheme, create, service};
 use crate::fakes::cdnetworks::Fault;
-use crate::fakes::cdnetworks::content::{FakeContent, QUERY, QUOTA, RECEIVER, REGEX};
+use crate::fakes::cdnetworks::content::{FakeContent, REGEX};
 use crate::support::{
-    TestApp, eventually, max_in_window, reason, request, violations, wait_terminal,
+    TestApp, assert_failed_with, eventually, max_in_window, request, wait_terminal,
 };
 
 /// Status polls at the test's pace.
@@ -34,88 +34,6 @@ fn regexes(from: usize, n: usize) -> Vec<String> {
     (from..from + n)
         .map(|i| format!("http://www.example.com/r{i}/.*"))
         .collect()
-}
-
-#[tokio::test]
-async fn cdnetworks_url_prefix_and_regex_reach_content_management_as_documented() {
-    let fake = FakeContent::start(Duration::from_millis(200)).await;
-    let (app, _dir) = content_service(&fake, Scheme::ApiKey).await;
-    let url = create(
-        &app,
-        request(
-            "cdnetworks",
-            PurgeKind::Url,
-            &[
-                "https://www.example.com/a.jpg",
-                "https://www.example.com/b.css",
-            ],
-        ),
-    )
-    .await;
-    assert_eq!(url.state(), PurgeState::Succeeded, "{url:?}");
-    assert!(
-        url.tasks[0].request_id.starts_with("cnc-req-"),
-        "{:?}",
-        url.tasks
-    );
-    let mut dir = request(
-        "cdnetworks",
-        PurgeKind::Prefix,
-        &["https://www.example.com/static/"],
-    );
-    dir.action = PurgeAction::Delete as i32;
-    assert_eq!(create(&app, dir).await.state(), PurgeState::Succeeded);
-    let regex = request(
-        "cdnetworks",
-        PurgeKind::Regex,
-        &["http://www.example.com/static/(.*).png"],
-    );
-    let regex = create(&app, regex).await;
-    assert_eq!(regex.state(), PurgeState::Succeeded, "{regex:?}");
-
-    let received = fake.accepted(RECEIVER);
-    assert_eq!(received[0]["urls"].as_array().unwrap().len(), 2);
-    assert_eq!(received[0]["urlAction"], "expire");
-    assert_eq!(received[1]["dirs"][0], "https://www.example.com/static/");
-    assert_eq!(received[1]["dirAction"], "delete");
-    assert_eq!(
-        fake.accepted(REGEX)[0]["urlRegulars"][0],
-        "http://www.example.com/static/(.*).png"
-    );
-    let queried: Vec<_> = fake.accepted(QUERY);
-    assert!(
-        queried
-            .iter()
-            .any(|b| b["itemId"] == regex.tasks[0].provider_task_id.as_str())
-    );
-    let calls = fake.calls();
-    assert!(calls.iter().all(|c| c.auth == "api_key"), "{calls:?}");
-    assert!(calls.iter().any(|c| c.path == QUOTA), "the quota is read");
-
-    // Directories must end with `/`, and regex purges cannot delete.
-    let mut client = app.client.clone();
-    let err = client
-        .create_purge(request(
-            "cdnetworks",
-            PurgeKind::Prefix,
-            &["https://www.example.com/x"],
-        ))
-        .await
-        .unwrap_err();
-    assert_eq!(err.code(), Code::InvalidArgument);
-    let v = violations(&err);
-    assert!(v[0].1.contains("must end with `/`"), "{v:?}");
-    let mut delete = request(
-        "cdnetworks",
-        PurgeKind::Regex,
-        &["http://www.example.com/d/.*"],
-    );
-    delete.action = PurgeAction::Delete as i32;
-    let err = client.create_purge(delete).await.unwrap_err();
-    assert_eq!(err.code(), Code::InvalidArgument);
-    let v = violations(&err);
-    assert_eq!(v[0].0, "action", "{v:?}");
-    assert!(v[0].1.contains("only expire"), "{v:?}");
 }
 
 #[tokio::test]
@@ -145,87 +63,11 @@ async fn cdnetworks_aksk_per_item_failures_and_unreported_items_fail_by_name() {
     )
     .await;
     assert_eq!(done.state(), PurgeState::Failed, "{done:?}");
-    let reason_of = |t: &str| {
-        done.failures
-            .iter()
-            .find(|f| f.target.ends_with(t))
-            .map(|f| f.reason.clone())
-            .unwrap_or_default()
-    };
-    assert!(
-        reason_of("/fail").contains("failed at 0%"),
-        "{:?}",
-        done.failures
-    );
-    assert!(
-        reason_of("/unreported").contains("did not report"),
-        "{:?}",
-        done.failures
-    );
+    assert_failed_with(&done, "/fail", "failed at 0%");
+    assert_failed_with(&done, "/unreported", "did not report");
     assert_eq!(done.failures.len(), 2);
     assert_eq!(done.progress.unwrap().succeeded, 1);
     assert!(fake.calls().iter().all(|c| c.auth == "aksk"));
-}
-
-#[tokio::test]
-async fn cdnetworks_regex_quota_fails_fast_when_known_and_number_out_of_limit_fails_the_task() {
-    // Known gone from /ccm/purge/quota: refused at CreatePurge.
-    let fake = FakeContent::start(Duration::from_millis(100)).await;
-    fake.set_remaining("regex", 0);
-    let (app, _dir) = content_service(&fake, Scheme::AkSk).await;
-    eventually(Duration::from_secs(10), "the quota was read", || {
-        let seen = fake.accepted(QUOTA).len();
-        async move { (seen > 0).then_some(()) }
-    })
-    .await;
-    let err = eventually(Duration::from_secs(10), "CreatePurge fails fast", || {
-        let mut c = app.client.clone();
-        async move {
-            c.create_purge(request(
-                "cdnetworks",
-                PurgeKind::Regex,
-                &["http://a.example.com/.*"],
-            ))
-            .await
-            .err()
-        }
-    })
-    .await;
-    assert_eq!(err.code(), Code::ResourceExhausted);
-    assert_eq!(reason(&err), "PROVIDER_QUOTA_EXHAUSTED");
-    assert!(fake.accepted(REGEX).is_empty());
-
-    // Not known: NumberOutOfLimit fails the task at once, without retries, and later
-    // regex purges fail fast.
-    let fake = FakeContent::start(Duration::from_millis(100)).await;
-    fake.fault(REGEX, Fault::Code(400, "NumberOutOfLimit"));
-    let (app, _dir) = content_service(&fake, Scheme::ApiKey).await;
-    let done = create(
-        &app,
-        request("cdnetworks", PurgeKind::Regex, &["http://a.example.com/.*"]),
-    )
-    .await;
-    assert_eq!(done.state(), PurgeState::Failed);
-    assert!(
-        done.failures[0].reason.contains("NumberOutOfLimit"),
-        "{:?}",
-        done.failures
-    );
-    assert_eq!(
-        fake.calls_of(REGEX).len(),
-        1,
-        "quota errors are not retried"
-    );
-    let mut client = app.client.clone();
-    let err = client
-        .create_purge(request(
-            "cdnetworks",
-            PurgeKind::Regex,
-            &["http://b.example.com/.*"],
-        ))
-        .await
-        .unwrap_err();
-    assert_eq!(err.code(), Code::ResourceExhausted);
 }
 
 #[tokio::test]

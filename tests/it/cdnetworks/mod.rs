@@ -4,6 +4,7 @@
 mod cdnpro;
 mod content;
 
+use std::path::Path;
 use std::time::Duration;
 
 use purge_service::pb;
@@ -31,8 +32,24 @@ pub async fn service(
     dispatch: &str,
 ) -> (TestApp, TempDir) {
     let dir = tempfile::tempdir().unwrap();
+    let provider = provider_toml(kind, endpoint, scheme, secret, keys, dir.path());
+    let toml =
+        format!("[dispatch]\nretry_max_elapsed = \"20s\"\n{dispatch}\n{provider}\n{tables}\n");
+    (spawn_app(config(&toml)).await, dir)
+}
+
+/// The provider table of one provider `name` of `kind` at `endpoint`, its keys in files under
+/// `dir`; `secret` replaces the right secret key or API key, `keys` are extra provider keys.
+pub fn provider_toml(
+    kind: &str,
+    endpoint: &str,
+    scheme: Scheme,
+    secret: Option<&str>,
+    keys: &str,
+    dir: &Path,
+) -> String {
     let file = |name: &str, value: &str| {
-        let path = dir.path().join(name);
+        let path = dir.join(name);
         std::fs::write(&path, format!("{value}\n")).unwrap();
         path
     };
@@ -47,10 +64,9 @@ pub async fn service(
             file("apikey", secret.unwrap_or(API_KEY))
         ),
     };
-    let toml = format!(
-        "[dispatch]\nretry_max_elapsed = \"20s\"\n{dispatch}\n[[providers]]\nname = \"{kind}\"\ntype = \"{kind}\"\nendpoint = \"{endpoint}\"\ntimeout = \"2s\"\n{keys}\n{tables}\n[providers.auth]\n{auth}"
-    );
-    (spawn_app(config(&toml)).await, dir)
+    format!(
+        "[[providers]]\nname = \"{kind}\"\ntype = \"{kind}\"\nendpoint = \"{endpoint}\"\ntimeout = \"2s\"\n{keys}\n[providers.auth]\n{auth}"
+    )
 }
 
 /// Creates a purge and waits until it is terminal.

@@ -1,7 +1,11 @@
 //! Typed configuration: defaults, then a TOML file, then `PURGE_*` environment variables
-//! (`__` between levels), validated once at start.
+//! (`__` between levels), validated once at start. The types are here; `env` holds the
+//! environment overlay, `validate` the checks.
 
-use std::collections::BTreeMap;
+mod env;
+mod mask;
+mod validate;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -13,7 +17,9 @@ use crate::limiter::Rate;
 pub use crate::providers::settings::{
     GroupConfig, LimitsConfig, ProviderConfig, ProviderSettings, string_or_number,
 };
-pub use crate::settings::{ConfigError, SecretRef};
+pub use crate::settings::{ConfigError, ConfigProblems, SecretRef};
+pub use env::PlaceError;
+pub use mask::{mask_url, mask_urls_in};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -81,6 +87,12 @@ pub struct ServerConfig {
     pub record_retention: Duration,
     /// Each caller's own CreatePurge rate; over it the caller gets RESOURCE_EXHAUSTED.
     pub caller_rate: Option<Rate>,
+    /// How often a WatchPurge re-reads its purge, in case an event was missed.
+    #[serde(with = "humantime_serde")]
+    pub watch_resync: Duration,
+    /// This replica's name in the work queue (its consumer name, with a random suffix);
+    /// `HOSTNAME` when unset, `replica` without either.
+    pub replica_name: Option<String>,
 }
 
 impl Default for ServerConfig {
@@ -95,6 +107,8 @@ impl Default for ServerConfig {
             idempotency_retention: Duration::from_secs(24 * 3600),
             record_retention: Duration::from_secs(7 * 24 * 3600),
             caller_rate: None,
+            watch_resync: Duration::from_secs(2),
+            replica_name: None,
         }
     }
 }
@@ -141,44 +155,6 @@ impl std::fmt::Debug for StoreConfig {
             .field("key_prefix", &m.key_prefix)
             .field("timeout", &m.timeout)
             .finish()
-    }
-}
-
-/// Every `scheme://user:password@` in `text` with the password masked.
-pub fn mask_urls_in(text: &str) -> String {
-    static URL_PASSWORD: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
-        regex::Regex::new(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^:@/\s]*:)[^@\s]*@")
-            .expect("valid regex")
-    });
-    URL_PASSWORD.replace_all(text, "${head}***@").into_owned()
-}
-
-/// `redis://user:secret@host/` -> `redis://user:***@host/`; a URL that does not parse is
-/// masked whole, since it may hold a password anywhere.
-pub fn mask_url(raw: &str) -> String {
-    match url::Url::parse(raw) {
-        Ok(mut u) => {
-            if u.password().is_some() {
-                let _ = u.set_password(Some("***"));
-            }
-            // redis-rs also reads a password from the query (`redis+unix:///s.sock?pass=...`).
-            if u.query_pairs().any(|(k, _)| k == "pass" || k == "password") {
-                let pairs: Vec<(String, String)> = u
-                    .query_pairs()
-                    .map(|(k, v)| {
-                        let v = if k == "pass" || k == "password" {
-                            "***".into()
-                        } else {
-                            v.into_owned()
-                        };
-                        (k.into_owned(), v)
-                    })
-                    .collect();
-                u.query_pairs_mut().clear().extend_pairs(pairs);
-            }
-            u.to_string()
-        }
-        Err(_) => "***".into(),
     }
 }
 
@@ -296,11 +272,17 @@ impl CallerConfig {
 }
 
 impl Config {
-    /// Loads defaults, then `file`, then the `PURGE_*` variables of `env`, and validates.
+    /// Loads defaults, then `file`, then the `PURGE_*` variables of `env`, and validates;
+    /// `HOSTNAME` of `env` names the replica unless `server.replica_name` does.
     pub fn load(
         file: Option<&Path>,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Config, ConfigError> {
+        let env: Vec<(String, String)> = env.into_iter().collect();
+        let hostname = env
+            .iter()
+            .find(|(k, _)| k == "HOSTNAME")
+            .map(|(_, v)| v.clone());
         let mut table = match file {
             Some(path) => {
                 let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
@@ -311,152 +293,17 @@ impl Config {
             }
             None => toml::Table::new(),
         };
-        overlay_env(&mut table, env)?;
+        env::overlay(&mut table, env)?;
         // Type errors quote the value: a URL with a password in the wrong place must not be
         // printed whole.
-        let config: Config = toml::Value::Table(table)
+        let mut config: Config = toml::Value::Table(table)
             .try_into()
             .map_err(|e: toml::de::Error| ConfigError::Invalid(mask_urls_in(&e.to_string())))?;
+        if config.server.replica_name.is_none() {
+            config.server.replica_name = hostname.filter(|h| !h.is_empty());
+        }
         config.validate()?;
         Ok(config)
-    }
-
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        let invalid = |m: String| Err(ConfigError::Invalid(m));
-        let mut names = std::collections::HashSet::new();
-        for p in &self.providers {
-            if p.name.is_empty() || !names.insert(p.name.as_str()) {
-                return invalid(format!("providers: duplicate or empty name {:?}", p.name));
-            }
-            for rate in p.limits.submit.iter().chain(&p.limits.status).flatten() {
-                if rate.count == 0 || rate.per.is_zero() {
-                    return invalid(format!(
-                        "providers.{}.limits: rates need count and per > 0",
-                        p.name
-                    ));
-                }
-            }
-            if p.limits
-                .account
-                .as_deref()
-                .is_some_and(|a| a.trim().is_empty())
-            {
-                return invalid(format!(
-                    "providers.{}.limits.account: must not be empty",
-                    p.name
-                ));
-            }
-            for (kind, cap) in &p.limits.max_per_call {
-                if *cap == 0 {
-                    return invalid(format!(
-                        "providers.{}.limits.max_per_call.{kind}: must be at least 1, got 0",
-                        p.name
-                    ));
-                }
-                if crate::model::PurgeKind::parse(kind).is_none() {
-                    return invalid(format!(
-                        "providers.{}.limits.max_per_call: unknown kind {kind:?}",
-                        p.name
-                    ));
-                }
-            }
-        }
-        if self.server.record_retention < self.server.idempotency_retention {
-            return invalid(format!(
-                "server.record_retention ({:?}) must be at least server.idempotency_retention ({:?}): a retry must find the purge its key names",
-                self.server.record_retention, self.server.idempotency_retention
-            ));
-        }
-        for (field, d) in [
-            ("server.request_timeout", self.server.request_timeout),
-            ("store.timeout", self.store.timeout),
-            ("dispatch.poll_interval", self.dispatch.poll_interval),
-            ("dispatch.reclaim_idle", self.dispatch.reclaim_idle),
-        ] {
-            if d.is_zero() {
-                return invalid(format!("{field}: must be more than 0"));
-            }
-        }
-        if let Some(endpoint) = &self.telemetry.otlp_endpoint
-            && !endpoint.starts_with("http://")
-        {
-            return invalid(format!(
-                "telemetry.otlp_endpoint: {endpoint:?} must be a plaintext http:// OTLP/gRPC endpoint (a collector or agent beside the service); TLS to a collector is not built in"
-            ));
-        }
-        let mut accounts: BTreeMap<&str, &ProviderConfig> = BTreeMap::new();
-        for p in &self.providers {
-            let Some(account) = p.limits.account.as_deref() else {
-                continue;
-            };
-            let Some(first) = accounts.insert(account, p) else {
-                continue;
-            };
-            let same_type =
-                std::mem::discriminant(&first.settings) == std::mem::discriminant(&p.settings);
-            if !same_type
-                || first.limits.submit != p.limits.submit
-                || first.limits.status != p.limits.status
-            {
-                return invalid(format!(
-                    "providers.{}.limits.account: {account:?} is also the account of provider {:?}; providers sharing an account need the same type and the same limits.submit and limits.status",
-                    p.name, first.name
-                ));
-            }
-        }
-        for g in &self.groups {
-            if !names.insert(g.name.as_str()) {
-                return invalid(format!("groups: name {:?} is already used", g.name));
-            }
-            if g.providers.is_empty() {
-                return invalid(format!("groups.{}: needs at least one provider", g.name));
-            }
-            if let Some(m) = g
-                .providers
-                .iter()
-                .find(|m| !self.providers.iter().any(|p| &p.name == *m))
-            {
-                return invalid(format!("groups.{}: unknown provider {m:?}", g.name));
-            }
-        }
-        let mut callers = std::collections::HashSet::new();
-        for c in &self.callers {
-            if !callers.insert(c.name.as_str()) {
-                return invalid(format!("callers: duplicate name {:?}", c.name));
-            }
-            if let Some(p) = c
-                .providers
-                .iter()
-                .flatten()
-                .find(|p| !names.contains(p.as_str()))
-            {
-                return invalid(format!(
-                    "callers.{}.providers: unknown provider or group {p:?}",
-                    c.name
-                ));
-            }
-        }
-        if self.store.backend == Backend::Redis
-            && self.store.url.is_none()
-            && self.store.cluster_urls.is_empty()
-        {
-            return invalid("store: backend \"redis\" needs url or cluster_urls".into());
-        }
-        if self.server.max_targets == 0
-            || self.dispatch.max_in_flight == 0
-            || self.dispatch.claim_batch == 0
-        {
-            return invalid(
-                "server.max_targets, dispatch.max_in_flight and dispatch.claim_batch must be > 0"
-                    .into(),
-            );
-        }
-        if let Some(rate) = self.server.caller_rate
-            && (rate.count == 0 || rate.per.is_zero())
-        {
-            return invalid("server.caller_rate: count and per must be > 0".into());
-        }
-        Ok(())
     }
 
     /// The effective settings as TOML, for `check-config`; Redis passwords are masked and
@@ -467,103 +314,6 @@ impl Config {
             ..self.clone()
         };
         toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot render: {e}"))
-    }
-}
-
-/// Applies `PURGE_SERVER__LISTEN=...`-style overrides; array items by index
-/// (`PURGE_PROVIDERS__0__ZONE_ID`). Values parse as TOML when they can (`100`, `true`,
-/// `["a"]`), as strings otherwise.
-/// The top-level tables of the config, the first part of a `PURGE_..__..` variable.
-const SECTIONS: &[&str] = &[
-    "server",
-    "store",
-    "dispatch",
-    "telemetry",
-    "providers",
-    "groups",
-    "callers",
-];
-
-fn overlay_env(
-    table: &mut toml::Table,
-    env: impl IntoIterator<Item = (String, String)>,
-) -> Result<(), ConfigError> {
-    // Only `PURGE_<SECTION>` and `PURGE_<SECTION>__...` are ours: Kubernetes adds
-    // `PURGE_SERVICE_HOST`-style variables for a Service named `purge...`, which must not stop
-    // the process from starting. A `__` path under an unknown section is a typo: an error.
-    let mut vars: Vec<(String, String)> = env
-        .into_iter()
-        .filter(|(k, _)| {
-            let Some(rest) = k.strip_prefix("PURGE_") else {
-                return false;
-            };
-            let section = rest.split("__").next().unwrap_or("").to_ascii_lowercase();
-            rest.contains("__") || SECTIONS.contains(&section.as_str())
-        })
-        .collect();
-    vars.sort();
-    for (key, value) in vars {
-        let path: Vec<String> = key["PURGE_".len()..]
-            .split("__")
-            .map(str::to_ascii_lowercase)
-            .collect();
-        if !SECTIONS.contains(&path[0].as_str()) {
-            return Err(ConfigError::Invalid(format!(
-                "{key}: no config section {:?}; sections are {}",
-                path[0],
-                SECTIONS.join(", ")
-            )));
-        }
-        let value = toml::from_str::<toml::Table>(&format!("v = {value}"))
-            .ok()
-            .and_then(|mut t| t.remove("v"))
-            .unwrap_or(toml::Value::String(value));
-        set_path(table, &path, value).map_err(|m| ConfigError::Invalid(format!("{key}: {m}")))?;
-    }
-    Ok(())
-}
-
-fn set_path(table: &mut toml::Table, path: &[String], value: toml::Value) -> Result<(), String> {
-    if path.is_empty() {
-        return Err("empty key".into());
-    }
-    let mut root = toml::Value::Table(std::mem::take(table));
-    let placed = place(&mut root, path, value);
-    if let toml::Value::Table(t) = root {
-        *table = t;
-    }
-    placed
-}
-
-/// Puts `value` at `path` below `node`, making the tables and arrays on the way: a numeric
-/// segment is an array index, so `PROVIDERS__0__NAME` works without a config file too.
-fn place(node: &mut toml::Value, path: &[String], value: toml::Value) -> Result<(), String> {
-    let Some((seg, rest)) = path.split_first() else {
-        *node = value;
-        return Ok(());
-    };
-    let fresh = || match rest.first() {
-        Some(next) if next.parse::<usize>().is_ok() => toml::Value::Array(Vec::new()),
-        _ => toml::Value::Table(toml::Table::new()),
-    };
-    match node {
-        toml::Value::Table(t) => {
-            let child = t.entry(seg.clone()).or_insert_with(fresh);
-            place(child, rest, value)
-        }
-        toml::Value::Array(items) => {
-            let i: usize = seg
-                .parse()
-                .map_err(|_| format!("{seg:?} is not an index"))?;
-            if i >= 256 {
-                return Err(format!("index {i} is too large"));
-            }
-            while items.len() <= i {
-                items.push(fresh());
-            }
-            place(&mut items[i], rest, value)
-        }
-        _ => Err(format!("{seg:?} is below a plain value")),
     }
 }
 
@@ -677,6 +427,28 @@ mod tests {
         assert_eq!(mask_url("not a url with pass"), "***");
         let unix = mask_url("redis+unix:///run/redis.sock?db=1&pass=hunter4");
         assert!(!unix.contains("hunter4") && unix.contains("db=1"), "{unix}");
+    }
+
+    #[test]
+    fn the_replica_is_named_by_hostname_unless_configured() {
+        let c = Config::load(None, env(&[("HOSTNAME", "pod-7")])).unwrap();
+        assert_eq!(c.server.replica_name.as_deref(), Some("pod-7"));
+        assert_eq!(c.server.watch_resync, Duration::from_secs(2));
+        let c = Config::load(
+            None,
+            env(&[
+                ("HOSTNAME", "pod-7"),
+                ("PURGE_SERVER__REPLICA_NAME", "blue"),
+                ("PURGE_SERVER__WATCH_RESYNC", "500ms"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.server.replica_name.as_deref(), Some("blue"));
+        assert_eq!(c.server.watch_resync, Duration::from_millis(500));
+        assert_eq!(
+            Config::load(None, Vec::new()).unwrap().server.replica_name,
+            None
+        );
     }
 
     #[test]
