@@ -5,6 +5,7 @@ mod support;
 
 mod api;
 mod cdnetworks;
+mod cli;
 mod dispatch;
 mod edgeone;
 mod edgeone_client;
