@@ -2,8 +2,10 @@
 
 use std::path::PathBuf;
 
-use anyhow::Context;
 use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+use purge_service::app::AppError;
 use purge_service::{App, config::Config, telemetry};
 
 #[derive(Parser)]
@@ -34,44 +36,87 @@ enum Command {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Some(Command::Health { addr, timeout }) = &cli.command {
         // A probe's answer: one short line, exit 1 unless SERVING.
         if let Err(e) = purge_service::health_probe::check(addr, *timeout).await {
             eprintln!("{e}");
-            std::process::exit(1);
+            return ExitCode::FAILURE;
         }
         println!("SERVING");
-        return Ok(());
+        return ExitCode::SUCCESS;
     }
-    let config =
-        Config::load(cli.config.as_deref(), std::env::vars()).context("loading configuration")?;
+    let config = match Config::load(cli.config.as_deref(), std::env::vars()) {
+        Ok(config) => config,
+        Err(e) => return user_error("loading configuration", &e),
+    };
     if let Some(Command::CheckConfig) = cli.command {
-        purge_service::providers::build::check_secrets(&config.providers)
-            .context("checking secrets")?;
-        purge_service::core::Callers::from_config(&config.callers)
-            .context("checking caller tokens")?;
+        if let Err(e) = purge_service::providers::build::check_secrets(&config.providers) {
+            return user_error("checking secrets", &e);
+        }
+        if let Err(e) = purge_service::core::Callers::from_config(&config.callers) {
+            return user_error("checking caller tokens", &e);
+        }
         print!("{}", config.to_toml());
-        return Ok(());
+        return ExitCode::SUCCESS;
     }
-    let telemetry = telemetry::init(&config.telemetry).context("setting up telemetry")?;
+    let telemetry = match telemetry::init(&config.telemetry) {
+        Ok(t) => t,
+        Err(e) => return user_error("setting up telemetry", &e),
+    };
     let served = serve(config).await;
-    if let Err(e) = &served {
-        tracing::error!(error = format!("{e:#}"), "stopped with an error");
-    }
     telemetry.shutdown().await;
-    served
+    match served {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Stop::User(what, e)) => user_error(&what, e.as_ref()),
+        Err(Stop::Bug(e)) => {
+            // Not the user's doing: the backtrace (when enabled) helps whoever fixes it.
+            tracing::error!(error = format!("{e:#}"), "stopped with an error");
+            eprintln!("error: {e:?}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
-async fn serve(config: purge_service::config::Config) -> anyhow::Result<()> {
+/// Why serving stopped: a mistake in the configuration or the environment (what was being
+/// done, the error), or anything else.
+enum Stop {
+    User(String, Box<dyn std::error::Error + Send + Sync>),
+    Bug(anyhow::Error),
+}
+
+/// A user's mistake: its cause chain on one line, no backtrace, exit status 2.
+fn user_error(what: &str, e: &(dyn std::error::Error + 'static)) -> ExitCode {
+    let mut line = format!("error: {what}: {e}");
+    let mut source = e.source();
+    while let Some(cause) = source {
+        line.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    eprintln!("{line}");
+    ExitCode::from(2)
+}
+
+async fn serve(config: purge_service::config::Config) -> Result<(), Stop> {
     let listen = config.server.listen;
-    let app = App::build(config).await.context("building the service")?;
+    let app = match App::build(config).await {
+        Ok(app) => app,
+        Err(e @ AppError::Config(_)) => {
+            return Err(Stop::User("building the service".into(), e.into()));
+        }
+        Err(e) => {
+            return Err(Stop::Bug(
+                anyhow::Error::new(e).context("building the service"),
+            ));
+        }
+    };
     let listener = tokio::net::TcpListener::bind(listen)
         .await
-        .with_context(|| format!("binding {listen}"))?;
-    app.run(listener, shutdown_signal()).await?;
-    Ok(())
+        .map_err(|e| Stop::User(format!("binding {listen}"), e.into()))?;
+    app.run(listener, shutdown_signal())
+        .await
+        .map_err(|e| Stop::Bug(e.into()))
 }
 
 /// Resolves on the first SIGTERM or SIGINT.

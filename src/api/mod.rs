@@ -5,7 +5,7 @@ pub mod status;
 
 use std::pin::Pin;
 
-use tokio_stream::{Stream, StreamExt, wrappers::ReceiverStream};
+use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
@@ -146,8 +146,7 @@ impl PurgeApi {
             .watch(&caller, &request.get_ref().id)
             .await
             .map_err(status::from_error)?;
-        let stream = ReceiverStream::new(updates)
-            .map(|u| u.map(|p| convert::purge(&p)).map_err(status::from_error));
+        let stream = updates.map(|u| u.map(|p| convert::purge(&p)).map_err(status::from_error));
         Ok(Response::new(Box::pin(stream)))
     }
 }

@@ -293,12 +293,26 @@ impl Config {
             }
             None => toml::Table::new(),
         };
+        let had_providers = table.contains_key("providers");
         env::overlay(&mut table, env)?;
+        // Providers only from variables that do not make valid providers: say why.
+        let providers_from_env = !had_providers
+            && table
+                .get("providers")
+                .is_some_and(|p| p.clone().try_into::<Vec<ProviderConfig>>().is_err());
         // Type errors quote the value: a URL with a password in the wrong place must not be
         // printed whole.
-        let mut config: Config = toml::Value::Table(table)
-            .try_into()
-            .map_err(|e: toml::de::Error| ConfigError::Invalid(mask_urls_in(&e.to_string())))?;
+        let mut config: Config =
+            toml::Value::Table(table)
+                .try_into()
+                .map_err(|e: toml::de::Error| {
+                    let mut message = mask_urls_in(&e.to_string());
+                    if providers_from_env {
+                        message = message.trim_end().replace('\n', " ");
+                        message.push_str(&providers_from_env_hint());
+                    }
+                    ConfigError::Invalid(message)
+                })?;
         if config.server.replica_name.is_none() {
             config.server.replica_name = hostname.filter(|h| !h.is_empty());
         }
@@ -315,6 +329,17 @@ impl Config {
         };
         toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot render: {e}"))
     }
+}
+
+/// Added to a provider error when only `PURGE_PROVIDERS__*` variables define providers.
+fn providers_from_env_hint() -> String {
+    format!(
+        "; PURGE_PROVIDERS__<n>__* variables replace the default sandbox provider instead of \
+         changing it: each provider they define needs NAME and TYPE ({}) and that type's \
+         required settings, e.g. PURGE_PROVIDERS__0__NAME=sandbox and \
+         PURGE_PROVIDERS__0__TYPE=sandbox",
+        ProviderSettings::TYPES.join(", ")
+    )
 }
 
 #[cfg(test)]

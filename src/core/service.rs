@@ -3,14 +3,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use futures::Stream;
 use tokio_util::sync::CancellationToken;
-use tracing::Instrument;
 
 use super::auth::{Caller, Callers};
 use super::error::{Error, FieldViolation};
 use super::validate::{CreateRequest, Limits, validate};
-use super::watch::WatchHub;
+use super::watch::{Subscription, WatchHub};
 use crate::limiter::{Charge, Decision, Limit, Limiter, Rate};
 use crate::model::WorkItem;
 use crate::model::{PurgeRecord, PurgeSpec};
@@ -185,57 +184,74 @@ impl PurgeCore {
 
     /// The current snapshot, then each newer version, ending after a terminal state. On
     /// shutdown the stream's last item is `Error::ShuttingDown`.
+    ///
+    /// The stream does its work when polled: no task and no channel per watch, so an open
+    /// watch costs its state and the HTTP/2 stream, nothing more.
     pub async fn watch(
         &self,
         caller: &Caller,
         id: &str,
-    ) -> Result<mpsc::Receiver<Result<PurgeRecord, Error>>, Error> {
+    ) -> Result<impl Stream<Item = Result<PurgeRecord, Error>> + Send + 'static, Error> {
         // Subscribed before the first read, so no change after it goes unnoticed.
-        let id = &canonical_id(id)?;
-        let mut changes = self.inner.hub.subscribe(id);
-        let first = self.get(caller, id).await?;
-        let (tx, rx) = mpsc::channel(4);
-        let core = self.clone();
-        let id = id.to_owned();
-        let span = tracing::info_span!("watch", purge_id = %id);
-        tokio::spawn(
-            async move {
-                let mut last = first.version;
-                let mut done = first.state.is_terminal();
-                if tx.send(Ok(first)).await.is_err() {
-                    return;
+        let id = canonical_id(id)?;
+        let changes = self.inner.hub.subscribe(&id);
+        let first = self.get(caller, &id).await?;
+        let state = WatchState {
+            core: self.clone(),
+            id,
+            changes,
+            last: first.version,
+            done: false,
+            first: Some(first),
+        };
+        Ok(futures::stream::unfold(state, WatchState::next))
+    }
+}
+
+/// Where one watch is: what it last sent, whether it is over.
+struct WatchState {
+    core: PurgeCore,
+    id: String,
+    changes: Subscription,
+    last: u64,
+    done: bool,
+    first: Option<PurgeRecord>,
+}
+
+impl WatchState {
+    async fn next(mut self) -> Option<(Result<PurgeRecord, Error>, WatchState)> {
+        if let Some(first) = self.first.take() {
+            self.done = first.state.is_terminal();
+            return Some((Ok(first), self));
+        }
+        let resync = self.core.inner.settings.watch_resync;
+        while !self.done {
+            tokio::select! {
+                _ = self.core.inner.closing.cancelled() => {
+                    self.done = true;
+                    return Some((Err(Error::ShuttingDown), self));
                 }
-                let resync = core.inner.settings.watch_resync;
-                while !done {
-                    tokio::select! {
-                        _ = core.inner.closing.cancelled() => {
-                            let _ = tx.send(Err(Error::ShuttingDown)).await;
-                            return;
-                        }
-                        _ = tx.closed() => return,
-                        _ = changes.changed() => {}
-                        _ = tokio::time::sleep(resync) => {}
-                    }
-                    match core.inner.store.get(&id).await {
-                        Ok(Some(r)) if r.version > last => {
-                            last = r.version;
-                            done = r.state.is_terminal();
-                            if tx.send(Ok(r)).await.is_err() {
-                                return;
-                            }
-                        }
-                        Ok(Some(_)) => {}
-                        Ok(None) => {
-                            // Expired or removed while watched.
-                            let _ = tx.send(Err(Error::NotFound { id: id.clone() })).await;
-                            return;
-                        }
-                        Err(e) => tracing::warn!(error = %e, "watch re-read failed; retrying"),
-                    }
+                _ = self.changes.changed() => {}
+                _ = tokio::time::sleep(resync) => {}
+            }
+            match self.core.inner.store.get(&self.id).await {
+                Ok(Some(r)) if r.version > self.last => {
+                    self.last = r.version;
+                    self.done = r.state.is_terminal();
+                    return Some((Ok(r), self));
+                }
+                Ok(Some(_)) => {}
+                Ok(None) => {
+                    // Expired or removed while watched.
+                    self.done = true;
+                    let id = self.id.clone();
+                    return Some((Err(Error::NotFound { id }), self));
+                }
+                Err(e) => {
+                    tracing::warn!(purge_id = %self.id, error = %e, "watch re-read failed; retrying")
                 }
             }
-            .instrument(span),
-        );
-        Ok(rx)
+        }
+        None
     }
 }

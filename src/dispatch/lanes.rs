@@ -1,7 +1,7 @@
 //! Lane buffers: targets waiting to be packed into provider calls, one buffer per lane, with
 //! identical targets kept once and credited to every purge that asked for them.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use crate::model::{Action, PurgeKind, PurgeSpec};
@@ -78,10 +78,39 @@ impl Taken {
     }
 }
 
+/// Past this many purges on one target, whether a purge is already credited is looked up in
+/// a set instead of scanned: a hot target (or any target behind a throttled provider) can
+/// gather hundreds of thousands of purges, and a scan per create made that quadratic.
+const SCAN_LIMIT: usize = 16;
+
+/// The purges one waiting target is credited to, each once, in arrival order.
+#[derive(Default)]
+struct Credits {
+    purges: Vec<String>,
+    /// Built once `purges` outgrows `SCAN_LIMIT`.
+    index: Option<HashSet<String>>,
+}
+
+impl Credits {
+    fn add(&mut self, purge_id: &str) {
+        let known = match &mut self.index {
+            Some(index) => !index.insert(purge_id.to_owned()),
+            None => self.purges.iter().any(|p| p == purge_id),
+        };
+        if known {
+            return;
+        }
+        self.purges.push(purge_id.to_owned());
+        if self.index.is_none() && self.purges.len() > SCAN_LIMIT {
+            self.index = Some(self.purges.iter().cloned().collect());
+        }
+    }
+}
+
 #[derive(Default)]
 struct LaneBuf {
     order: VecDeque<String>,
-    credits: HashMap<String, Vec<String>>,
+    credits: HashMap<String, Credits>,
     since: Option<Instant>,
 }
 
@@ -97,15 +126,12 @@ impl Lanes {
         let lane = self.lanes.entry(key.clone()).or_default();
         lane.since.get_or_insert_with(Instant::now);
         match lane.credits.get_mut(target) {
-            Some(purges) => {
-                if !purges.iter().any(|p| p == purge_id) {
-                    purges.push(purge_id.to_owned());
-                }
-            }
+            Some(credits) => credits.add(purge_id),
             None => {
                 lane.order.push_back(target.to_owned());
-                lane.credits
-                    .insert(target.to_owned(), vec![purge_id.to_owned()]);
+                let mut credits = Credits::default();
+                credits.add(purge_id);
+                lane.credits.insert(target.to_owned(), credits);
             }
         }
     }
@@ -140,7 +166,7 @@ impl Lanes {
         let targets: Vec<String> = lane.order.drain(..n).collect();
         let credits = targets
             .iter()
-            .filter_map(|t| lane.credits.remove(t).map(|c| (t.clone(), c)))
+            .filter_map(|t| lane.credits.remove(t).map(|c| (t.clone(), c.purges)))
             .collect();
         if lane.order.is_empty() {
             self.lanes.remove(key);
@@ -183,6 +209,20 @@ mod tests {
         assert_eq!(taken.credits["https://a/1"], ["p1", "p2"]);
         assert_eq!(taken.by_purge()["p2"].len(), 2);
         assert!(lanes.is_empty());
+    }
+
+    #[test]
+    fn a_hot_target_credits_each_purge_once_in_order() {
+        let mut lanes = Lanes::default();
+        for round in 0..2 {
+            for i in 0..100 {
+                lanes.push(&key(), "https://a/hot", &format!("p{i}"));
+            }
+            assert_eq!(lanes.waiting(), 1, "round {round}");
+        }
+        let taken = lanes.take(&key(), 10);
+        let want: Vec<String> = (0..100).map(|i| format!("p{i}")).collect();
+        assert_eq!(taken.credits["https://a/hot"], want);
     }
 
     #[test]

@@ -7,6 +7,7 @@ mod support;
 mod api;
 mod cdnetworks;
 mod chart;
+mod cli;
 mod dispatch;
 mod edgeone;
 mod edgeone_client;

@@ -37,17 +37,35 @@ pub struct AkSkInput<'a> {
     pub body: &'a [u8],
 }
 
+/// The canonical request the official SDK (`AkSkAuth`) signs: the query string only for
+/// non-POST requests and URL-decoded first, every signed header value lowercased, the body
+/// hashed only for POST and PUT (an empty string's hash otherwise).
+pub fn aksk_canonical_request(input: &AkSkInput<'_>) -> String {
+    let method = input.method.to_ascii_uppercase();
+    let query = if method == "POST" {
+        String::new()
+    } else {
+        percent_encoding::percent_decode_str(input.query)
+            .decode_utf8_lossy()
+            .into_owned()
+    };
+    let body: &[u8] = if matches!(method.as_str(), "POST" | "PUT") {
+        input.body
+    } else {
+        b""
+    };
+    format!(
+        "{method}\n{}\n{query}\ncontent-type:{}\nhost:{}\n\ncontent-type;host\n{}",
+        input.path,
+        input.content_type.to_ascii_lowercase(),
+        input.host.to_ascii_lowercase(),
+        hex::encode(Sha256::digest(body))
+    )
+}
+
 /// The hex `CNC-HMAC-SHA256` signature, with `content-type;host` signed.
 pub fn aksk_signature(input: &AkSkInput<'_>) -> String {
-    let canonical = format!(
-        "{}\n{}\n{}\ncontent-type:{}\nhost:{}\n\ncontent-type;host\n{}",
-        input.method,
-        input.path,
-        input.query,
-        input.content_type.to_ascii_lowercase(),
-        input.host,
-        hex::encode(Sha256::digest(input.body))
-    );
+    let canonical = aksk_canonical_request(input);
     let to_sign = format!(
         "CNC-HMAC-SHA256\n{}\n{}",
         input.timestamp,
@@ -117,14 +135,56 @@ mod tests {
     }
 
     #[test]
-    fn aksk_lowercases_the_signed_content_type_and_covers_time_and_query() {
+    fn aksk_lowercases_signed_header_values_and_covers_time() {
         let base = aksk_signature(&vector_input("application/json"));
         assert_eq!(aksk_signature(&vector_input("Application/JSON")), base);
+        let mut host = vector_input("application/json");
+        host.host = "API.CDNetworks.com";
+        assert_eq!(aksk_signature(&host), base);
         let mut later = vector_input("application/json");
         later.timestamp += 1;
         assert_ne!(aksk_signature(&later), base);
+    }
+
+    #[test]
+    fn aksk_post_signs_no_query() {
+        let base = aksk_signature(&vector_input("application/json"));
         let mut query = vector_input("application/json");
         query.query = "target=production";
-        assert_ne!(aksk_signature(&query), base);
+        assert_eq!(aksk_signature(&query), base);
     }
+
+    fn get_input(query: &str) -> AkSkInput<'_> {
+        AkSkInput {
+            access_key: "EXAMPLEACCESSKEY0123",
+            secret_key: "EXAMPLESECRETKEY0123456789",
+            method: "GET",
+            path: "/cdn/purges/purgeTokens",
+            query,
+            content_type: "application/json",
+            host: "api.cdnetworks.com",
+            timestamp: 1700000000,
+            body: b"{}",
+        }
+    }
+
+    #[test]
+    fn aksk_get_signs_the_decoded_query_and_no_body() {
+        let input = get_input("target=production&name=a%20b%2Fc");
+        assert_eq!(
+            aksk_canonical_request(&input),
+            "GET\n/cdn/purges/purgeTokens\ntarget=production&name=a b/c\n\
+             content-type:application/json\nhost:api.cdnetworks.com\n\ncontent-type;host\n\
+             e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
+        // Vector computed independently (Python hashlib/hmac on the canonical request above).
+        assert_eq!(aksk_signature(&input), GET_VECTOR);
+        // The body of a GET is not signed; an encoded and a decoded query sign the same.
+        let mut no_body = get_input("target=production&name=a b/c");
+        no_body.body = b"";
+        assert_eq!(aksk_signature(&no_body), GET_VECTOR);
+        assert_ne!(aksk_signature(&get_input("target=staging")), GET_VECTOR);
+    }
+
+    const GET_VECTOR: &str = "2059cf917f118cdedb94a1c1639cb0b19f31ddd4108172d3c5998259f5052b53";
 }

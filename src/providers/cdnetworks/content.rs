@@ -52,12 +52,22 @@ const MAX_REGEX_LEN: usize = 2000;
 const REGEX_PER_DAY: u64 = 500;
 const UTC_PLUS_8: i32 = 8 * 3600;
 
+/// Why a PREFIX+DELETE refusal most likely happened, added to its message.
+const DIR_DELETE_OFF: &str = "directory DELETE is off by default on Content Management \
+accounts (CDNetworks support enables it on request); send PREFIX purges as INVALIDATE, \
+or ask support to enable directory delete";
+
 const REGEX_ONLY_EXPIRES: &str = "Content Management regex purges only expire; use INVALIDATE";
 
 const RECEIVER: &str = "/ccm/purge/ItemIdReceiver";
 const REGEX: &str = "/api/content/regular-url/purge";
 const QUERY: &str = "/ccm/purge/ItemIdQuery";
 const QUOTA: &str = "/ccm/purge/quota";
+
+/// Rows per ItemIdQuery page: the documented default (no larger size is documented).
+const PAGE_SIZE: u64 = 20;
+/// Pages read at most for one item: 500 targets per call fit in 25 pages of 20.
+const MAX_PAGES: u64 = MAX_PER_CALL as u64 / PAGE_SIZE + 1;
 
 /// The Content Management client of one account.
 #[derive(Clone, Debug)]
@@ -155,20 +165,47 @@ impl ContentManagement {
         })
     }
 
-    async fn status(&self, task: &TaskQuery) -> Result<TaskProgress, ProviderError> {
-        let body = json!({"itemId": task.task_id});
-        let reply = self
-            .inner
-            .api
-            .send(Method::POST, QUERY, "", Some(&body))
-            .await?;
-        let rows = reply.body.get("resultDetail");
-        if !reply.status.is_success() || rows.is_none() && reply.code().is_some_and(|c| c != "1") {
-            return Err(self.classify(&reply, QUERY));
+    /// Reads every page of ItemIdQuery for `task`: the first page is the call the dispatcher
+    /// paid for, every further page is paid from `budget`.
+    async fn status(
+        &self,
+        task: &TaskQuery,
+        budget: &dyn CallBudget,
+    ) -> Result<TaskProgress, ProviderError> {
+        let mut rows: Vec<Value> = Vec::new();
+        let mut page = 1u64;
+        loop {
+            if page > 1 {
+                budget.acquire().await?;
+            }
+            let body = json!({"itemId": task.task_id, "pageNo": page, "pageSize": PAGE_SIZE});
+            let reply = self
+                .inner
+                .api
+                .send(Method::POST, QUERY, "", Some(&body))
+                .await?;
+            let detail = reply.body.get("resultDetail");
+            if !reply.status.is_success()
+                || detail.is_none() && reply.code().is_some_and(|c| c != "1")
+            {
+                return Err(self.classify(&reply, QUERY));
+            }
+            let got = detail
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
+            let empty = got.is_empty();
+            rows.extend(got);
+            // `count` is the total number of rows; without it, one page is all there is.
+            let total = count(reply.body.get("count")).unwrap_or(0);
+            if empty || rows.len() as u64 >= total || page >= MAX_PAGES {
+                break;
+            }
+            page += 1;
         }
         // The newest row per url wins; unknown statuses count as still running.
         let mut by_url: HashMap<String, (String, String)> = HashMap::new();
-        for row in rows.and_then(Value::as_array).into_iter().flatten() {
+        for row in &rows {
             let Some(url) = row.get("url").and_then(scalar) else {
                 continue;
             };
@@ -279,7 +316,16 @@ impl Provider for ContentManagement {
             }
             PurgeKind::Prefix => {
                 let body = json!({"dirs": batch.targets, "dirAction": action});
-                self.purge(RECEIVER, &body, is_int_success).await
+                let sent = self.purge(RECEIVER, &body, is_int_success).await;
+                match (batch.action, sent) {
+                    (Action::Delete, Err(ProviderError::Rejected { code, message })) => {
+                        Err(ProviderError::Rejected {
+                            code,
+                            message: format!("{message}; {DIR_DELETE_OFF}"),
+                        })
+                    }
+                    (_, sent) => sent,
+                }
             }
             PurgeKind::Regex => {
                 let body = json!({"urlRegulars": batch.targets});
@@ -299,7 +345,7 @@ impl Provider for ContentManagement {
         tasks: &[TaskQuery],
         budget: &dyn CallBudget,
     ) -> Result<Vec<(String, TaskProgress)>, ProviderError> {
-        super::poll_each(tasks, budget, |task| self.status(task)).await
+        super::poll_each(tasks, budget, |task| self.status(task, budget)).await
     }
 
     async fn quota(&self) -> Result<BTreeMap<PurgeKind, KindQuota>, ProviderError> {

@@ -2,12 +2,12 @@
 
 use std::time::Duration;
 
-use purge_service::pb::{PurgeKind, PurgeState};
+use purge_service::pb::{PurgeAction, PurgeKind, PurgeState};
 use tonic::Code;
 
 use super::{Scheme, create, service};
 use crate::fakes::cdnetworks::Fault;
-use crate::fakes::cdnetworks::content::{FakeContent, REGEX};
+use crate::fakes::cdnetworks::content::{FakeContent, QUERY, RECEIVER, REGEX};
 use crate::support::{
     TestApp, assert_failed_with, eventually, max_in_window, request, wait_terminal,
 };
@@ -34,6 +34,70 @@ fn regexes(from: usize, n: usize) -> Vec<String> {
     (from..from + n)
         .map(|i| format!("http://www.example.com/r{i}/.*"))
         .collect()
+}
+
+#[tokio::test]
+async fn cdnetworks_a_32_target_batch_is_read_over_every_status_page() {
+    let fake = FakeContent::start(Duration::from_millis(100)).await;
+    // Content Management's own wait for unreported targets (10 min) is left as it is: a
+    // target on a page never read stays RUNNING past the test's deadline.
+    let (app, _dir) = content_service(&fake, Scheme::AkSk).await;
+    let urls: Vec<String> = (0..32)
+        .map(|i| format!("https://www.example.com/p/{i}.js"))
+        .collect();
+    let urls: Vec<&str> = urls.iter().map(String::as_str).collect();
+    let mut client = app.client.clone();
+    let created = client
+        .create_purge(request("cdnetworks", PurgeKind::Url, &urls))
+        .await
+        .unwrap()
+        .into_inner();
+    let done = wait_terminal(&app.client, &created.id, Duration::from_secs(20)).await;
+    assert_eq!(done.state(), PurgeState::Succeeded, "{done:?}");
+    assert_eq!(done.progress.unwrap().succeeded, 32);
+    assert_eq!(
+        fake.accepted(RECEIVER).len(),
+        1,
+        "one call carried the batch"
+    );
+    // Both pages were asked, each a status call of its own, within the status budget.
+    let queries = fake.accepted(QUERY);
+    let pages: Vec<u64> = queries
+        .iter()
+        .filter_map(|b| b["pageNo"].as_u64())
+        .collect();
+    assert!(pages.contains(&1) && pages.contains(&2), "{queries:?}");
+    assert!(
+        pages.iter().all(|p| *p <= 2),
+        "no page past `count`: {pages:?}"
+    );
+    let at: Vec<_> = fake.calls_of(QUERY).iter().map(|c| c.at).collect();
+    assert!(max_in_window(&at, Duration::from_secs(1)) <= 20, "{at:?}");
+}
+
+#[tokio::test]
+async fn cdnetworks_prefix_delete_refused_names_the_account_setting() {
+    // Directory DELETE is off by default on an account.
+    let fake = FakeContent::start(Duration::from_millis(100)).await;
+    let (app, _dir) = content_service(&fake, Scheme::AkSk).await;
+    let mut dir = request(
+        "cdnetworks",
+        PurgeKind::Prefix,
+        &["https://www.example.com/static/"],
+    );
+    dir.action = PurgeAction::Delete as i32;
+    let done = create(&app, dir).await;
+    assert_eq!(done.state(), PurgeState::Failed, "{done:?}");
+    let reason = &done.failures[0].reason;
+    assert!(
+        reason.contains("directory DELETE is off by default") && reason.contains("INVALIDATE"),
+        "{reason}"
+    );
+    assert_eq!(
+        fake.calls_of(RECEIVER).len(),
+        1,
+        "refused once, not retried"
+    );
 }
 
 #[tokio::test]

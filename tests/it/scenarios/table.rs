@@ -303,7 +303,16 @@ pub fn content_management() -> Row<FakeContent> {
     Row {
         name: "cdnetworks",
         request_ids: "cnc-req-",
-        start: || FakeContent::start(Duration::from_millis(100)).boxed(),
+        // Directory DELETE is off on an account by default: this one has it on, so every
+        // action goes through (the refusal has its own test).
+        start: || {
+            async {
+                let fake = FakeContent::start(Duration::from_millis(100)).await;
+                fake.allow_dir_delete();
+                fake
+            }
+            .boxed()
+        },
         provider_toml: |fake, secret, keys, dir| {
             provider_toml(
                 "cdnetworks",

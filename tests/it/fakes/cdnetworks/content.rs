@@ -3,6 +3,8 @@
 //! same regex still runs, and items that go `wait` -> `run` -> `success` over time. A target
 //! containing `fail` ends in `failure`; one containing `unreported` never shows up in
 //! ItemIdQuery. `Code` is an integer in some answers and a string in others, as documented.
+//! ItemIdQuery pages its rows as the API does (`pageNo` default 1, `pageSize` default 20, `count`
+//! the total). Directory DELETE is off, as on a new account, until `allow_dir_delete`.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -37,6 +39,7 @@ struct Fake {
     calls: Vec<Call>,
     items: HashMap<String, Item>,
     next: u64,
+    dir_delete: bool,
 }
 
 #[derive(Clone)]
@@ -57,6 +60,7 @@ impl FakeContent {
             calls: Vec::new(),
             items: HashMap::new(),
             next: 0,
+            dir_delete: false,
         }));
         let app = axum::Router::new()
             .route(RECEIVER, axum::routing::post(receiver))
@@ -77,6 +81,11 @@ impl FakeContent {
     /// The day's remainder of `url`, `dir` or `regex` items.
     pub fn set_remaining(&self, what: &'static str, n: u64) {
         self.state.lock().unwrap().remaining.insert(what, n);
+    }
+
+    /// Enables directory DELETE, as support does for an account on request.
+    pub fn allow_dir_delete(&self) {
+        self.state.lock().unwrap().dir_delete = true;
     }
 
     pub fn fault(&self, path: &str, fault: Fault) {
@@ -207,6 +216,11 @@ async fn receiver(
                 return receiver_error(5, &format!("{action} must be expire or delete"));
             }
         }
+        // The refusal's exact code is not documented: modelled as the receiver's other
+        // refusals (HTTP 200, `Code` other than 1, a message).
+        if !dirs.is_empty() && b.get("dirAction") == Some(&json!("delete")) && !fake.dir_delete {
+            return receiver_error(0, "no permission to delete directories");
+        }
         for (what, n) in [("url", urls.len()), ("dir", dirs.len())] {
             let left = fake.remaining.get_mut(what).unwrap();
             if n as u64 > *left {
@@ -297,6 +311,17 @@ async fn query(State(state): State<Arc<Mutex<Fake>>>, headers: HeaderMap, body: 
                 Some("2".into()),
             );
         };
+        let page = |name: &str, default: u64| match b.get(name) {
+            None => Some(default),
+            Some(v) => v.as_u64().filter(|n| *n >= 1),
+        };
+        let (Some(page_no), Some(page_size)) = (page("pageNo", 1), page("pageSize", 20)) else {
+            return (
+                200,
+                json!({"Code": "0", "Message": "pageNo and pageSize must be positive integers"}),
+                Some("0".into()),
+            );
+        };
         let details: Vec<Value> = fake
             .items
             .get(item)
@@ -321,9 +346,16 @@ async fn query(State(state): State<Arc<Mutex<Fake>>>, headers: HeaderMap, body: 
                     .collect()
             })
             .unwrap_or_default();
+        let total = details.len();
+        let rows: Vec<Value> = details
+            .into_iter()
+            .skip(((page_no - 1) * page_size) as usize)
+            .take(page_size as usize)
+            .collect();
         (
             200,
-            json!({"Code": "1", "Message": "success", "resultDetail": details}),
+            json!({"Code": "1", "Message": "success", "count": total, "pageNo": page_no,
+                "pageSize": page_size, "resultDetail": rows}),
             None,
         )
     })

@@ -80,11 +80,25 @@ pub fn verify(
         if (now - ts).abs() > 300 {
             return Err("TimestampExpired".into());
         }
+        // The official SDK's canonical form: the query only for non-POST, URL-decoded; every
+        // signed header value lowercased; the body only for POST and PUT.
+        let signed_query = if method == "POST" {
+            String::new()
+        } else {
+            percent_encoding::percent_decode_str(query)
+                .decode_utf8_lossy()
+                .into_owned()
+        };
+        let signed_body: &[u8] = if matches!(method, "POST" | "PUT") {
+            body
+        } else {
+            b""
+        };
         let canonical = format!(
-            "{method}\n{path}\n{query}\ncontent-type:{}\nhost:{}\n\ncontent-type;host\n{}",
+            "{method}\n{path}\n{signed_query}\ncontent-type:{}\nhost:{}\n\ncontent-type;host\n{}",
             h("content-type").to_lowercase(),
-            h("host"),
-            hex::encode(Sha256::digest(body))
+            h("host").to_lowercase(),
+            hex::encode(Sha256::digest(signed_body))
         );
         let to_sign = format!(
             "CNC-HMAC-SHA256\n{ts}\n{}",
