@@ -2,29 +2,72 @@
 //! splitting on "batch too large", lookup before resending after an ambiguous timeout, and
 //! recording the task on every purge it carries targets for.
 
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
-use chrono::Utc;
+use chrono::{DateTime, Utc};
+use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use super::budget::Budget;
+use super::inflight::{InFlight, Tasks};
 use super::lanes::{LaneKey, Taken};
-use super::{Budget, InFlight, Since, Worker};
-use crate::limiter::Decision;
-use crate::model::{PurgeRecord, TaskRecord, TaskState, UnitStatus};
-use crate::providers::{Batch, ProviderError, Submission, TaskQuery};
+use super::records::Records;
+use crate::providers::{Batch, ProviderError, ProviderHandle, Submission, TaskQuery};
 
-impl Worker {
+/// When a task started, for lookups after an ambiguous submit.
+type Since = DateTime<Utc>;
+
+/// Sends batches for one provider and hands what they started to polling; a cheap handle.
+#[derive(Clone)]
+pub(super) struct Submitter(Arc<Inner>);
+
+struct Inner {
+    provider: ProviderHandle,
+    budget: Budget,
+    records: Records,
+    tasks: Tasks,
+    /// Retries of a failing submit stop after this long; its targets then fail.
+    retry_max_elapsed: Duration,
+    stop: CancellationToken,
+}
+
+impl Submitter {
+    pub(super) fn new(
+        provider: ProviderHandle,
+        budget: Budget,
+        records: Records,
+        tasks: Tasks,
+        retry_max_elapsed: Duration,
+        stop: CancellationToken,
+    ) -> Submitter {
+        Submitter(Arc::new(Inner {
+            provider,
+            budget,
+            records,
+            tasks,
+            retry_max_elapsed,
+            stop,
+        }))
+    }
+
+    fn name(&self) -> &str {
+        &self.0.provider.name
+    }
+
     /// Submits `taken` (whose first call's budget is already granted) and records the outcome.
     pub(super) async fn submit(&self, key: LaneKey, taken: Taken) {
-        let fit = self.charge_daily(key.kind, taken.targets.len()).await;
+        let budget = &self.0.budget;
+        let fit = budget.charge_daily(key.kind, taken.targets.len()).await;
         let taken = if fit < taken.targets.len() {
             // What the day's quota still holds goes out; the rest fails, and the kind is
             // refused at CreatePurge until the provider's next day.
             self.0.provider.mark_exhausted(key.kind);
             let (fits, over) = taken.split_at(fit);
-            self.fail_quota_gone(key.kind, &over).await;
+            self.0.records.quota_refused(key.kind, &over).await;
             if fits.targets.is_empty() {
                 return;
             }
@@ -37,7 +80,7 @@ impl Worker {
             let batch = key.batch(part.targets.clone());
             let (result, maybe_sent) = self.send(&batch, granted).await;
             match result {
-                Ok(sub) => self.record_submitted(&key, part, sub).await,
+                Ok(sub) => self.submitted(&key, part, sub).await,
                 Err(ProviderError::BatchTooLarge { message }) if part.targets.len() > 1 => {
                     tracing::info!(
                         provider = self.name(),
@@ -57,73 +100,23 @@ impl Worker {
                         targets = part.targets.len(),
                         "stopping; leaving a batch to another replica"
                     );
-                    self.refund_daily(key.kind, &part, &e, maybe_sent).await;
+                    budget
+                        .refund_daily(key.kind, part.targets.len(), &e, maybe_sent)
+                        .await;
                 }
                 Err(e) => {
                     if matches!(e, ProviderError::QuotaExhausted { .. }) {
                         self.0.provider.mark_exhausted(key.kind);
                     }
-                    self.refund_daily(key.kind, &part, &e, maybe_sent).await;
-                    self.fail_targets(&part.by_purge(), &e.to_string()).await;
+                    budget
+                        .refund_daily(key.kind, part.targets.len(), &e, maybe_sent)
+                        .await;
+                    self.0
+                        .records
+                        .targets_failed(&part.by_purge(), &e.to_string())
+                        .await;
                 }
             }
-        }
-    }
-
-    /// Charges as many of `n` targets of `kind` as the documented daily quotas still hold
-    /// (all of them when the limiter cannot be asked) and says how many.
-    async fn charge_daily(&self, kind: crate::model::PurgeKind, n: usize) -> usize {
-        let mut charges = self.daily_charges(kind, n);
-        if charges.is_empty() {
-            return n;
-        }
-        // Greedy halving: at most about log2(n)^2 limiter calls, never a provider call.
-        let (mut fitted, mut step) = (0, n);
-        while fitted < n && step > 0 {
-            let cost = step.min(n - fitted);
-            for c in &mut charges {
-                c.cost = cost as u32;
-            }
-            match self.0.limiter.acquire(&charges).await {
-                Ok(Decision::Granted) => fitted += cost,
-                Ok(Decision::Wait(_) | Decision::Exhausted(_)) => step /= 2,
-                Err(e) => {
-                    tracing::warn!(provider = self.name(), error = %e, "cannot check the daily quota; sending anyway");
-                    return n;
-                }
-            }
-        }
-        fitted
-    }
-
-    /// Gives back the daily quota `part` was charged when the provider cannot have counted
-    /// it: no attempt may have gone through unanswered, and the last answer was a refusal.
-    /// A server error or an unreadable acceptance may have been counted: kept.
-    async fn refund_daily(
-        &self,
-        kind: crate::model::PurgeKind,
-        part: &Taken,
-        e: &ProviderError,
-        maybe_sent: bool,
-    ) {
-        let refused = matches!(
-            e,
-            ProviderError::Rejected { .. }
-                | ProviderError::Auth { .. }
-                | ProviderError::BatchTooLarge { .. }
-                | ProviderError::QuotaExhausted { .. }
-                | ProviderError::Busy { .. }
-                | ProviderError::Throttled { .. }
-        );
-        if maybe_sent || !refused {
-            return;
-        }
-        let charges = self.daily_charges(kind, part.targets.len());
-        if charges.is_empty() {
-            return;
-        }
-        if let Err(err) = self.0.limiter.refund(&charges).await {
-            tracing::warn!(provider = self.name(), error = %err, "cannot give back daily quota");
         }
     }
 
@@ -148,13 +141,13 @@ impl Worker {
                 });
             }
             if maybe_sent.load(Ordering::Relaxed) && self.0.provider.client.finds_submitted() {
-                self.budget_or_stop(&self.status_charges()).await?;
+                self.0.budget.status_or_stop().await?;
                 if let Some(found) = self.look_up(batch, started).await? {
                     return Ok(found);
                 }
             }
             if n > 0 || !granted {
-                self.budget_or_stop(&self.submit_charges()).await?;
+                self.0.budget.submit_or_stop().await?;
             }
             let span = tracing::info_span!("provider_call", provider = self.name(), kind = %batch.kind, targets = batch.targets.len(), attempt = n + 1);
             let result = self.0.provider.client.submit(batch).instrument(span).await;
@@ -167,7 +160,7 @@ impl Worker {
             .with_min_delay(Duration::from_millis(200))
             .with_max_delay(Duration::from_secs(30))
             .with_jitter()
-            .with_total_delay(Some(self.0.settings.retry_max_elapsed))
+            .with_total_delay(Some(self.0.retry_max_elapsed))
             .without_max_times();
         let stop = self.0.stop.clone();
         let result = attempt
@@ -175,10 +168,7 @@ impl Worker {
             .sleep(move |d| {
                 let stop = stop.clone();
                 async move {
-                    tokio::select! {
-                        _ = stop.cancelled() => {}
-                        _ = tokio::time::sleep(d) => {}
-                    }
+                    stop.run_until_cancelled(tokio::time::sleep(d)).await;
                 }
             })
             .when(|e: &ProviderError| e.is_retryable() && !self.0.stop.is_cancelled())
@@ -194,10 +184,7 @@ impl Worker {
             && maybe_sent
             && self.0.stop.is_cancelled()
             && self.0.provider.client.finds_submitted()
-            && matches!(
-                self.0.limiter.acquire(&self.status_charges()).await,
-                Ok(Decision::Granted)
-            )
+            && self.0.budget.status_now().await
             && let Ok(Some(found)) = self.look_up(batch, started).await
         {
             return (Ok(found), maybe_sent);
@@ -213,7 +200,7 @@ impl Worker {
     ) -> Result<Option<Submission>, ProviderError> {
         // Whole seconds: providers' task times have no finer resolution.
         let since = started - chrono::Duration::seconds(2);
-        let budget = super::StatusBudget(self);
+        let budget = self.0.budget.status_calls();
         let found = self
             .0
             .provider
@@ -226,98 +213,27 @@ impl Worker {
         Ok(found)
     }
 
-    pub(super) async fn budget_or_stop(
-        &self,
-        charges: &[crate::limiter::Charge],
-    ) -> Result<(), ProviderError> {
-        match self.wait_budget(charges).await {
-            Budget::Granted => Ok(()),
-            Budget::Exhausted => Err(ProviderError::QuotaExhausted {
-                message: format!(
-                    "call budget of provider {:?} exhausted for today",
-                    self.name()
-                ),
-            }),
-            Budget::Stopped => Err(ProviderError::Transient {
-                message: "dispatcher stopping".into(),
-                source: None,
-            }),
-        }
-    }
-
     /// Records the provider task on each purge of the batch and starts following it.
-    async fn record_submitted(&self, key: &LaneKey, part: Taken, sub: Submission) {
+    async fn submitted(&self, key: &LaneKey, part: Taken, sub: Submission) {
         let now = Utc::now();
-        let rejected: std::collections::HashMap<&str, &str> = sub
-            .rejected
-            .iter()
-            .map(|(t, r)| (t.as_str(), r.as_str()))
-            .collect();
-        let provider = self.name().to_owned();
-        for (purge_id, targets) in part.by_purge() {
-            tracing::info!(purge_id = %purge_id, provider = %provider, task = %sub.task_id, targets = targets.len(), "targets submitted");
-            let change = |r: &mut PurgeRecord| {
-                let task = r.tasks.len();
-                let mut carried = 0;
-                let mut refused = 0;
-                for unit in r.units.iter_mut() {
-                    if unit.provider != provider
-                        || unit.status != UnitStatus::Pending
-                        || !targets.contains(&unit.target)
-                    {
-                        continue;
-                    }
-                    carried += 1;
-                    unit.status = match rejected.get(unit.target.as_str()) {
-                        Some(reason) => {
-                            refused += 1;
-                            UnitStatus::Failed {
-                                reason: (*reason).to_owned(),
-                            }
-                        }
-                        None => UnitStatus::Submitted { task },
-                    };
-                }
-                if carried == 0 {
-                    return false;
-                }
-                // A task whose every target was refused is over: nothing follows it.
-                let all_refused = refused == carried;
-                r.tasks.push(TaskRecord {
-                    provider: provider.clone(),
-                    provider_task_id: sub.task_id.clone(),
-                    state: if all_refused {
-                        TaskState::Failed
-                    } else {
-                        TaskState::Running
-                    },
-                    target_count: carried,
-                    error: (refused > 0)
-                        .then(|| format!("{refused} of {carried} targets refused by the provider")),
-                    request_id: sub.request_id.clone(),
-                    submit_time: now,
-                });
-                true
-            };
-            self.update(&purge_id, &change).await;
-        }
-        let credits: std::collections::HashMap<String, Vec<String>> = part
+        self.0.records.submitted(&part, &sub, now).await;
+        let rejected: HashSet<&str> = sub.rejected.iter().map(|(t, _)| t.as_str()).collect();
+        let credits: HashMap<String, Vec<String>> = part
             .credits
             .into_iter()
-            .filter(|(t, _)| !rejected.contains_key(t.as_str()))
+            .filter(|(t, _)| !rejected.contains(t.as_str()))
             .collect();
         if credits.is_empty() {
             return;
         }
-        self.track(InFlight {
-            query: TaskQuery {
+        self.0.tasks.follow(InFlight::new(
+            TaskQuery {
                 task_id: sub.task_id,
                 kind: key.kind,
                 targets: credits.keys().cloned().collect(),
                 submitted_at: now,
             },
             credits,
-            schedule: super::PollSchedule::default(),
-        });
+        ));
     }
 }

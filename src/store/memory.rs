@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use tokio::sync::broadcast;
 
-use super::{Change, CreateOutcome, IdempotencyClaim, Store, apply_change};
+use super::{Change, CreateOutcome, IdempotencyClaim, Store};
 use crate::backend::BackendError;
 use crate::model::{PurgeRecord, WorkItem};
 
@@ -160,7 +160,7 @@ impl Store for MemoryStore {
         let Some(record) = state.purges.get_mut(id) else {
             return Ok(None);
         };
-        let changed = apply_change(record, change);
+        let changed = record.apply(change, chrono::Utc::now());
         let after = record.clone();
         drop(state);
         if changed {

@@ -31,7 +31,8 @@ pub enum CreateOutcome {
     },
 }
 
-/// A change to a record; returns false when it changed nothing. May run more than once.
+/// A change to a record: one of its transitions (`PurgeRecord::submitted`, ...), which returns
+/// false when it changed nothing. May run more than once.
 pub type Change<'a> = &'a (dyn Fn(&mut PurgeRecord) -> bool + Send + Sync);
 
 #[async_trait]
@@ -51,7 +52,7 @@ pub trait Store: Send + Sync + 'static {
 
     async fn get(&self, id: &str) -> Result<Option<PurgeRecord>, BackendError>;
 
-    /// Applies `change` atomically, bumps the version and wakes watchers. `None`: no such purge.
+    /// Applies `change` atomically through `PurgeRecord::apply` and wakes watchers. `None`: no such purge.
     async fn update(
         &self,
         id: &str,
@@ -64,16 +65,4 @@ pub trait Store: Send + Sync + 'static {
 
     /// Whether the backend answers, for health.
     async fn ping(&self) -> Result<(), BackendError>;
-}
-
-/// Bumps version and update time of a record that `change` changed.
-pub fn apply_change(record: &mut PurgeRecord, change: Change<'_>) -> bool {
-    if !change(record) {
-        return false;
-    }
-    let now = chrono::Utc::now();
-    record.version += 1;
-    record.update_time = now.max(record.update_time);
-    record.settle(now);
-    true
 }

@@ -9,7 +9,7 @@ use ::redis::Script;
 use async_trait::async_trait;
 use tokio::sync::broadcast;
 
-use super::{Change, CreateOutcome, IdempotencyClaim, Store, apply_change};
+use super::{Change, CreateOutcome, IdempotencyClaim, Store};
 use crate::backend::BackendError;
 use crate::model::{PurgeRecord, WorkItem};
 use crate::redis_state::{Shared, pin_id, shard_of_id, shard_of_scope};
@@ -197,7 +197,7 @@ impl Store for RedisStore {
                 return Ok(None);
             };
             let expected = record.version;
-            if !apply_change(&mut record, change) {
+            if !record.apply(change, chrono::Utc::now()) {
                 return Ok(Some(record));
             }
             let mut call = SWAP.prepare_invoke();

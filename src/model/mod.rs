@@ -1,6 +1,11 @@
-//! Domain types: what a purge is, independent of the wire format and of storage.
+//! Domain types: what a purge is, independent of the wire format and of storage. The rules of
+//! a purge record's life are its methods, in `record`.
 
-use std::collections::BTreeMap;
+mod record;
+
+pub use record::quota_reason;
+
+use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -201,7 +206,9 @@ pub struct Progress {
     pub pending: u32,
 }
 
-/// A purge as stored: the request, its units, the provider calls made for it.
+/// A purge as stored: the request, its units, the provider calls made for it. Its fields are
+/// read everywhere but changed only by its methods (`record.rs`), which say whether anything
+/// changed; stores wrap every change in [`PurgeRecord::apply`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PurgeRecord {
     pub id: String,
@@ -219,36 +226,8 @@ pub struct PurgeRecord {
     pub version: u64,
 }
 
+/// What a purge record says; its changes are in `record`.
 impl PurgeRecord {
-    /// A new purge in state QUEUED with one pending unit per provider and target.
-    pub fn new(id: String, caller: String, spec: PurgeSpec, now: DateTime<Utc>) -> PurgeRecord {
-        let targets = spec.effective_targets();
-        let units = spec
-            .providers
-            .iter()
-            .flat_map(|p| {
-                targets.iter().map(move |t| Unit {
-                    provider: p.clone(),
-                    target: t.clone(),
-                    status: UnitStatus::Pending,
-                })
-            })
-            .collect();
-        PurgeRecord {
-            id,
-            caller,
-            spec,
-            state: PurgeState::Queued,
-            units,
-            tasks: Vec::new(),
-            error: None,
-            create_time: now,
-            update_time: now,
-            finish_time: None,
-            version: 1,
-        }
-    }
-
     pub fn progress(&self) -> Progress {
         let mut p = Progress {
             total: self.units.len() as u32,
@@ -285,27 +264,16 @@ impl PurgeRecord {
             .filter(|u| u.provider == provider)
             .all(|u| u.status.is_terminal())
     }
+}
 
-    /// Derives the purge state from its units; call after changing units.
-    pub fn settle(&mut self, now: DateTime<Utc>) {
-        if self.state.is_terminal() {
-            return;
-        }
-        let p = self.progress();
-        if p.pending > 0 {
-            if self.units.iter().any(|u| u.status != UnitStatus::Pending) {
-                self.state = PurgeState::Running;
-            }
-            return;
-        }
-        if p.failed == 0 {
-            self.state = PurgeState::Succeeded;
-        } else {
-            self.state = PurgeState::Failed;
-            self.error = Some(format!("{} of {} targets failed", p.failed, p.total));
-        }
-        self.finish_time = Some(now);
-    }
+/// A provider call that went out, as recorded on each purge it carried targets for.
+#[derive(Clone, Copy, Debug)]
+pub struct Submitted<'a> {
+    pub provider: &'a str,
+    pub task_id: &'a str,
+    pub request_id: Option<&'a str>,
+    /// Targets the provider refused outright, with its reason.
+    pub rejected: &'a HashMap<&'a str, &'a str>,
 }
 
 /// What the queue carries: "purge `purge_id` still has work at `provider`".

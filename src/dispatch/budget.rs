@@ -1,0 +1,268 @@
+//! One provider's shared budgets: waiting for the call rates the limiter keeps for every
+//! replica, charging and giving back the documented daily target quotas, and re-reading the
+//! quota the provider reports.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::limiter::{Charge, Decision, Limit, Limiter, Rate};
+use crate::model::PurgeKind;
+use crate::providers::{CallBudget, ProviderError, ProviderHandle};
+
+/// What waiting for budget ended with.
+pub(super) enum Grant {
+    Granted,
+    /// Gone for today.
+    Exhausted,
+    Stopped,
+}
+
+/// The budgets of one provider (its account's, when several share one), as a cheap handle.
+#[derive(Clone)]
+pub(super) struct Budget(Arc<Inner>);
+
+struct Inner {
+    provider: ProviderHandle,
+    limiter: Arc<dyn Limiter>,
+    /// Fraction by which rate windows are stretched.
+    rate_margin: f64,
+    stop: CancellationToken,
+}
+
+impl Budget {
+    pub(super) fn new(
+        provider: ProviderHandle,
+        limiter: Arc<dyn Limiter>,
+        rate_margin: f64,
+        stop: CancellationToken,
+    ) -> Budget {
+        Budget(Arc::new(Inner {
+            provider,
+            limiter,
+            rate_margin,
+            stop,
+        }))
+    }
+
+    fn name(&self) -> &str {
+        &self.0.provider.name
+    }
+
+    fn charges(&self, api: &str, rates: &[Rate]) -> Vec<Charge> {
+        rates
+            .iter()
+            .enumerate()
+            .map(|(i, rate)| Charge {
+                key: format!("{}:{api}:{i}", self.0.provider.budget),
+                limit: Limit::for_rate(*rate, self.0.rate_margin),
+                cost: 1,
+            })
+            .collect()
+    }
+
+    fn submit_charges(&self) -> Vec<Charge> {
+        self.charges("submit", &self.0.provider.caps.submit_rates)
+    }
+
+    fn status_charges(&self) -> Vec<Charge> {
+        self.charges("status", &self.0.provider.caps.status_rates)
+    }
+
+    /// The documented daily target quotas a batch of `n` targets of `kind` is charged to.
+    fn daily_charges(&self, kind: PurgeKind, n: usize) -> Vec<Charge> {
+        self.0
+            .provider
+            .caps
+            .daily
+            .iter()
+            .enumerate()
+            .filter(|(_, q)| q.kinds.contains(&kind))
+            .map(|(i, q)| Charge {
+                key: format!("{}:daily:{i}", self.0.provider.budget),
+                limit: Limit::Daily {
+                    max: q.max,
+                    utc_offset_secs: q.utc_offset_secs,
+                },
+                cost: n as u32,
+            })
+            .collect()
+    }
+
+    /// Waits for one submit call's budget.
+    pub(super) async fn submit(&self) -> Grant {
+        self.wait(&self.submit_charges()).await
+    }
+
+    /// Waits for one status call's budget (a poll, a lookup, a quota read).
+    pub(super) async fn status(&self) -> Grant {
+        self.wait(&self.status_charges()).await
+    }
+
+    /// [`Budget::submit`] as a provider call's error when not granted.
+    pub(super) async fn submit_or_stop(&self) -> Result<(), ProviderError> {
+        self.or_stop(&self.submit_charges()).await
+    }
+
+    /// [`Budget::status`] as a provider call's error when not granted.
+    pub(super) async fn status_or_stop(&self) -> Result<(), ProviderError> {
+        self.or_stop(&self.status_charges()).await
+    }
+
+    /// One status call's budget if it is there now, without waiting.
+    pub(super) async fn status_now(&self) -> bool {
+        matches!(
+            self.0.limiter.acquire(&self.status_charges()).await,
+            Ok(Decision::Granted)
+        )
+    }
+
+    /// The status budget as providers take it, for a poll or lookup of several calls.
+    pub(super) fn status_calls(&self) -> StatusCalls<'_> {
+        StatusCalls(self)
+    }
+
+    /// Waits until the limiter grants every charge; the purge stays queued meanwhile.
+    async fn wait(&self, charges: &[Charge]) -> Grant {
+        if self.0.stop.is_cancelled() {
+            return Grant::Stopped;
+        }
+        if charges.is_empty() {
+            return Grant::Granted;
+        }
+        loop {
+            let wait = match self.0.limiter.acquire(charges).await {
+                Ok(Decision::Granted) => return Grant::Granted,
+                Ok(Decision::Exhausted(_)) => return Grant::Exhausted,
+                Ok(Decision::Wait(d)) => d,
+                Err(e) => {
+                    tracing::warn!(provider = self.name(), error = %e, "limiter unavailable; waiting");
+                    Duration::from_millis(500)
+                }
+            };
+            if !self.pause(wait.min(Duration::from_secs(5))).await {
+                return Grant::Stopped;
+            }
+        }
+    }
+
+    async fn or_stop(&self, charges: &[Charge]) -> Result<(), ProviderError> {
+        match self.wait(charges).await {
+            Grant::Granted => Ok(()),
+            Grant::Exhausted => Err(ProviderError::QuotaExhausted {
+                message: format!(
+                    "call budget of provider {:?} exhausted for today",
+                    self.name()
+                ),
+            }),
+            Grant::Stopped => Err(ProviderError::Transient {
+                message: "dispatcher stopping".into(),
+                source: None,
+            }),
+        }
+    }
+
+    /// Sleeps unless stopped; false when stopped.
+    async fn pause(&self, d: Duration) -> bool {
+        self.0
+            .stop
+            .run_until_cancelled(tokio::time::sleep(d))
+            .await
+            .is_some()
+    }
+
+    /// Charges as many of `n` targets of `kind` as the documented daily quotas still hold
+    /// (all of them when the limiter cannot be asked) and says how many.
+    pub(super) async fn charge_daily(&self, kind: PurgeKind, n: usize) -> usize {
+        let mut charges = self.daily_charges(kind, n);
+        if charges.is_empty() {
+            return n;
+        }
+        // Greedy halving: at most about log2(n)^2 limiter calls, never a provider call.
+        let (mut fitted, mut step) = (0, n);
+        while fitted < n && step > 0 {
+            let cost = step.min(n - fitted);
+            for c in &mut charges {
+                c.cost = cost as u32;
+            }
+            match self.0.limiter.acquire(&charges).await {
+                Ok(Decision::Granted) => fitted += cost,
+                Ok(Decision::Wait(_) | Decision::Exhausted(_)) => step /= 2,
+                Err(e) => {
+                    tracing::warn!(provider = self.name(), error = %e, "cannot check the daily quota; sending anyway");
+                    return n;
+                }
+            }
+        }
+        fitted
+    }
+
+    /// Gives back the daily quota `n` targets of `kind` were charged when the provider cannot
+    /// have counted them: no attempt may have gone through unanswered, and the last answer was
+    /// a refusal. A server error or an unreadable acceptance may have been counted: kept.
+    pub(super) async fn refund_daily(
+        &self,
+        kind: PurgeKind,
+        n: usize,
+        e: &ProviderError,
+        maybe_sent: bool,
+    ) {
+        let refused = matches!(
+            e,
+            ProviderError::Rejected { .. }
+                | ProviderError::Auth { .. }
+                | ProviderError::BatchTooLarge { .. }
+                | ProviderError::QuotaExhausted { .. }
+                | ProviderError::Busy { .. }
+                | ProviderError::Throttled { .. }
+        );
+        if maybe_sent || !refused {
+            return;
+        }
+        let charges = self.daily_charges(kind, n);
+        if charges.is_empty() {
+            return;
+        }
+        if let Err(err) = self.0.limiter.refund(&charges).await {
+            tracing::warn!(provider = self.name(), error = %err, "cannot give back daily quota");
+        }
+    }
+
+    /// Reads the provider's quota every `every`, so batches and fail-fast checks follow it.
+    pub(super) async fn refresh_quota(self, every: Duration) {
+        loop {
+            // A quota read is a call to the provider's API like a status poll, paid alike.
+            match self.status().await {
+                Grant::Granted => {}
+                Grant::Stopped => return,
+                Grant::Exhausted => {
+                    if !self.pause(every).await {
+                        return;
+                    }
+                    continue;
+                }
+            }
+            match self.0.provider.client.quota().await {
+                Ok(q) if !q.is_empty() => self.0.provider.set_quota(q),
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(provider = self.name(), error = %e, "cannot read provider quota")
+                }
+            }
+            if !self.pause(every).await {
+                return;
+            }
+        }
+    }
+}
+
+/// The status budget, for providers that need several calls for one poll or lookup.
+pub(super) struct StatusCalls<'a>(&'a Budget);
+
+#[async_trait::async_trait]
+impl CallBudget for StatusCalls<'_> {
+    async fn acquire(&self) -> Result<(), ProviderError> {
+        self.0.status_or_stop().await
+    }
+}

@@ -1,0 +1,169 @@
+//! Intake for one provider: claims queued work, takes over work other replicas abandoned,
+//! keeps held work alive, and turns each purge's open units into lane targets (pending) or
+//! followed tasks (submitted before).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use super::inflight::{InFlight, Tasks};
+use super::lanes::LaneKey;
+use super::outbox::Outbox;
+use super::records::{Hold, Records};
+use crate::model::{PurgeRecord, UnitStatus};
+use crate::providers::TaskQuery;
+use crate::queue::{Delivery, Queue};
+use crate::store::Store;
+
+/// What intake reads its work from and hands it to.
+pub(super) struct Intake {
+    pub(super) provider: String,
+    pub(super) consumer: String,
+    pub(super) queue: Arc<dyn Queue>,
+    pub(super) store: Arc<dyn Store>,
+    pub(super) records: Records,
+    pub(super) outbox: Outbox,
+    pub(super) tasks: Tasks,
+    /// Work items claimed per queue read.
+    pub(super) claim_batch: usize,
+    /// Work held this long by another replica without a sign of life is taken over.
+    pub(super) reclaim_idle: Duration,
+    pub(super) stop: CancellationToken,
+}
+
+impl Intake {
+    fn name(&self) -> &str {
+        &self.provider
+    }
+
+    /// Claims new work, reclaims abandoned work, and keeps held work alive, until stopped.
+    pub(super) async fn run(self) {
+        let mut last_upkeep = tokio::time::Instant::now();
+        let upkeep_every = self.reclaim_idle / 3;
+        // Unsent targets beyond this leave work in the queue for replicas with room, instead
+        // of piling it up behind this one's share of the provider budget. Purges only waiting
+        // for their provider tasks do not count.
+        let max_waiting = self.claim_batch.saturating_mul(16).max(1);
+        while !self.stop.is_cancelled() {
+            if last_upkeep.elapsed() >= upkeep_every {
+                last_upkeep = tokio::time::Instant::now();
+                self.upkeep().await;
+            }
+            if self.outbox.waiting() >= max_waiting {
+                self.pause(Duration::from_millis(200)).await;
+                continue;
+            }
+            let claim = self.queue.claim(
+                self.name(),
+                &self.consumer,
+                self.claim_batch,
+                Duration::from_secs(1),
+            );
+            let Some(claimed) = self.stop.run_until_cancelled(claim).await else {
+                return;
+            };
+            match claimed {
+                Ok(deliveries) => self.adopt_all(deliveries).await,
+                Err(e) => {
+                    tracing::warn!(provider = self.name(), error = %e, "cannot claim work; retrying");
+                    self.pause(Duration::from_millis(500)).await;
+                }
+            }
+        }
+    }
+
+    /// Sleeps unless stopped.
+    async fn pause(&self, d: Duration) {
+        self.stop.run_until_cancelled(tokio::time::sleep(d)).await;
+    }
+
+    async fn upkeep(&self) {
+        let held = self.records.deliveries();
+        if !held.is_empty()
+            && let Err(e) = self
+                .queue
+                .keep_alive(self.name(), &self.consumer, &held)
+                .await
+        {
+            tracing::warn!(provider = self.name(), error = %e, "cannot refresh held work");
+        }
+        match self
+            .queue
+            .reclaim(
+                self.name(),
+                &self.consumer,
+                self.reclaim_idle,
+                self.claim_batch,
+            )
+            .await
+        {
+            Ok(d) if !d.is_empty() => {
+                tracing::info!(
+                    provider = self.name(),
+                    count = d.len(),
+                    "took over abandoned work"
+                );
+                self.adopt_all(d).await;
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(provider = self.name(), error = %e, "cannot reclaim work"),
+        }
+    }
+
+    async fn adopt_all(&self, deliveries: Vec<Delivery>) {
+        for d in deliveries {
+            // A record we cannot read now is left unacknowledged; upkeep reclaims it later.
+            match self.store.get(&d.item.purge_id).await {
+                Ok(Some(record)) => self.adopt(d, &record).await,
+                Ok(None) => self.records.ack(&d.id).await,
+                Err(e) => {
+                    tracing::warn!(purge_id = %d.item.purge_id, error = %e, "cannot read claimed purge")
+                }
+            }
+        }
+    }
+
+    /// Puts the pending units of `record` in their lane and follows its submitted tasks.
+    async fn adopt(&self, delivery: Delivery, record: &PurgeRecord) {
+        if record.provider_done(self.name()) {
+            self.records.ack(&delivery.id).await;
+            return;
+        }
+        match self.records.hold(&record.id, &delivery.id) {
+            // Already ours (our own idle work handed back, or a second delivery of the same
+            // purge): its units are in a lane or in flight; adding them again would send
+            // them twice.
+            Hold::Duplicate => return self.records.ack(&delivery.id).await,
+            Hold::Again => return,
+            Hold::New => {}
+        }
+        let units = record.units.iter().filter(|u| u.provider == self.name());
+        let pending = units
+            .clone()
+            .filter(|u| u.status == UnitStatus::Pending)
+            .map(|u| u.target.as_str());
+        let queued = self
+            .outbox
+            .push(&LaneKey::of(&record.spec), pending, &record.id);
+        self.tasks.follow_all(units.filter_map(|unit| {
+            let UnitStatus::Submitted { task } = unit.status else {
+                return None;
+            };
+            let t = record.tasks.get(task)?;
+            Some(InFlight::new(
+                TaskQuery {
+                    task_id: t.provider_task_id.clone(),
+                    kind: record.spec.kind,
+                    targets: vec![unit.target.clone()],
+                    submitted_at: t.submit_time,
+                },
+                HashMap::from([(unit.target.clone(), vec![record.id.clone()])]),
+            ))
+        }));
+        if queued > 0 {
+            tracing::debug!(purge_id = %record.id, provider = self.name(), targets = queued, "queued for batching");
+        }
+    }
+}

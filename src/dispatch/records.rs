@@ -1,0 +1,201 @@
+//! Writing what happened to one provider's share of purges: each outcome is one transition of
+//! the purge record (`model`), applied through the store; once the provider is done with a
+//! purge, the queue delivery it was held under is acknowledged.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use tokio_util::sync::CancellationToken;
+
+use super::inflight::InFlight;
+use super::lanes::Taken;
+use crate::model::{PurgeKind, Submitted, quota_reason};
+use crate::providers::Submission;
+use crate::queue::Queue;
+use crate::store::{Change, Store};
+
+/// How a delivery of a purge relates to what this replica already holds.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Hold {
+    /// Newly held: its units are to be queued and followed.
+    New,
+    /// The delivery it is held under came back (idle work handed back): nothing to do.
+    Again,
+    /// A second delivery of a purge held under another: to be acknowledged, not worked twice.
+    Duplicate,
+}
+
+/// One provider's record writer and the deliveries it holds, as a cheap handle.
+#[derive(Clone)]
+pub(super) struct Records(Arc<Inner>);
+
+struct Inner {
+    provider: String,
+    store: Arc<dyn Store>,
+    queue: Arc<dyn Queue>,
+    stop: CancellationToken,
+    /// Purge id -> the delivery to acknowledge when this provider is done with it.
+    held: Mutex<HashMap<String, String>>,
+}
+
+impl Records {
+    pub(super) fn new(
+        provider: String,
+        store: Arc<dyn Store>,
+        queue: Arc<dyn Queue>,
+        stop: CancellationToken,
+    ) -> Records {
+        Records(Arc::new(Inner {
+            provider,
+            store,
+            queue,
+            stop,
+            held: Mutex::default(),
+        }))
+    }
+
+    fn name(&self) -> &str {
+        &self.0.provider
+    }
+
+    fn held(&self) -> std::sync::MutexGuard<'_, HashMap<String, String>> {
+        self.0.held.lock().expect("held lock")
+    }
+
+    /// Holds `purge_id` under `delivery_id` unless it is held already.
+    pub(super) fn hold(&self, purge_id: &str, delivery_id: &str) -> Hold {
+        let mut held = self.held();
+        match held.get(purge_id) {
+            Some(existing) if existing == delivery_id => Hold::Again,
+            Some(_) => Hold::Duplicate,
+            None => {
+                held.insert(purge_id.to_owned(), delivery_id.to_owned());
+                Hold::New
+            }
+        }
+    }
+
+    /// The deliveries held now, to keep alive in the queue.
+    pub(super) fn deliveries(&self) -> Vec<String> {
+        self.held().values().cloned().collect()
+    }
+
+    /// Lets go of `purges` without acknowledging them: their work is claimed again after
+    /// `reclaim_idle` and resumes from the records.
+    pub(super) fn release(&self, purges: &[String]) {
+        let mut held = self.held();
+        for p in purges {
+            held.remove(p);
+        }
+    }
+
+    /// Records `sub`, which carried `part`, on each purge of the batch.
+    pub(super) async fn submitted(&self, part: &Taken, sub: &Submission, now: DateTime<Utc>) {
+        let rejected: HashMap<&str, &str> = sub
+            .rejected
+            .iter()
+            .map(|(t, r)| (t.as_str(), r.as_str()))
+            .collect();
+        let submitted = Submitted {
+            provider: self.name(),
+            task_id: &sub.task_id,
+            request_id: sub.request_id.as_deref(),
+            rejected: &rejected,
+        };
+        for (purge_id, targets) in part.by_purge() {
+            tracing::info!(purge_id = %purge_id, provider = self.name(), task = %sub.task_id, targets = targets.len(), "targets submitted");
+            let targets: HashSet<&str> = targets.iter().map(String::as_str).collect();
+            self.update(&purge_id, &|r| r.submitted(&submitted, &targets, now))
+                .await;
+        }
+    }
+
+    /// Records the end of the polled part `done` of a task on every purge it carried targets
+    /// for; `failed` holds the targets that failed, with the reason.
+    pub(super) async fn task_finished(&self, done: &InFlight, failed: &HashMap<String, String>) {
+        let mut by_purge: HashMap<&str, HashSet<&str>> = HashMap::new();
+        for (target, purges) in &done.credits {
+            for p in purges {
+                by_purge.entry(p).or_default().insert(target);
+            }
+        }
+        let task_id = &done.query.task_id;
+        for (purge_id, targets) in by_purge {
+            self.update(purge_id, &|r| {
+                r.task_finished(self.name(), task_id, &targets, failed)
+            })
+            .await;
+        }
+    }
+
+    /// Fails the given units (purge id -> targets) with `reason`.
+    pub(super) async fn targets_failed(
+        &self,
+        by_purge: &HashMap<String, Vec<String>>,
+        reason: &str,
+    ) {
+        for (purge_id, targets) in by_purge {
+            tracing::warn!(purge_id = %purge_id, provider = self.name(), targets = targets.len(), reason, "targets failed");
+            let targets: HashSet<&str> = targets.iter().map(String::as_str).collect();
+            self.update(purge_id, &|r| {
+                r.targets_failed(self.name(), &targets, reason)
+            })
+            .await;
+        }
+    }
+
+    /// Fails `taken` because the day's quota for `kind` is gone.
+    pub(super) async fn quota_refused(&self, kind: PurgeKind, taken: &Taken) {
+        let reason = quota_reason(kind, self.name());
+        for (purge_id, targets) in taken.by_purge() {
+            tracing::warn!(purge_id = %purge_id, provider = self.name(), targets = targets.len(), reason, "targets failed");
+            let targets: HashSet<&str> = targets.iter().map(String::as_str).collect();
+            self.update(&purge_id, &|r| r.quota_refused(self.name(), &targets))
+                .await;
+        }
+    }
+
+    /// Applies a change, retrying while the store is unavailable, and acknowledges the work
+    /// once this provider is done with the purge.
+    async fn update(&self, purge_id: &str, change: Change<'_>) {
+        let mut delay = Duration::from_millis(100);
+        let record = loop {
+            match self.0.store.update(purge_id, change).await {
+                Ok(r) => break r,
+                Err(e) if e.is_retryable() && !self.0.stop.is_cancelled() => {
+                    tracing::warn!(purge_id, error = %e, "cannot record progress; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+                Err(e) => {
+                    tracing::error!(purge_id, error = %e, "cannot record progress; the work stays queued");
+                    return;
+                }
+            }
+        };
+        let done = record.as_ref().is_none_or(|r| r.provider_done(self.name()));
+        if let Some(r) = record.as_ref().filter(|r| r.state.is_terminal()) {
+            tracing::info!(purge_id, state = ?r.state, "purge finished");
+        }
+        if done {
+            let delivery = self.held().remove(purge_id);
+            if let Some(id) = delivery {
+                self.ack(&id).await;
+            }
+        }
+    }
+
+    /// Acknowledges a delivery; one that fails is reclaimed later and found done.
+    pub(super) async fn ack(&self, delivery_id: &str) {
+        if let Err(e) = self
+            .0
+            .queue
+            .ack(self.name(), &[delivery_id.to_owned()])
+            .await
+        {
+            tracing::warn!(provider = self.name(), error = %e, "cannot acknowledge work; it will be reclaimed and found done");
+        }
+    }
+}
