@@ -37,6 +37,9 @@ fn answer(outcome: CreateOutcome, key: Option<String>) -> Result<PurgeRecord, Er
             key: key.unwrap_or_default(),
             existing_id,
         }),
+        CreateOutcome::AtCapacity { limit, retry_after } => {
+            Err(Error::AtCapacity { limit, retry_after })
+        }
     }
 }
 
@@ -175,12 +178,20 @@ impl PurgeCore {
 
     pub async fn get(&self, caller: &Caller, id: &str) -> Result<PurgeRecord, Error> {
         let id = canonical_id(id)?;
-        self.inner
-            .store
-            .get(&id)
-            .await?
-            .filter(|r| caller.may_read(r))
-            .ok_or(Error::NotFound { id })
+        match self.inner.store.get(&id).await? {
+            Some(r) if caller.may_read(&r) => Ok(r),
+            Some(_) => Err(Error::NotFound { id }),
+            None => Err(self.not_found(id)),
+        }
+    }
+
+    /// NOT_FOUND for a purge the store does not have, saying so when it aged out.
+    fn not_found(&self, id: String) -> Error {
+        if self.inner.store.aged_out(&id) {
+            Error::AgedOut { id }
+        } else {
+            Error::NotFound { id }
+        }
     }
 
     /// The current snapshot, then each newer version, ending after a terminal state. On
@@ -227,7 +238,7 @@ impl PurgeCore {
                         Ok(Some(_)) => {}
                         Ok(None) => {
                             // Expired or removed while watched.
-                            let _ = tx.send(Err(Error::NotFound { id: id.clone() })).await;
+                            let _ = tx.send(Err(core.not_found(id.clone()))).await;
                             return;
                         }
                         Err(e) => tracing::warn!(error = %e, "watch re-read failed; retrying"),
