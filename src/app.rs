@@ -29,7 +29,7 @@ use crate::queue::memory::MemoryQueue;
 use crate::queue::redis::RedisQueue;
 use crate::redis_state;
 use crate::store::Store;
-use crate::store::memory::MemoryStore;
+use crate::store::memory::{MemoryLimits, MemoryStore};
 use crate::store::redis::RedisStore;
 
 #[derive(Debug, thiserror::Error)]
@@ -58,12 +58,16 @@ impl Backends {
             Backend::Memory => {
                 let queue = MemoryQueue::default();
                 Ok(Backends {
-                    store: Arc::new(MemoryStore::new(
+                    store: Arc::new(MemoryStore::with_limits(
                         Arc::new({
                             let queue = queue.clone();
                             move |work| queue.enqueue(work)
                         }),
                         config.server.record_retention,
+                        MemoryLimits {
+                            max_records: config.store.memory.max_records.get(),
+                            max_idempotency_keys: config.store.memory.max_idempotency_keys.get(),
+                        },
                     )),
                     queue: Arc::new(queue),
                     limiter: Arc::new(MemoryLimiter::default()),

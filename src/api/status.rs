@@ -80,6 +80,25 @@ pub fn from_error(e: Error) -> Status {
                 HashMap::from([("id".to_owned(), id.clone())]),
             ),
         ),
+        Error::AgedOut { id } => (
+            Code::NotFound,
+            info(
+                "PURGE_AGED_OUT",
+                HashMap::from([("id".to_owned(), id.clone())]),
+            ),
+        ),
+        Error::AtCapacity { limit, retry_after } => {
+            let mut d = info(
+                "TOO_MANY_UNFINISHED_PURGES",
+                HashMap::from([("limit".to_owned(), limit.to_string())]),
+            );
+            d.set_retry_info(Some(*retry_after));
+            d.add_quota_failure_violation(
+                "store:unfinished_purges",
+                format!("at most {limit} purges kept (store.memory.max_records)"),
+            );
+            (Code::ResourceExhausted, d)
+        }
         Error::Unauthenticated(_) => (
             Code::Unauthenticated,
             info("UNAUTHENTICATED", HashMap::new()),

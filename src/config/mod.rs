@@ -132,6 +132,29 @@ pub struct StoreConfig {
     /// Deadline for one backend operation.
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
+    /// Bounds of the embedded backend (`backend = "memory"`).
+    pub memory: MemoryStoreConfig,
+}
+
+/// How much the embedded backend keeps, so a sidecar that runs for months stays bounded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MemoryStoreConfig {
+    /// Purge records kept; past it the oldest finished one is forgotten, and when unfinished
+    /// purges alone fill it CreatePurge answers RESOURCE_EXHAUSTED.
+    pub max_records: std::num::NonZeroUsize,
+    /// Idempotency keys kept; past it the oldest is forgotten.
+    pub max_idempotency_keys: std::num::NonZeroUsize,
+}
+
+impl Default for MemoryStoreConfig {
+    fn default() -> Self {
+        let cap = std::num::NonZeroUsize::new(50_000).expect("non-zero");
+        MemoryStoreConfig {
+            max_records: cap,
+            max_idempotency_keys: cap,
+        }
+    }
 }
 
 impl StoreConfig {
@@ -154,6 +177,7 @@ impl std::fmt::Debug for StoreConfig {
             .field("cluster_urls", &m.cluster_urls)
             .field("key_prefix", &m.key_prefix)
             .field("timeout", &m.timeout)
+            .field("memory", &m.memory)
             .finish()
     }
 }
@@ -166,6 +190,7 @@ impl Default for StoreConfig {
             cluster_urls: Vec::new(),
             key_prefix: "purge".into(),
             timeout: Duration::from_secs(2),
+            memory: MemoryStoreConfig::default(),
         }
     }
 }

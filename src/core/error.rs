@@ -45,6 +45,14 @@ pub enum Error {
     },
     #[error("purge {id:?} not found")]
     NotFound { id: String },
+    #[error(
+        "purge {id:?} not found: it aged out (finished purges are kept for a limited time and number)"
+    )]
+    AgedOut { id: String },
+    #[error(
+        "the service holds {limit} unfinished purges, its limit: try again when some have finished"
+    )]
+    AtCapacity { limit: usize, retry_after: Duration },
     #[error("unauthenticated: {0}")]
     Unauthenticated(String),
     #[error("permission denied: {0}")]

@@ -36,6 +36,9 @@ fn answer(outcome: CreateOutcome, key: Option<String>) -> Result<PurgeRecord, Er
             key: key.unwrap_or_default(),
             existing_id,
         }),
+        CreateOutcome::AtCapacity { limit, retry_after } => {
+            Err(Error::AtCapacity { limit, retry_after })
+        }
     }
 }
 
@@ -174,12 +177,20 @@ impl PurgeCore {
 
     pub async fn get(&self, caller: &Caller, id: &str) -> Result<PurgeRecord, Error> {
         let id = canonical_id(id)?;
-        self.inner
-            .store
-            .get(&id)
-            .await?
-            .filter(|r| caller.may_read(r))
-            .ok_or(Error::NotFound { id })
+        match self.inner.store.get(&id).await? {
+            Some(r) if caller.may_read(&r) => Ok(r),
+            Some(_) => Err(Error::NotFound { id }),
+            None => Err(self.not_found(id)),
+        }
+    }
+
+    /// NOT_FOUND for a purge the store does not have, saying so when it aged out.
+    fn not_found(&self, id: String) -> Error {
+        if self.inner.store.aged_out(&id) {
+            Error::AgedOut { id }
+        } else {
+            Error::NotFound { id }
+        }
     }
 
     /// The current snapshot, then each newer version, ending after a terminal state. On
@@ -245,7 +256,7 @@ impl WatchState {
                     // Expired or removed while watched.
                     self.done = true;
                     let id = self.id.clone();
-                    return Some((Err(Error::NotFound { id }), self));
+                    return Some((Err(self.core.not_found(id)), self));
                 }
                 Err(e) => {
                     tracing::warn!(purge_id = %self.id, error = %e, "watch re-read failed; retrying")

@@ -1,4 +1,7 @@
-//! In-process store for a single replica: the default when no Redis is configured.
+//! In-process store for a single replica: the default when no Redis is configured. Bounded, so
+//! a sidecar that runs for months keeps a flat footprint: at most `max_records` purges (the
+//! oldest finished one is forgotten first, an unfinished one never) and `max_idempotency_keys`
+//! keys. Finished purges are kept in their compact stored form (`codec`).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -7,9 +10,42 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use tokio::sync::broadcast;
 
-use super::{Change, CreateOutcome, IdempotencyClaim, Store};
+use super::{Change, CreateOutcome, IdempotencyClaim, Store, codec, created_ms};
 use crate::backend::BackendError;
 use crate::model::{PurgeRecord, WorkItem};
+
+/// How long a create refused for capacity is told to wait before trying again.
+const CAPACITY_RETRY: Duration = Duration::from_secs(1);
+
+/// Wake-ups buffered for slow watchers; a watcher that lags re-reads, so a small buffer is fine.
+const EVENTS_BUFFER: usize = 256;
+
+/// Where created work goes, under the store's lock so create stays atomic.
+pub type Enqueue = Arc<dyn Fn(Vec<WorkItem>) + Send + Sync>;
+
+/// What the store keeps at most.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MemoryLimits {
+    pub max_records: usize,
+    pub max_idempotency_keys: usize,
+}
+
+impl Default for MemoryLimits {
+    fn default() -> Self {
+        MemoryLimits {
+            max_records: 50_000,
+            max_idempotency_keys: 50_000,
+        }
+    }
+}
+
+/// How full the store is, for logs and tests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MemoryStats {
+    pub records: usize,
+    pub unfinished: usize,
+    pub idempotency_keys: usize,
+}
 
 #[derive(Clone)]
 pub struct MemoryStore {
@@ -21,81 +57,238 @@ struct Inner {
     enqueue: Enqueue,
     events: broadcast::Sender<String>,
     retention: Duration,
+    limits: MemoryLimits,
+}
+
+/// A purge as kept: unfinished ones as the record (they change often), finished ones encoded.
+enum Slot {
+    Live(Box<PurgeRecord>),
+    Done(Box<[u8]>),
+}
+
+impl Slot {
+    fn of(record: PurgeRecord) -> Slot {
+        if record.state.is_terminal() {
+            Slot::Done(codec::encode(&record, false).into_boxed_slice())
+        } else {
+            Slot::Live(Box::new(record))
+        }
+    }
+
+    fn record(&self, id: &str) -> Result<PurgeRecord, BackendError> {
+        match self {
+            Slot::Live(r) => Ok((**r).clone()),
+            Slot::Done(bytes) => {
+                codec::decode(bytes, id).map_err(|e| BackendError::Corrupt(e.to_string()))
+            }
+        }
+    }
+
+    fn is_done(&self) -> bool {
+        matches!(self, Slot::Done(_))
+    }
+}
+
+struct KeyEntry {
+    fingerprint: Box<str>,
+    purge_id: u128,
+    expires: Instant,
 }
 
 #[derive(Default)]
 struct State {
-    purges: HashMap<String, PurgeRecord>,
-    /// Purge ids oldest first, for expiring finished records after the retention.
-    created: VecDeque<(Instant, String)>,
-    keys: HashMap<String, KeyEntry>,
-    /// Idempotency scopes in the order their keys were set, for expiring them.
-    key_order: VecDeque<(Instant, String)>,
+    /// By the id's 128 bits: 16 bytes a key instead of a 36-character string.
+    purges: HashMap<u128, Slot>,
+    unfinished: usize,
+    /// Finished purges in the order they finished, for eviction and expiry.
+    finished: VecDeque<(Instant, u128)>,
+    keys: HashMap<Arc<str>, KeyEntry>,
+    /// Idempotency scopes in the order their keys were set, with that entry's expiry.
+    key_order: VecDeque<(Instant, Arc<str>)>,
+    /// The newest id forgotten: UUIDv7s sort by creation, so a purge with an id at or below
+    /// it that is not here may have been forgotten.
+    horizon: u128,
+    next_report: Option<Instant>,
+}
+
+fn key_of(id: &str) -> Option<u128> {
+    uuid::Uuid::parse_str(id).ok().map(|u| u.as_u128())
+}
+
+fn id_of(key: u128) -> String {
+    uuid::Uuid::from_u128(key).hyphenated().to_string()
 }
 
 impl State {
-    /// What a request already made under `claim`'s key gets: its purge, or a conflict.
-    fn replay(&self, claim: &IdempotencyClaim, now: Instant) -> Option<CreateOutcome> {
-        let entry = self.keys.get(&claim.scope).filter(|e| e.expires > now)?;
-        if entry.fingerprint != claim.fingerprint {
-            return Some(CreateOutcome::Conflict {
-                existing_id: entry.purge_id.clone(),
-            });
+    fn stats(&self) -> MemoryStats {
+        MemoryStats {
+            records: self.purges.len(),
+            unfinished: self.unfinished,
+            idempotency_keys: self.keys.len(),
         }
-        self.purges
-            .get(&entry.purge_id)
-            .map(|r| CreateOutcome::Existing(r.clone()))
     }
 
-    /// Forgets finished purges created more than `retention` ago, and expired keys.
+    fn get(&self, id: &str) -> Result<Option<PurgeRecord>, BackendError> {
+        let Some(slot) = key_of(id).and_then(|k| self.purges.get(&k)) else {
+            return Ok(None);
+        };
+        slot.record(id).map(Some)
+    }
+
+    /// What a request already made under `claim`'s key gets: its purge, or a conflict.
+    fn replay(
+        &self,
+        claim: &IdempotencyClaim,
+        now: Instant,
+    ) -> Result<Option<CreateOutcome>, BackendError> {
+        let Some(entry) = self
+            .keys
+            .get(claim.scope.as_str())
+            .filter(|e| e.expires > now)
+        else {
+            return Ok(None);
+        };
+        let id = id_of(entry.purge_id);
+        if *entry.fingerprint != *claim.fingerprint {
+            return Ok(Some(CreateOutcome::Conflict { existing_id: id }));
+        }
+        // A key whose purge was forgotten is as good as unused: the request makes a new one.
+        Ok(self.get(&id)?.map(CreateOutcome::Existing))
+    }
+
+    /// Stores `record` under `key`, keeping the counts and the finished order.
+    fn put(&mut self, key: u128, record: PurgeRecord, now: Instant) {
+        let slot = Slot::of(record);
+        let done = slot.is_done();
+        match self.purges.insert(key, slot) {
+            Some(old) if !old.is_done() => self.unfinished -= 1,
+            _ => {}
+        }
+        if done {
+            self.finished.push_back((now, key));
+        } else {
+            self.unfinished += 1;
+        }
+    }
+
+    /// Forgets the finished purge `key`, if it still is one; moves the horizon past it.
+    fn forget(&mut self, key: u128) -> bool {
+        if !self.purges.get(&key).is_some_and(Slot::is_done) {
+            // Gone already, or not finished any more: the queue entry is stale.
+            return false;
+        }
+        self.purges.remove(&key);
+        self.horizon = self.horizon.max(key);
+        true
+    }
+
+    /// Forgets purges finished `retention` ago, and expired keys.
     fn expire(&mut self, now: Instant, retention: Duration) {
-        while let Some((at, _)) = self.created.front() {
-            if now.duration_since(*at) < retention {
+        while let Some(&(at, key)) = self.finished.front() {
+            if now.duration_since(at) < retention {
                 break;
             }
-            let (_, id) = self.created.pop_front().expect("front exists");
-            match self.purges.get(&id) {
-                Some(r) if !r.state.is_terminal() => self.created.push_back((now, id)),
-                _ => {
-                    self.purges.remove(&id);
-                }
-            }
+            self.finished.pop_front();
+            self.forget(key);
         }
         while let Some((expires, _)) = self.key_order.front() {
             if *expires > now {
                 break;
             }
-            let (_, scope) = self.key_order.pop_front().expect("front exists");
-            // A key set again later has a later expiry of its own.
-            if self.keys.get(&scope).is_some_and(|e| e.expires <= now) {
-                self.keys.remove(&scope);
-            }
+            let (expires, scope) = self.key_order.pop_front().expect("front exists");
+            self.drop_key(&scope, expires);
         }
     }
-}
 
-/// Where created work goes, under the store's lock so create stays atomic.
-pub type Enqueue = Arc<dyn Fn(Vec<WorkItem>) + Send + Sync>;
+    /// Removes the key `scope` if `expires` is its current entry (a key set again later has an
+    /// entry of its own further back).
+    fn drop_key(&mut self, scope: &str, expires: Instant) -> bool {
+        if self.keys.get(scope).is_some_and(|e| e.expires == expires) {
+            self.keys.remove(scope);
+            return true;
+        }
+        false
+    }
 
-struct KeyEntry {
-    fingerprint: String,
-    purge_id: String,
-    expires: Instant,
+    /// Makes room for one more record by forgetting the oldest finished one; false when
+    /// unfinished purges alone fill `max`.
+    fn make_room(&mut self, max: usize) -> bool {
+        while self.purges.len() >= max {
+            let Some((_, key)) = self.finished.pop_front() else {
+                return false;
+            };
+            self.forget(key);
+        }
+        true
+    }
+
+    fn remember_key(&mut self, claim: &IdempotencyClaim, purge_id: u128, now: Instant, max: usize) {
+        let scope: Arc<str> = claim.scope.as_str().into();
+        let expires = now + claim.retention;
+        self.keys.insert(
+            scope.clone(),
+            KeyEntry {
+                fingerprint: claim.fingerprint.as_str().into(),
+                purge_id,
+                expires,
+            },
+        );
+        self.key_order.push_back((expires, scope));
+        while self.keys.len() > max {
+            let Some((expires, oldest)) = self.key_order.pop_front() else {
+                break;
+            };
+            self.drop_key(&oldest, expires);
+        }
+        // Entries of keys set again are dropped here at the latest.
+        while self.key_order.len() > 2 * max {
+            let (expires, oldest) = self.key_order.pop_front().expect("longer than max");
+            self.drop_key(&oldest, expires);
+        }
+    }
+
+    /// One debug line a second with the counts (the soak benchmark reads it).
+    fn report(&mut self, now: Instant) {
+        if self.next_report.is_some_and(|at| now < at) {
+            return;
+        }
+        self.next_report = Some(now + Duration::from_secs(1));
+        let s = self.stats();
+        tracing::debug!(
+            records = s.records,
+            unfinished = s.unfinished,
+            idempotency_keys = s.idempotency_keys,
+            "memory store size"
+        );
+    }
 }
 
 impl MemoryStore {
     /// A store that hands created work to `enqueue` (the memory queue, wired by the app) and
-    /// keeps finished purges `retention`.
+    /// keeps finished purges `retention`, within the default limits.
     pub fn new(enqueue: Enqueue, retention: Duration) -> MemoryStore {
-        let (events, _) = broadcast::channel(4096);
+        MemoryStore::with_limits(enqueue, retention, MemoryLimits::default())
+    }
+
+    /// A store that keeps at most what `limits` says.
+    pub fn with_limits(enqueue: Enqueue, retention: Duration, limits: MemoryLimits) -> MemoryStore {
+        let (events, _) = broadcast::channel(EVENTS_BUFFER);
         MemoryStore {
             inner: Arc::new(Inner {
                 state: Mutex::new(State::default()),
                 enqueue,
                 events,
                 retention,
+                limits: MemoryLimits {
+                    max_records: limits.max_records.max(1),
+                    max_idempotency_keys: limits.max_idempotency_keys.max(1),
+                },
             }),
         }
+    }
+
+    pub fn stats(&self) -> MemoryStats {
+        self.inner.state.lock().expect("store lock").stats()
     }
 
     fn notify(&self, id: &str) {
@@ -112,27 +305,29 @@ impl Store for MemoryStore {
         idempotency: Option<IdempotencyClaim>,
         work: Vec<WorkItem>,
     ) -> Result<CreateOutcome, BackendError> {
+        let key = key_of(&record.id).ok_or_else(|| {
+            BackendError::Corrupt(format!("purge id {:?} is not a UUID", record.id))
+        })?;
+        let limits = self.inner.limits;
         let mut state = self.inner.state.lock().expect("store lock");
         let now = Instant::now();
-        if let Some(claim) = &idempotency {
-            if let Some(outcome) = state.replay(claim, now) {
-                return Ok(outcome);
-            }
-            state.keys.insert(
-                claim.scope.clone(),
-                KeyEntry {
-                    fingerprint: claim.fingerprint.clone(),
-                    purge_id: record.id.clone(),
-                    expires: now + claim.retention,
-                },
-            );
-            state
-                .key_order
-                .push_back((now + claim.retention, claim.scope.clone()));
-        }
         state.expire(now, self.inner.retention);
-        state.created.push_back((now, record.id.clone()));
-        state.purges.insert(record.id.clone(), record.clone());
+        if let Some(claim) = &idempotency
+            && let Some(outcome) = state.replay(claim, now)?
+        {
+            return Ok(outcome);
+        }
+        if !state.make_room(limits.max_records) {
+            return Ok(CreateOutcome::AtCapacity {
+                limit: limits.max_records,
+                retry_after: CAPACITY_RETRY,
+            });
+        }
+        if let Some(claim) = &idempotency {
+            state.remember_key(claim, key, now, limits.max_idempotency_keys);
+        }
+        state.put(key, record.clone(), now);
+        state.report(now);
         drop(state);
         (self.inner.enqueue)(work);
         Ok(CreateOutcome::Created(record))
@@ -143,12 +338,20 @@ impl Store for MemoryStore {
         claim: &IdempotencyClaim,
     ) -> Result<Option<CreateOutcome>, BackendError> {
         let state = self.inner.state.lock().expect("store lock");
-        Ok(state.replay(claim, Instant::now()))
+        state.replay(claim, Instant::now())
     }
 
     async fn get(&self, id: &str) -> Result<Option<PurgeRecord>, BackendError> {
-        let state = self.inner.state.lock().expect("store lock");
-        Ok(state.purges.get(id).cloned())
+        self.inner.state.lock().expect("store lock").get(id)
+    }
+
+    fn aged_out(&self, id: &str) -> bool {
+        let (Some(key), Some(created)) = (key_of(id), created_ms(id)) else {
+            return false;
+        };
+        let horizon = self.inner.state.lock().expect("store lock").horizon;
+        let retention_ms = self.inner.retention.as_millis() as u64;
+        key <= horizon || created.saturating_add(retention_ms) <= super::now_ms()
     }
 
     async fn update(
@@ -156,12 +359,37 @@ impl Store for MemoryStore {
         id: &str,
         change: Change<'_>,
     ) -> Result<Option<PurgeRecord>, BackendError> {
-        let mut state = self.inner.state.lock().expect("store lock");
-        let Some(record) = state.purges.get_mut(id) else {
+        let Some(key) = key_of(id) else {
             return Ok(None);
         };
-        let changed = record.apply(change, chrono::Utc::now());
-        let after = record.clone();
+        let mut state = self.inner.state.lock().expect("store lock");
+        let (changed, after) = match state.purges.get_mut(&key) {
+            None => return Ok(None),
+            Some(Slot::Live(record)) => {
+                let changed = record.apply(change, chrono::Utc::now());
+                (changed, (**record).clone())
+            }
+            Some(done @ Slot::Done(_)) => {
+                let mut record = done.record(id)?;
+                let changed = record.apply(change, chrono::Utc::now());
+                (changed, record)
+            }
+        };
+        if changed {
+            let was_done = state.purges.get(&key).is_some_and(Slot::is_done);
+            match (was_done, after.state.is_terminal()) {
+                // Finished before: keeps its place in the finished order.
+                (true, true) => {
+                    state.purges.insert(key, Slot::of(after.clone()));
+                }
+                (true, false) => {
+                    state.purges.insert(key, Slot::of(after.clone()));
+                    state.unfinished += 1;
+                }
+                (false, true) => state.put(key, after.clone(), Instant::now()),
+                (false, false) => {}
+            }
+        }
         drop(state);
         if changed {
             self.notify(id);
@@ -179,64 +407,5 @@ impl Store for MemoryStore {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::model::{Action, PurgeKind, PurgeSpec};
-
-    fn record() -> PurgeRecord {
-        let spec = PurgeSpec {
-            provider: "sandbox".into(),
-            providers: vec!["sandbox".into()],
-            kind: PurgeKind::Host,
-            targets: vec!["example.com".into()],
-            action: Action::Invalidate,
-            hosts: Vec::new(),
-            headers: Default::default(),
-            labels: Default::default(),
-            idempotency_key: Some("k".into()),
-        };
-        let id = uuid::Uuid::now_v7().to_string();
-        PurgeRecord::new(id, "c".into(), spec, chrono::Utc::now())
-    }
-
-    fn claim(scope: &str, retention: Duration) -> IdempotencyClaim {
-        IdempotencyClaim {
-            scope: scope.into(),
-            fingerprint: "f".into(),
-            retention,
-        }
-    }
-
-    #[tokio::test]
-    async fn idempotency_keys_are_forgotten_after_their_retention() {
-        let store = MemoryStore::new(Arc::new(|_| {}), Duration::from_secs(3600));
-        let kept = claim("kept", Duration::from_secs(3600));
-        for i in 0..100 {
-            let short = claim(&format!("short-{i}"), Duration::ZERO);
-            store
-                .create(record(), Some(short), Vec::new())
-                .await
-                .unwrap();
-        }
-        let first = store.create(record(), Some(kept.clone()), Vec::new()).await;
-        let Ok(CreateOutcome::Created(first)) = first else {
-            panic!("created");
-        };
-        {
-            let state = store.inner.state.lock().unwrap();
-            assert_eq!(state.keys.len(), 1, "expired keys are gone");
-            assert_eq!(state.key_order.len(), 1);
-        }
-        match store.replay(&kept).await.unwrap() {
-            Some(CreateOutcome::Existing(r)) => assert_eq!(r.id, first.id),
-            other => panic!("the kept key answers with its purge, got {other:?}"),
-        }
-        assert!(
-            store
-                .replay(&claim("short-1", Duration::ZERO))
-                .await
-                .unwrap()
-                .is_none()
-        );
-    }
-}
+#[path = "memory_tests.rs"]
+mod tests;

@@ -1,6 +1,7 @@
 //! Purge records, idempotency keys and change events, behind one trait with a memory and a Redis
 //! implementation.
 
+pub mod codec;
 pub mod memory;
 pub mod redis;
 
@@ -29,6 +30,12 @@ pub enum CreateOutcome {
     Conflict {
         existing_id: String,
     },
+    /// Unfinished purges alone fill the backend's bound: nothing was recorded; try again
+    /// after `retry_after`, when some will have finished.
+    AtCapacity {
+        limit: usize,
+        retry_after: Duration,
+    },
 }
 
 /// A change to a record: one of its transitions (`PurgeRecord::submitted`, ...), which returns
@@ -52,6 +59,10 @@ pub trait Store: Send + Sync + 'static {
 
     async fn get(&self, id: &str) -> Result<Option<PurgeRecord>, BackendError>;
 
+    /// Whether a purge `get` does not find may have existed and been forgotten (expired or
+    /// evicted), so the caller can be told it aged out rather than that it never was.
+    fn aged_out(&self, id: &str) -> bool;
+
     /// Applies `change` atomically through `PurgeRecord::apply` and wakes watchers. `None`: no such purge.
     async fn update(
         &self,
@@ -65,4 +76,15 @@ pub trait Store: Send + Sync + 'static {
 
     /// Whether the backend answers, for health.
     async fn ping(&self) -> Result<(), BackendError>;
+}
+
+/// When the purge `id` was created, in milliseconds since the epoch, read from its UUIDv7.
+pub fn created_ms(id: &str) -> Option<u64> {
+    let (secs, nanos) = uuid::Uuid::parse_str(id).ok()?.get_timestamp()?.to_unix();
+    Some(secs * 1000 + u64::from(nanos) / 1_000_000)
+}
+
+/// Milliseconds since the epoch now.
+pub fn now_ms() -> u64 {
+    chrono::Utc::now().timestamp_millis().max(0) as u64
 }

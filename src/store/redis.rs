@@ -9,7 +9,7 @@ use ::redis::Script;
 use async_trait::async_trait;
 use tokio::sync::broadcast;
 
-use super::{Change, CreateOutcome, IdempotencyClaim, Store};
+use super::{Change, CreateOutcome, IdempotencyClaim, Store, codec, created_ms};
 use crate::backend::BackendError;
 use crate::model::{PurgeRecord, WorkItem};
 use crate::redis_state::{Shared, pin_id, shard_of_id, shard_of_scope};
@@ -80,12 +80,12 @@ fn ms(d: Duration) -> u64 {
     (d.as_millis() as u64).max(1)
 }
 
-fn decode(json: &str) -> Result<PurgeRecord, BackendError> {
-    serde_json::from_str(json).map_err(|e| BackendError::Corrupt(format!("purge record: {e}")))
+fn decode(bytes: &[u8]) -> Result<PurgeRecord, BackendError> {
+    codec::decode(bytes, "").map_err(|e| BackendError::Corrupt(format!("purge record: {e}")))
 }
 
-fn encode(record: &PurgeRecord) -> String {
-    serde_json::to_string(record).expect("records serialize")
+fn encode(record: &PurgeRecord) -> Vec<u8> {
+    codec::encode(record, true)
 }
 
 #[async_trait]
@@ -130,7 +130,7 @@ impl Store for RedisStore {
             .arg(keys.record_prefix(shard))
             .arg(keys.work_channel())
             .arg(format!("{shard} {}", providers.join(" ")));
-        let (outcome, detail): (String, String) = self
+        let (outcome, detail): (String, Vec<u8>) = self
             .shared
             .with(|mut c| async move { call.invoke_async(&mut c).await })
             .await?;
@@ -138,7 +138,7 @@ impl Store for RedisStore {
             "created" => Ok(CreateOutcome::Created(record)),
             "existing" => Ok(CreateOutcome::Existing(decode(&detail)?)),
             "conflict" => Ok(CreateOutcome::Conflict {
-                existing_id: detail,
+                existing_id: String::from_utf8_lossy(&detail).into_owned(),
             }),
             other => Err(BackendError::Corrupt(format!(
                 "create script answered {other:?}"
@@ -173,7 +173,7 @@ impl Store for RedisStore {
 
     async fn get(&self, id: &str) -> Result<Option<PurgeRecord>, BackendError> {
         let key = self.shared.keys.record(id);
-        let json: Option<String> = self
+        let json: Option<Vec<u8>> = self
             .shared
             .with(|mut c| async move {
                 ::redis::cmd("HGET")
@@ -184,6 +184,14 @@ impl Store for RedisStore {
             })
             .await?;
         json.as_deref().map(decode).transpose()
+    }
+
+    fn aged_out(&self, id: &str) -> bool {
+        // Records live `record_ttl` after their last change: one created longer ago that is
+        // not found has expired (or never was).
+        created_ms(id).is_some_and(|created| {
+            created.saturating_add(self.record_ttl.as_millis() as u64) <= super::now_ms()
+        })
     }
 
     async fn update(

@@ -13,6 +13,7 @@ mod edgeone;
 mod edgeone_client;
 mod grpcurl;
 mod image;
+mod memory_bounds;
 mod otlp;
 mod redis;
 mod redis_replicas;

@@ -1,0 +1,347 @@
+//! The stored form of a purge record, shared by both backends: short field names, nothing
+//! stored twice (units as statuses in the order `PurgeRecord::new` makes them, providers of
+//! tasks as indexes), empty fields left out, times as nanoseconds. Records written before
+//! this form (the plain JSON of `PurgeRecord`) still read.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::model::{
+    Action, PurgeKind, PurgeRecord, PurgeSpec, PurgeState, TaskRecord, TaskState, Unit, UnitStatus,
+};
+
+/// Why a stored record could not be read back.
+#[derive(Debug, thiserror::Error)]
+#[error("stored purge record does not decode: {0}")]
+pub struct DecodeError(#[source] serde_json::Error);
+
+#[derive(Serialize, Deserialize)]
+struct Compact {
+    /// Empty when the container's key already is the id (memory backend).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    i: String,
+    c: String,
+    p: String,
+    /// The resolved providers, left out when they are just `p`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ps: Option<Vec<String>>,
+    k: PurgeKind,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    t: Vec<String>,
+    #[serde(default, skip_serializing_if = "is_default")]
+    a: Action,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    h: Vec<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    hd: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    l: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ik: Option<String>,
+    s: PurgeState,
+    /// Unit statuses, one per (provider, effective target) in `PurgeRecord::new`'s order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    u: Vec<Status>,
+    /// Units in full, only when they are not in that order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    uf: Option<Vec<Unit>>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    tk: Vec<Task>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    e: Option<String>,
+    /// Create time, nanoseconds since the epoch; the other times relative to it.
+    ct: i64,
+    #[serde(default, skip_serializing_if = "is_default")]
+    ud: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    fd: Option<i64>,
+    v: u64,
+}
+
+/// A unit status in a few bytes: "P", "D", {"T":task}, {"F":reason}.
+#[derive(Serialize, Deserialize)]
+enum Status {
+    P,
+    D,
+    T(usize),
+    F(String),
+}
+
+#[derive(Serialize, Deserialize)]
+struct Task {
+    /// Index into the purge's providers, or the name in `pn` when it is not one of them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    p: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pn: Option<String>,
+    id: String,
+    s: TaskState,
+    n: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    e: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    r: Option<String>,
+    /// Submit time relative to the purge's create time, nanoseconds.
+    at: i64,
+}
+
+fn is_default<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
+}
+
+fn nanos(t: DateTime<Utc>) -> i64 {
+    t.timestamp_nanos_opt().unwrap_or(i64::MAX)
+}
+
+fn time(ns: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_nanos(ns)
+}
+
+fn status_of(s: &UnitStatus) -> Status {
+    match s {
+        UnitStatus::Pending => Status::P,
+        UnitStatus::Succeeded => Status::D,
+        UnitStatus::Submitted { task } => Status::T(*task),
+        UnitStatus::Failed { reason } => Status::F(reason.clone()),
+    }
+}
+
+fn unit_status(s: Status) -> UnitStatus {
+    match s {
+        Status::P => UnitStatus::Pending,
+        Status::D => UnitStatus::Succeeded,
+        Status::T(task) => UnitStatus::Submitted { task },
+        Status::F(reason) => UnitStatus::Failed { reason },
+    }
+}
+
+/// The (provider, target) pairs `PurgeRecord::new` makes for `spec`, in its order.
+fn canonical_pairs(spec: &PurgeSpec) -> impl Iterator<Item = (&str, String)> {
+    let targets = spec.effective_targets();
+    spec.providers
+        .iter()
+        .flat_map(move |p| targets.clone().into_iter().map(move |t| (p.as_str(), t)))
+}
+
+/// The stored bytes of `record`; without its id when `with_id` is false (the caller keeps the
+/// id as the key and passes it back to `decode`).
+pub fn encode(record: &PurgeRecord, with_id: bool) -> Vec<u8> {
+    let PurgeRecord {
+        id,
+        caller,
+        spec,
+        state,
+        units,
+        tasks,
+        error,
+        create_time,
+        update_time,
+        finish_time,
+        version,
+    } = record;
+    let in_order = units.len() == spec.providers.len() * spec.effective_targets().len()
+        && canonical_pairs(spec)
+            .zip(units)
+            .all(|((p, t), u)| u.provider == p && u.target == t);
+    let ct = nanos(*create_time);
+    let compact = Compact {
+        i: if with_id { id.clone() } else { String::new() },
+        c: caller.clone(),
+        p: spec.provider.clone(),
+        ps: (spec.providers != [spec.provider.as_str()]).then(|| spec.providers.clone()),
+        k: spec.kind,
+        t: spec.targets.clone(),
+        a: spec.action,
+        h: spec.hosts.clone(),
+        hd: spec.headers.clone(),
+        l: spec.labels.clone(),
+        ik: spec.idempotency_key.clone(),
+        s: *state,
+        u: if in_order {
+            units.iter().map(|u| status_of(&u.status)).collect()
+        } else {
+            Vec::new()
+        },
+        uf: (!in_order).then(|| units.clone()),
+        tk: tasks
+            .iter()
+            .map(|t| {
+                let index = spec.providers.iter().position(|p| *p == t.provider);
+                Task {
+                    p: index,
+                    pn: index.is_none().then(|| t.provider.clone()),
+                    id: t.provider_task_id.clone(),
+                    s: t.state,
+                    n: t.target_count,
+                    e: t.error.clone(),
+                    r: t.request_id.clone(),
+                    at: nanos(t.submit_time).saturating_sub(ct),
+                }
+            })
+            .collect(),
+        e: error.clone(),
+        ct,
+        ud: nanos(*update_time).saturating_sub(ct),
+        fd: finish_time.map(|f| nanos(f).saturating_sub(ct)),
+        v: *version,
+    };
+    serde_json::to_vec(&compact).expect("records serialize")
+}
+
+/// The record stored as `bytes` (this form or the older plain JSON); `id` fills in an id
+/// stored without one.
+pub fn decode(bytes: &[u8], id: &str) -> Result<PurgeRecord, DecodeError> {
+    let c: Compact = match serde_json::from_slice(bytes) {
+        Ok(c) => c,
+        // Written before the compact form: `{"id": ..., "spec": ..., ...}`.
+        Err(compact) => {
+            return serde_json::from_slice::<PurgeRecord>(bytes).map_err(|_| DecodeError(compact));
+        }
+    };
+    let spec = PurgeSpec {
+        providers: c.ps.unwrap_or_else(|| vec![c.p.clone()]),
+        provider: c.p,
+        kind: c.k,
+        targets: c.t,
+        action: c.a,
+        hosts: c.h,
+        headers: c.hd,
+        labels: c.l,
+        idempotency_key: c.ik,
+    };
+    let units = match c.uf {
+        Some(units) => units,
+        None => canonical_pairs(&spec)
+            .zip(c.u)
+            .map(|((p, t), s)| Unit {
+                provider: p.to_owned(),
+                target: t,
+                status: unit_status(s),
+            })
+            .collect(),
+    };
+    let tasks =
+        c.tk.into_iter()
+            .map(|t| TaskRecord {
+                provider: t
+                    .pn
+                    .or_else(|| t.p.and_then(|i| spec.providers.get(i).cloned()))
+                    .unwrap_or_default(),
+                provider_task_id: t.id,
+                state: t.s,
+                target_count: t.n,
+                error: t.e,
+                request_id: t.r,
+                submit_time: time(c.ct.saturating_add(t.at)),
+            })
+            .collect();
+    Ok(PurgeRecord {
+        id: if c.i.is_empty() { id.to_owned() } else { c.i },
+        caller: c.c,
+        spec,
+        state: c.s,
+        units,
+        tasks,
+        error: c.e,
+        create_time: time(c.ct),
+        update_time: time(c.ct.saturating_add(c.ud)),
+        finish_time: c.fd.map(|d| time(c.ct.saturating_add(d))),
+        version: c.v,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn finished() -> PurgeRecord {
+        let spec = PurgeSpec {
+            provider: "all".into(),
+            providers: vec!["sandbox".into(), "edge".into()],
+            kind: PurgeKind::Url,
+            targets: vec![
+                "https://www.example.com/app.js".into(),
+                "https://www.example.com/app.css".into(),
+            ],
+            action: Action::Delete,
+            hosts: Vec::new(),
+            headers: BTreeMap::from([("accept-encoding".into(), "gzip".into())]),
+            labels: BTreeMap::from([("ticket".into(), "OPS-42".into())]),
+            idempotency_key: Some("deploy-1".into()),
+        };
+        let now = Utc::now();
+        let mut r = PurgeRecord::new(uuid::Uuid::now_v7().to_string(), "ci".into(), spec, now);
+        r.units[0].status = UnitStatus::Succeeded;
+        r.units[1].status = UnitStatus::Submitted { task: 1 };
+        r.units[2].status = UnitStatus::Failed {
+            reason: "denied".into(),
+        };
+        r.tasks = vec![
+            TaskRecord {
+                provider: "sandbox".into(),
+                provider_task_id: "t-1".into(),
+                state: TaskState::Succeeded,
+                target_count: 2,
+                error: None,
+                request_id: Some("req-1".into()),
+                submit_time: now + chrono::Duration::milliseconds(120),
+            },
+            TaskRecord {
+                provider: "gone".into(),
+                provider_task_id: "t-2".into(),
+                state: TaskState::Failed,
+                target_count: 1,
+                error: Some("boom".into()),
+                request_id: None,
+                submit_time: now,
+            },
+        ];
+        r.state = PurgeState::Failed;
+        r.error = Some("1 of 4 targets failed".into());
+        r.update_time = now + chrono::Duration::seconds(1);
+        r.finish_time = Some(r.update_time);
+        r.version = 7;
+        r
+    }
+
+    #[test]
+    fn a_record_reads_back_as_written_with_or_without_its_id() {
+        let r = finished();
+        assert_eq!(decode(&encode(&r, true), "other").unwrap(), r);
+        assert_eq!(decode(&encode(&r, false), &r.id).unwrap(), r);
+    }
+
+    #[test]
+    fn units_out_of_the_usual_order_are_kept_whole() {
+        let mut r = finished();
+        r.units.swap(0, 3);
+        assert_eq!(decode(&encode(&r, true), "").unwrap(), r);
+    }
+
+    #[test]
+    fn records_written_as_plain_json_still_read() {
+        let r = finished();
+        let old = serde_json::to_vec(&r).unwrap();
+        assert_eq!(decode(&old, "ignored").unwrap(), r);
+    }
+
+    #[test]
+    fn garbage_is_an_error_naming_the_problem() {
+        let e = decode(b"{\"x\":1}", "id").unwrap_err();
+        assert!(e.to_string().contains("does not decode"), "{e}");
+    }
+
+    #[test]
+    fn the_compact_form_is_much_smaller_than_plain_json() {
+        let mut r = finished();
+        r.spec.providers = vec!["sandbox".into()];
+        r.spec.provider = "sandbox".into();
+        r.units.truncate(2);
+        r.tasks.truncate(1);
+        let plain = serde_json::to_vec(&r).unwrap().len();
+        let compact = encode(&r, false).len();
+        assert!(compact * 2 < plain, "compact {compact} vs plain {plain}");
+    }
+}
