@@ -43,6 +43,10 @@ pub fn registry(
             ProviderSettings::Cdnetworks(s) => {
                 Arc::new(super::cdnetworks::ContentManagement::new(s, http.clone())?)
             }
+            ProviderSettings::Cloudflare(s) => {
+                Arc::new(super::cloudflare::Cloudflare::new(s, http.clone())?)
+            }
+            ProviderSettings::Fastly(s) => Arc::new(super::fastly::Fastly::new(s, http.clone())?),
         };
         registry.insert(handle(pc, client));
     }

@@ -60,6 +60,8 @@ pub enum ProviderSettings {
     Edgeone(crate::providers::edgeone::EdgeOneSettings),
     Cdnpro(crate::providers::cdnetworks::CdnProSettings),
     Cdnetworks(crate::providers::cdnetworks::ContentSettings),
+    Cloudflare(crate::providers::cloudflare::CloudflareSettings),
+    Fastly(crate::providers::fastly::FastlySettings),
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -9,6 +9,7 @@ mod dispatch;
 mod edgeone;
 mod edgeone_client;
 mod grpcurl;
+mod limiter_pause;
 mod otlp;
 mod redis;
 mod redis_replicas;
