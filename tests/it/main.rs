@@ -5,9 +5,11 @@ mod support;
 
 mod api;
 mod cdnetworks;
+mod cloudflare;
 mod dispatch;
 mod edgeone;
 mod edgeone_client;
+mod fastly;
 mod grpcurl;
 mod limiter_pause;
 mod otlp;
