@@ -6,12 +6,14 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use super::{Charge, Decision, Limiter, RuleState, evaluate, now_ms, refunded};
+use super::{Charge, Decision, Limiter, RuleState, budget_group, evaluate, now_ms, refunded};
 use crate::backend::BackendError;
 
 #[derive(Clone, Default)]
 pub struct MemoryLimiter {
     rules: Arc<Mutex<HashMap<String, RuleState>>>,
+    /// Budget group -> paused until (ms since the epoch).
+    pauses: Arc<Mutex<HashMap<String, u64>>>,
 }
 
 impl MemoryLimiter {
@@ -20,6 +22,17 @@ impl MemoryLimiter {
         let mut rules = self.rules.lock().expect("limiter lock");
         let mut next = Vec::with_capacity(charges.len());
         let mut wait: Option<(u64, bool)> = None;
+        {
+            let pauses = self.pauses.lock().expect("limiter lock");
+            for c in charges {
+                if let Some(&until) = pauses.get(budget_group(&c.key))
+                    && until > now
+                {
+                    let (w, e) = wait.unwrap_or((0, false));
+                    wait = Some((w.max(until - now), e));
+                }
+            }
+        }
         for c in charges {
             let state = rules.get(&c.key).cloned().unwrap_or_default();
             match evaluate(&state, &c.limit, c.cost, now) {
@@ -59,5 +72,56 @@ impl Limiter for MemoryLimiter {
             }
         }
         Ok(())
+    }
+
+    async fn pause(&self, group: &str, wait: Duration) -> Result<(), BackendError> {
+        self.pause_at(group, wait, now_ms());
+        Ok(())
+    }
+}
+
+impl MemoryLimiter {
+    /// Pauses `group` for `wait` from `now` (ms); a longer pause already set stays.
+    pub fn pause_at(&self, group: &str, wait: Duration, now: u64) {
+        let until = now + wait.as_millis() as u64;
+        let mut pauses = self.pauses.lock().expect("limiter lock");
+        pauses.retain(|_, u| *u > now);
+        let entry = pauses.entry(group.to_owned()).or_insert(until);
+        *entry = (*entry).max(until);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::limiter::{Limit, Rate};
+
+    fn charge(key: &str) -> Charge {
+        Charge {
+            key: key.into(),
+            limit: Limit::Window(Rate::new(100, Duration::from_secs(60))),
+            cost: 1,
+        }
+    }
+
+    #[test]
+    fn a_pause_holds_every_rule_of_its_group_until_it_ends() {
+        let limiter = MemoryLimiter::default();
+        limiter.pause_at("cf:submit", Duration::from_millis(1_500), 10_000);
+        // A shorter pause later does not shorten it.
+        limiter.pause_at("cf:submit", Duration::from_millis(100), 10_100);
+        let both = [charge("cf:submit:0"), charge("cf:submit:1")];
+        assert_eq!(
+            limiter.acquire_at(&both, 10_200),
+            Decision::Wait(Duration::from_millis(1_300))
+        );
+        // Nothing was charged while paused; other budgets are not paused.
+        assert_eq!(
+            limiter.acquire_at(&[charge("cf:status:0")], 10_200),
+            Decision::Granted
+        );
+        assert_eq!(limiter.acquire_at(&both, 11_500), Decision::Granted);
+        let rules = limiter.rules.lock().unwrap();
+        assert!(matches!(&rules["cf:submit:0"], RuleState::Window { grants } if grants.len() == 1));
     }
 }

@@ -82,6 +82,22 @@ pub trait Limiter: Send + Sync + 'static {
     /// Gives back daily units charged today for work the provider never counted (a refused
     /// call); other rules are left as they are, a call made stays made.
     async fn refund(&self, charges: &[Charge]) -> Result<(), BackendError>;
+
+    /// Stops every charge to the budget `group` for `wait` from now, on every replica sharing
+    /// this limiter: while the pause holds, `acquire` answers `Decision::Wait` (until its end)
+    /// for any charge whose key is in `group` (see [`budget_group`]). A provider's 429 with
+    /// `Retry-After` becomes `pause("<budget>:submit", retry_after)`, so no replica calls before
+    /// the time the provider named. A shorter pause never cuts a longer one short.
+    async fn pause(&self, group: &str, wait: Duration) -> Result<(), BackendError>;
+}
+
+/// The budget a charge key belongs to: the key without a trailing `:<number>` (the index of
+/// one rule among a provider API's rules), e.g. `acct:submit:1` -> `acct:submit`.
+pub fn budget_group(charge_key: &str) -> &str {
+    match charge_key.rsplit_once(':') {
+        Some((head, idx)) if !idx.is_empty() && idx.bytes().all(|b| b.is_ascii_digit()) => head,
+        _ => charge_key,
+    }
 }
 
 /// A daily rule's state after `cost` units are given back at `now_ms`: only units of the
@@ -211,6 +227,14 @@ pub fn now_ms() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_budget_group_drops_the_rule_index_only() {
+        assert_eq!(budget_group("cf:submit:0"), "cf:submit");
+        assert_eq!(budget_group("account:42:submit:12"), "account:42:submit");
+        assert_eq!(budget_group("cf:submit"), "cf:submit");
+        assert_eq!(budget_group("cf:submit:"), "cf:submit:");
+    }
 
     #[test]
     fn gcra_spaces_calls_evenly() {

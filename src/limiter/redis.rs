@@ -8,16 +8,18 @@ use std::sync::{Arc, LazyLock};
 use ::redis::Script;
 use async_trait::async_trait;
 
-use super::{Charge, Decision, Limit, Limiter, gcra_interval_ms};
+use super::{Charge, Decision, Limit, Limiter, budget_group, gcra_interval_ms};
 use crate::backend::BackendError;
 use crate::redis_state::Shared;
 
-/// KEYS: one per charge. ARGV: four per charge: kind, a, b, cost, where kind `g` (GCRA: a =
+/// KEYS: one per charge, then the pause key of each budget group charged (see `pause_key`).
+/// ARGV: four per charge: kind, a, b, cost, where kind `g` (GCRA: a =
 /// emission interval ms, b = tolerance ms), `w` (window: a = count, b = window ms) or `d`
 /// (daily: a = max, b = UTC offset ms). Returns {granted, wait ms, exhausted}.
 ///
 /// State: GCRA a string (tat ms); window a list of grant times, oldest first, one per unit;
-/// daily a hash {day, used}. Every key expires once it no longer matters.
+/// daily a hash {day, used}; a pause a string (until ms). Every key expires once it no longer
+/// matters. While a pause is in force nothing is charged and the wait is until its end.
 static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
@@ -26,7 +28,16 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local DAY = 86400000
 local plans = {}
 local wait, denied, exhausted = 0, false, false
-for i, key in ipairs(KEYS) do
+local n = #ARGV / 4
+for i = n + 1, #KEYS do
+  local untilms = tonumber(redis.call('GET', KEYS[i]) or '0')
+  if untilms > now then
+    denied = true
+    wait = math.max(wait, untilms - now)
+  end
+end
+for i = 1, n do
+  local key = KEYS[i]
   local kind = ARGV[i * 4 - 3]
   local a = tonumber(ARGV[i * 4 - 2])
   local b = tonumber(ARGV[i * 4 - 1])
@@ -80,7 +91,8 @@ if denied then
   if exhausted then return {0, wait, 1} end
   return {0, wait, 0}
 end
-for i, key in ipairs(KEYS) do
+for i = 1, n do
+  local key = KEYS[i]
   local kind = ARGV[i * 4 - 3]
   local p = plans[i]
   if kind == 'g' then
@@ -119,6 +131,24 @@ return 0
     )
 });
 
+/// KEYS: a pause key. ARGV: wait ms. Sets the pause to end `wait` after Redis `TIME` unless
+/// it already ends later; the key expires (PEXPIREAT) when the pause does.
+static PAUSE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local untilms = now + tonumber(ARGV[1])
+local current = tonumber(redis.call('GET', KEYS[1]) or '0')
+if untilms > current then
+  redis.call('SET', KEYS[1], string.format('%.0f', untilms))
+  redis.call('PEXPIREAT', KEYS[1], string.format('%.0f', untilms))
+end
+return 0
+",
+    )
+});
+
 #[derive(Clone)]
 pub struct RedisLimiter {
     shared: Arc<Shared>,
@@ -127,6 +157,12 @@ pub struct RedisLimiter {
 impl RedisLimiter {
     pub fn new(shared: Arc<Shared>) -> RedisLimiter {
         RedisLimiter { shared }
+    }
+
+    /// The pause key of a budget group, under the same hash tag as the group's rule keys (so
+    /// one acquire still touches one cluster slot).
+    fn pause_key(&self, group: &str) -> String {
+        format!("{}:pause", self.shared.keys.limit(&format!("{group}:0")))
     }
 }
 
@@ -153,6 +189,7 @@ impl Limiter for RedisLimiter {
             return Ok(Decision::Granted);
         }
         let mut call = ACQUIRE.prepare_invoke();
+        let mut groups: Vec<&str> = Vec::new();
         for c in charges {
             let (kind, a, b) = rule_args(&c.limit);
             call.key(self.shared.keys.limit(&c.key))
@@ -160,6 +197,13 @@ impl Limiter for RedisLimiter {
                 .arg(a)
                 .arg(b)
                 .arg(c.cost);
+            let group = budget_group(&c.key);
+            if !groups.contains(&group) {
+                groups.push(group);
+            }
+        }
+        for group in groups {
+            call.key(self.pause_key(group));
         }
         let (granted, wait, exhausted): (i64, u64, i64) = self
             .shared
@@ -190,6 +234,17 @@ impl Limiter for RedisLimiter {
         if !any {
             return Ok(());
         }
+        let _: i64 = self
+            .shared
+            .with(|mut conn| async move { call.invoke_async(&mut conn).await })
+            .await?;
+        Ok(())
+    }
+
+    async fn pause(&self, group: &str, wait: std::time::Duration) -> Result<(), BackendError> {
+        let mut call = PAUSE.prepare_invoke();
+        call.key(self.pause_key(group))
+            .arg(wait.as_millis().max(1) as u64);
         let _: i64 = self
             .shared
             .with(|mut conn| async move { call.invoke_async(&mut conn).await })

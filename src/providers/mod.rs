@@ -2,7 +2,9 @@
 
 pub mod build;
 pub mod cdnetworks;
+pub mod cloudflare;
 pub mod edgeone;
+pub mod fastly;
 pub mod http;
 pub mod sandbox;
 pub mod settings;

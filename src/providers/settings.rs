@@ -55,6 +55,8 @@ provider_types! {
     "edgeone" => Edgeone(super::edgeone::EdgeOneSettings),
     "cdnpro" => Cdnpro(super::cdnetworks::CdnProSettings),
     "cdnetworks" => Cdnetworks(super::cdnetworks::ContentSettings),
+    "cloudflare" => Cloudflare(super::cloudflare::CloudflareSettings),
+    "fastly" => Fastly(super::fastly::FastlySettings),
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

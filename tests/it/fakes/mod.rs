@@ -2,4 +2,6 @@
 //! with their own code, enforcing limits and recording every request.
 
 pub mod cdnetworks;
+pub mod cloudflare;
 pub mod edgeone;
+pub mod fastly;
