@@ -43,6 +43,10 @@ pub fn registry(
             ProviderSettings::Cdnetworks(s) => {
                 Arc::new(super::cdnetworks::ContentManagement::new(s, http.clone())?)
             }
+            ProviderSettings::Cloudfront(s) => {
+                Arc::new(super::cloudfront::CloudFront::new(s, http.clone())?)
+            }
+            ProviderSettings::Akamai(s) => Arc::new(super::akamai::Akamai::new(s, http.clone())?),
         };
         registry.insert(handle(pc, client));
     }

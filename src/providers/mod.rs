@@ -1,7 +1,9 @@
 //! The provider trait every CDN client implements, and the registry built from configuration.
 
+pub mod akamai;
 pub mod build;
 pub mod cdnetworks;
+pub mod cloudfront;
 pub mod edgeone;
 pub mod http;
 pub mod sandbox;

@@ -60,6 +60,8 @@ pub enum ProviderSettings {
     Edgeone(crate::providers::edgeone::EdgeOneSettings),
     Cdnpro(crate::providers::cdnetworks::CdnProSettings),
     Cdnetworks(crate::providers::cdnetworks::ContentSettings),
+    Cloudfront(crate::providers::cloudfront::CloudFrontSettings),
+    Akamai(crate::providers::akamai::AkamaiSettings),
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
