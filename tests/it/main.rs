@@ -3,8 +3,10 @@
 mod fakes;
 mod support;
 
+mod akamai;
 mod api;
 mod cdnetworks;
+mod cloudfront;
 mod dispatch;
 mod edgeone;
 mod edgeone_client;

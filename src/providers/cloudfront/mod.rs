@@ -267,8 +267,13 @@ impl Provider for CloudFront {
         }
     }
 
+    /// Kinds CloudFront lacks are refused by the kind check, not per target.
     fn check_target(&self, kind: PurgeKind, target: &str) -> Result<(), String> {
-        self.path_of(kind, target).map(|_| ())
+        match kind {
+            PurgeKind::Host | PurgeKind::Regex => Ok(()),
+            PurgeKind::Tag if !self.inner.tags => Ok(()),
+            _ => self.path_of(kind, target).map(|_| ()),
+        }
     }
 
     async fn submit(&self, batch: &Batch) -> Result<Submission, ProviderError> {
