@@ -1,8 +1,10 @@
 //! The provider trait every CDN client implements, and the registry built from configuration.
 
+pub mod akamai;
 pub mod build;
 pub mod cdnetworks;
 pub mod cloudflare;
+pub mod cloudfront;
 pub mod edgeone;
 pub mod fastly;
 pub mod http;

@@ -57,6 +57,8 @@ provider_types! {
     "cdnetworks" => Cdnetworks(super::cdnetworks::ContentSettings),
     "cloudflare" => Cloudflare(super::cloudflare::CloudflareSettings),
     "fastly" => Fastly(super::fastly::FastlySettings),
+    "cloudfront" => Cloudfront(super::cloudfront::CloudFrontSettings),
+    "akamai" => Akamai(super::akamai::AkamaiSettings),
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -4,11 +4,13 @@ mod deploy_tools;
 mod fakes;
 mod support;
 
+mod akamai;
 mod api;
 mod cdnetworks;
 mod chart;
 mod cli;
 mod cloudflare;
+mod cloudfront;
 mod dispatch;
 mod edgeone;
 mod edgeone_client;
