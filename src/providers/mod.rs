@@ -8,10 +8,13 @@ pub mod cloudfront;
 pub mod edgeone;
 pub mod fastly;
 pub mod http;
+mod registry;
 pub mod sandbox;
 pub mod settings;
 
-use std::collections::{BTreeMap, HashMap};
+pub use registry::Registry;
+
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -204,6 +207,19 @@ impl Refused {
     }
 }
 
+/// What each provider's settings type implements: how its client is built.
+pub trait ProviderFactory {
+    /// The client of provider `name`, on the one shared `http` client. `registry` is where the
+    /// provider is about to be registered, for what a provider adds beside its client (the
+    /// sandbox's simulated CDN, which tests read).
+    fn build(
+        &self,
+        name: &str,
+        http: &reqwest::Client,
+        registry: &mut Registry,
+    ) -> Result<Arc<dyn Provider>, crate::settings::ConfigError>;
+}
+
 /// A CDN purge API.
 #[async_trait]
 pub trait Provider: Send + Sync + 'static {
@@ -368,61 +384,6 @@ pub fn next_day_start(now: DateTime<Utc>, offset_secs: i32) -> DateTime<Utc> {
         .expect("midnight")
         .and_utc();
     midnight - offset
-}
-
-/// Every configured provider and group, by the name callers use.
-#[derive(Clone, Default)]
-pub struct Registry {
-    providers: HashMap<String, ProviderHandle>,
-    groups: HashMap<String, Vec<String>>,
-    sandboxes: HashMap<String, sandbox::Sandbox>,
-}
-
-impl Registry {
-    pub fn insert(&mut self, handle: ProviderHandle) {
-        self.providers.insert(handle.name.clone(), handle);
-    }
-
-    pub fn insert_sandbox(&mut self, name: &str, sandbox: sandbox::Sandbox) {
-        self.sandboxes.insert(name.to_owned(), sandbox);
-    }
-
-    pub fn insert_group(&mut self, name: String, members: Vec<String>) {
-        self.groups.insert(name, members);
-    }
-
-    pub fn get(&self, name: &str) -> Option<&ProviderHandle> {
-        self.providers.get(name)
-    }
-
-    /// A provider name resolves to itself, a group name to its members.
-    pub fn resolve(&self, name: &str) -> Option<Vec<&ProviderHandle>> {
-        if let Some(p) = self.providers.get(name) {
-            return Some(vec![p]);
-        }
-        let members = self.groups.get(name)?;
-        members.iter().map(|m| self.providers.get(m)).collect()
-    }
-
-    pub fn names(&self) -> Vec<String> {
-        let mut names: Vec<String> = self
-            .providers
-            .keys()
-            .chain(self.groups.keys())
-            .cloned()
-            .collect();
-        names.sort();
-        names
-    }
-
-    pub fn handles(&self) -> impl Iterator<Item = &ProviderHandle> {
-        self.providers.values()
-    }
-
-    /// The simulated CDN behind a sandbox provider, for tests and demos.
-    pub fn sandbox(&self, name: &str) -> Option<&sandbox::Sandbox> {
-        self.sandboxes.get(name)
-    }
 }
 
 #[cfg(test)]

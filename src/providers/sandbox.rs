@@ -118,7 +118,7 @@ struct SimTask {
     done_at: SystemTime,
 }
 
-impl super::settings::ProviderFactory for SandboxSettings {
+impl super::ProviderFactory for SandboxSettings {
     fn build(
         &self,
         name: &str,

@@ -3,26 +3,11 @@
 //! once, in the `provider_types!` line below; its settings type implements [`ProviderFactory`].
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Provider, Registry};
+use super::ProviderFactory;
 use crate::limiter::Rate;
-use crate::settings::ConfigError;
-
-/// What each provider's settings type implements: how its client is built.
-pub trait ProviderFactory {
-    /// The client of provider `name`, on the one shared `http` client. `registry` is where the
-    /// provider is about to be registered, for what a provider adds beside its client (the
-    /// sandbox's simulated CDN, which tests read).
-    fn build(
-        &self,
-        name: &str,
-        http: &reqwest::Client,
-        registry: &mut Registry,
-    ) -> Result<Arc<dyn Provider>, ConfigError>;
-}
 
 /// Generates [`ProviderSettings`], tagged by `type = "..."` in the config, and its dispatch to
 /// each settings type's [`ProviderFactory`].
@@ -123,7 +108,7 @@ mod tests {
             assert!(err.to_string().contains(&format!("`{t}`")), "{t}: {err}");
         }
         let sandbox: ProviderConfig = toml::from_str("name = \"s\"\ntype = \"sandbox\"").unwrap();
-        let mut registry = Registry::default();
+        let mut registry = crate::providers::Registry::default();
         let http = reqwest::Client::new();
         let built = sandbox.settings.factory().build("s", &http, &mut registry);
         assert!(built.is_ok() && registry.sandbox("s").is_some());

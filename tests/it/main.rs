@@ -25,4 +25,5 @@ mod redis_replicas;
 mod redis_server;
 mod scenarios;
 mod shutdown;
+mod structure;
 mod validation;

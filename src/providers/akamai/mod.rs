@@ -328,7 +328,7 @@ impl Provider for Akamai {
     }
 }
 
-impl super::settings::ProviderFactory for AkamaiSettings {
+impl super::ProviderFactory for AkamaiSettings {
     fn build(
         &self,
         _name: &str,

@@ -419,7 +419,7 @@ where
 fn age(submitted_at: chrono::DateTime<Utc>) -> Duration {
     (Utc::now() - submitted_at).to_std().unwrap_or_default()
 }
-impl super::settings::ProviderFactory for CdnProSettings {
+impl super::ProviderFactory for CdnProSettings {
     fn build(
         &self,
         _name: &str,
@@ -430,7 +430,7 @@ impl super::settings::ProviderFactory for CdnProSettings {
     }
 }
 
-impl super::settings::ProviderFactory for ContentSettings {
+impl super::ProviderFactory for ContentSettings {
     fn build(
         &self,
         _name: &str,

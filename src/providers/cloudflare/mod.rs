@@ -326,7 +326,7 @@ impl Provider for Cloudflare {
     }
 }
 
-impl super::settings::ProviderFactory for CloudflareSettings {
+impl super::ProviderFactory for CloudflareSettings {
     fn build(
         &self,
         _name: &str,

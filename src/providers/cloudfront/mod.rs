@@ -360,7 +360,7 @@ impl Provider for CloudFront {
     }
 }
 
-impl super::settings::ProviderFactory for CloudFrontSettings {
+impl super::ProviderFactory for CloudFrontSettings {
     fn build(
         &self,
         _name: &str,

@@ -8,6 +8,13 @@ use crate::providers::ProviderError;
 
 pub const VERSION: &str = "2022-09-01";
 
+/// Rows per DescribePurgeTasks page (the API's maximum `Limit`).
+pub const PAGE: u32 = 1000;
+/// Tasks one poll covers: at the default cap of 100 targets per task that is at most 1000
+/// rows, one page. Further pages (only with raised per-call caps) wait for the status budget
+/// like the first; they are bounded by `POLL_PAGES`.
+pub const POLL_TASKS: usize = (PAGE / 100) as usize;
+
 /// The purge `Type` of a kind; `None` for kinds EdgeOne cannot purge.
 pub fn purge_type(kind: PurgeKind) -> Option<&'static str> {
     Some(match kind {

@@ -80,7 +80,7 @@ struct Inner {
     task_timeout: Duration,
 }
 
-impl super::settings::ProviderFactory for EdgeOneSettings {
+impl super::ProviderFactory for EdgeOneSettings {
     fn build(
         &self,
         _name: &str,
@@ -158,7 +158,7 @@ impl Provider for EdgeOne {
             submit_rates: per_second.clone(),
             status_rates: per_second,
             daily: Vec::new(),
-            poll_batch: tasks::POLL_TASKS,
+            poll_batch: api::POLL_TASKS,
         }
     }
 

@@ -7,18 +7,12 @@ use std::time::Duration;
 use chrono::{DateTime, SecondsFormat, Utc};
 
 use super::EdgeOne;
-use super::api::{self, AdvancedFilter, purge_type};
+use super::api::{self, AdvancedFilter, PAGE, purge_type};
 use crate::model::{Action, PurgeKind, WHOLE_ZONE};
 use crate::providers::{
     Batch, CallBudget, KindQuota, ProviderError, Submission, TaskProgress, TaskQuery,
 };
 
-/// Rows per DescribePurgeTasks page (the API's maximum `Limit`).
-pub(super) const PAGE: u32 = 1000;
-/// Tasks one poll covers: at the default cap of 100 targets per task that is at most 1000
-/// rows, one page. Further pages (only with raised per-call caps) wait for the status budget
-/// like the first; they are bounded by `POLL_PAGES`.
-pub(super) const POLL_TASKS: usize = (PAGE / 100) as usize;
 /// Most pages one poll reads; more rows than this is an error, not a partial answer.
 pub(super) const POLL_PAGES: u32 = 10;
 /// Most pages one lookup after an ambiguous submit reads; beyond that the batch is resent.

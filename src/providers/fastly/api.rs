@@ -8,6 +8,10 @@ use serde_json::{Value, json};
 use crate::model::{Action, PurgeKind};
 use crate::providers::{Batch, ProviderError, Refused};
 
+/// Why INVALIDATE+ALL is refused at CreatePurge.
+pub const INVALIDATE_ALL: &str = "kind ALL cannot be action INVALIDATE on Fastly: purge_all cannot be \
+     soft (Fastly would silently purge hard); use action DELETE";
+
 /// Surrogate keys one call may carry.
 pub const MAX_KEYS: usize = 256;
 
@@ -66,7 +70,7 @@ pub fn call(service_id: &str, batch: &Batch) -> Result<Call, ProviderError> {
             body: Some(json!({ "surrogate_keys": batch.targets })),
             soft,
         }),
-        PurgeKind::All if soft => Err(unsupported(super::INVALIDATE_ALL.into())),
+        PurgeKind::All if soft => Err(unsupported(INVALIDATE_ALL.into())),
         PurgeKind::All => Ok(Call {
             path: format!("/service/{service_id}/purge_all"),
             query: None,

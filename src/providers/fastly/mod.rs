@@ -28,10 +28,6 @@ pub const DEFAULT_ENDPOINT: &str = "https://api.fastly.com";
 /// Fastly's budget of non-read calls per user, which only `purge_all` counts against.
 pub const PURGE_ALL_RATE: Rate = Rate::new(1_000, Duration::from_secs(3_600));
 
-/// Why INVALIDATE+ALL is refused at CreatePurge.
-const INVALIDATE_ALL: &str = "kind ALL cannot be action INVALIDATE on Fastly: purge_all cannot be \
-     soft (Fastly would silently purge hard); use action DELETE";
-
 /// `type = "fastly"` settings. The token comes from env or a file only.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -171,7 +167,7 @@ impl Fastly {
 /// Fastly's rule on actions: purge_all is always hard.
 fn check_fastly_action(kind: PurgeKind, action: Action) -> Result<(), Refused> {
     match (kind, action) {
-        (PurgeKind::All, Action::Invalidate) => Err(Refused::new(INVALIDATE_ALL)),
+        (PurgeKind::All, Action::Invalidate) => Err(Refused::new(api::INVALIDATE_ALL)),
         _ => Ok(()),
     }
 }
@@ -235,7 +231,7 @@ impl Provider for Fastly {
     }
 }
 
-impl super::settings::ProviderFactory for FastlySettings {
+impl super::ProviderFactory for FastlySettings {
     fn build(
         &self,
         _name: &str,
