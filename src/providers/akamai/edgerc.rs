@@ -25,9 +25,18 @@ impl std::fmt::Debug for EdgeGridCredentials {
     }
 }
 
+/// A line of an `.edgerc` file that is not `[section]`, `key = value` or a comment.
+#[derive(Debug, thiserror::Error)]
+pub enum EdgercError {
+    #[error("line {0}: expected `key = value` or `[section]`")]
+    NotKeyValue(usize),
+    #[error("line {0}: a key before any [section]")]
+    KeyBeforeSection(usize),
+}
+
 /// The sections of an `.edgerc` file: `[name]` headers, `key = value` lines (values may be
 /// quoted), `#` and `;` comments.
-pub fn parse(text: &str) -> Result<HashMap<String, HashMap<String, String>>, String> {
+pub fn parse(text: &str) -> Result<HashMap<String, HashMap<String, String>>, EdgercError> {
     let mut sections: HashMap<String, HashMap<String, String>> = HashMap::new();
     let mut current: Option<String> = None;
     for (n, raw) in text.lines().enumerate() {
@@ -42,13 +51,10 @@ pub fn parse(text: &str) -> Result<HashMap<String, HashMap<String, String>>, Str
             continue;
         }
         let Some((key, value)) = line.split_once('=') else {
-            return Err(format!(
-                "line {}: expected `key = value` or `[section]`",
-                n + 1
-            ));
+            return Err(EdgercError::NotKeyValue(n + 1));
         };
         let Some(section) = &current else {
-            return Err(format!("line {}: a key before any [section]", n + 1));
+            return Err(EdgercError::KeyBeforeSection(n + 1));
         };
         let value = value.trim();
         let value = value
@@ -108,7 +114,12 @@ mod tests {
         assert_eq!(sections["default"]["client_secret"], "abc=");
         assert_eq!(sections["default"]["access_token"], "akab-a");
         assert_eq!(sections["ccu"]["host"], "h2");
-        assert!(parse("host = x\n").unwrap_err().contains("line 1"));
+        assert!(
+            parse("host = x\n")
+                .unwrap_err()
+                .to_string()
+                .contains("line 1")
+        );
         let dir = tempfile_dir();
         let path = dir.join("edgerc");
         std::fs::write(&path, text).unwrap();
