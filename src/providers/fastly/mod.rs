@@ -219,15 +219,7 @@ impl Provider for Fastly {
         tasks: &[TaskQuery],
         _budget: &dyn CallBudget,
     ) -> Result<Vec<(String, TaskProgress)>, ProviderError> {
-        Ok(tasks
-            .iter()
-            .map(|t| {
-                (
-                    t.task_id.clone(),
-                    TaskProgress::Finished { failed: Vec::new() },
-                )
-            })
-            .collect())
+        Ok(super::finished_at_acceptance(tasks))
     }
 }
 
