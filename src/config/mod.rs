@@ -32,6 +32,8 @@ pub struct Config {
     pub dispatch: DispatchConfig,
     #[serde(default)]
     pub telemetry: TelemetryConfig,
+    #[serde(default)]
+    pub admin: AdminConfig,
     #[serde(default = "default_providers")]
     pub providers: Vec<ProviderConfig>,
     #[serde(default)]
@@ -48,6 +50,7 @@ impl Default for Config {
             store: StoreConfig::default(),
             dispatch: DispatchConfig::default(),
             telemetry: TelemetryConfig::default(),
+            admin: AdminConfig::default(),
             providers: default_providers(),
             groups: Vec::new(),
             callers: Vec::new(),
@@ -274,6 +277,15 @@ impl Default for TelemetryConfig {
             service_name: "purge-service".into(),
         }
     }
+}
+
+/// The plaintext admin HTTP listener: `/metrics`, `/healthz`, `/readyz`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Where to serve it (`127.0.0.1:9464`); off when unset, so local processes never fight
+    /// over a port. Plaintext even when gRPC uses TLS: kubelet probes and scrapers read it.
+    pub listen: Option<SocketAddr>,
 }
 
 /// A caller: its name, where its bearer token comes from, and what it may purge.

@@ -415,6 +415,13 @@ impl Registry {
         names
     }
 
+    /// Replaces every provider's client with `wrap(name, client)` (a measuring decorator).
+    pub fn wrap_clients(&mut self, wrap: impl Fn(&str, Arc<dyn Provider>) -> Arc<dyn Provider>) {
+        for h in self.providers.values_mut() {
+            h.client = wrap(&h.name, h.client.clone());
+        }
+    }
+
     pub fn handles(&self) -> impl Iterator<Item = &ProviderHandle> {
         self.providers.values()
     }
