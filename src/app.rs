@@ -239,6 +239,7 @@ impl App {
             self.config.dispatch.clone(),
             consumer.clone(),
             stop.clone(),
+            self.metrics.clone(),
         );
 
         let (reporter, health) = tonic_health::server::health_reporter();

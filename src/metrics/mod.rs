@@ -72,6 +72,7 @@ pub(crate) struct Instruments {
     pub budget_wait: Histogram<f64>,
     pub budget_exhausted: Counter<u64>,
     pub work_reclaimed: Counter<u64>,
+    pub deduplicated: Counter<u64>,
     pub backend_duration: Histogram<f64>,
     pub backend_errors: Counter<u64>,
 }
@@ -170,6 +171,19 @@ impl Metrics {
         ];
         self.0.i.provider_calls.add(1, &attrs);
         self.0.i.provider_duration.record(seconds, &attrs);
+    }
+
+    /// A batch left out `saved` targets another purge in it had asked for already.
+    pub(crate) fn deduplicated(&self, provider: &str, kind: crate::model::PurgeKind, saved: usize) {
+        if saved > 0 {
+            self.0.i.deduplicated.add(
+                saved as u64,
+                &[
+                    KeyValue::new("provider", provider.to_owned()),
+                    KeyValue::new("kind", kind.as_str()),
+                ],
+            );
+        }
     }
 
     pub(crate) fn hold(&self, provider: &str, deliveries: impl Iterator<Item = (String, u64)>) {
@@ -327,6 +341,11 @@ impl Instruments {
                 .u64_counter("purge.work.reclaimed")
                 .with_description("Work taken over from a replica that stopped acknowledging")
                 .with_unit("{purge}")
+                .build(),
+            deduplicated: m
+                .u64_counter("purge.targets.deduplicated")
+                .with_description("Targets not sent again: another purge in the batch had them")
+                .with_unit("{target}")
                 .build(),
             backend_duration: seconds(
                 "purge.backend.call.duration",
