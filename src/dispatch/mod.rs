@@ -108,6 +108,10 @@ impl Dispatcher {
         );
         let tasks = Tasks::new(settings.poll_interval, settings.max_poll_interval);
         let outbox = Outbox::default();
+        metrics.count_targets(&provider.name, {
+            let outbox = outbox.clone();
+            move || outbox.waiting()
+        });
         let submitter = Submitter::new(
             provider.clone(),
             budget.clone(),

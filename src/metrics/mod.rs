@@ -52,8 +52,12 @@ struct Inner {
     registry: Option<prometheus::Registry>,
     /// Deliveries this replica holds and has not acknowledged: provider -> id -> purge created ms.
     held: Arc<Mutex<HashMap<String, HashMap<String, u64>>>>,
+    /// Per provider: how many targets wait in its dispatcher's lanes now.
+    lanes: Arc<Mutex<HashMap<String, TargetCount>>>,
     i: Instruments,
 }
+
+type TargetCount = Box<dyn Fn() -> usize + Send + Sync>;
 
 pub(crate) struct Instruments {
     pub rpc_duration: Histogram<f64>,
@@ -125,11 +129,27 @@ impl Metrics {
         let meter = provider.meter("purge-service");
         let held: Arc<Mutex<HashMap<String, HashMap<String, u64>>>> = Arc::default();
         observe_held(&meter, held.clone());
+        let lanes: Arc<Mutex<HashMap<String, TargetCount>>> = Arc::default();
+        let counts = lanes.clone();
+        meter
+            .i64_observable_gauge("purge.targets.waiting")
+            .with_description("Targets waiting in a provider's lanes to be sent")
+            .with_unit("{target}")
+            .with_callback(move |o| {
+                for (provider, count) in counts.lock().expect("lanes lock").iter() {
+                    o.observe(
+                        count() as i64,
+                        &[KeyValue::new("provider", provider.clone())],
+                    );
+                }
+            })
+            .build();
         Metrics(Arc::new(Inner {
             i: Instruments::new(&meter),
             provider,
             registry,
             held,
+            lanes,
         }))
     }
 
@@ -171,6 +191,19 @@ impl Metrics {
         ];
         self.0.i.provider_calls.add(1, &attrs);
         self.0.i.provider_duration.record(seconds, &attrs);
+    }
+
+    /// Reads `provider`'s waiting targets with `count` at each collection.
+    pub(crate) fn count_targets(
+        &self,
+        provider: &str,
+        count: impl Fn() -> usize + Send + Sync + 'static,
+    ) {
+        self.0
+            .lanes
+            .lock()
+            .expect("lanes lock")
+            .insert(provider.to_owned(), Box::new(count));
     }
 
     /// A batch left out `saved` targets another purge in it had asked for already.

@@ -220,11 +220,12 @@ async fn a_scrape_counts_what_the_provider_fake_and_the_client_saw() {
     );
 }
 
-/// Two purges of the same target in one batch: one target sent, one counted as saved.
+/// Two purges of the same target in one batch: the target waits once, is sent once, and one is
+/// counted as saved.
 #[tokio::test]
 async fn targets_saved_by_deduplication_are_counted() {
     let fake = FakeEdgeOne::start(50, Duration::from_millis(10)).await;
-    let (app, _dir) = service_with(&fake, "linger = \"1s\"").await;
+    let (app, _dir) = service_with(&fake, "linger = \"3s\"").await;
     let admin = app.admin.expect("admin listener on");
     let mut client = app.client.clone();
     let mut ids = Vec::new();
@@ -240,9 +241,25 @@ async fn targets_saved_by_deduplication_are_counted() {
             .into_inner();
         ids.push(p.id);
     }
+    // The lane holds the shared target once while it lingers...
+    eventually(
+        Duration::from_secs(3),
+        "one target waits in the lane",
+        || async {
+            let s = scrape(admin).await;
+            (value(&s, "purge_targets_waiting", &[("provider", "edge")]) == 1.0).then_some(())
+        },
+    )
+    .await;
     for id in &ids {
         crate::support::wait_terminal(&app.client, id, Duration::from_secs(30)).await;
     }
+    // ... and none once it is sent.
+    let s = scrape(admin).await;
+    assert_eq!(
+        value(&s, "purge_targets_waiting", &[("provider", "edge")]),
+        0.0
+    );
     let sent: usize = fake
         .accepted("CreatePurgeTask")
         .iter()
