@@ -413,6 +413,55 @@ async fn streams_and_early_errors_are_measured() {
     assert_eq!(not_found, 1.0, "GetPurge of an unknown id answered {code}");
 }
 
+/// A watch the client drops before the purge ends counts as CANCELLED, and is no longer open.
+#[tokio::test]
+async fn a_dropped_watch_counts_as_cancelled() {
+    let fake = FakeEdgeOne::start(50, Duration::from_secs(30)).await;
+    let (app, _dir) = service(&fake).await;
+    let admin = app.admin.expect("admin listener on");
+    let mut client = app.client.clone();
+    let created = client
+        .create_purge(request(
+            "edge",
+            PurgeKind::Url,
+            &["https://www.example.com/slow"],
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut stream = client
+        .watch_purge(purge_service::pb::WatchPurgeRequest { id: created.id })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = stream.message().await.unwrap().expect("the current state");
+    assert!(!is_terminal(&first));
+    let watch = [("rpc_method", "purge.v1.PurgeService/WatchPurge")];
+    let open = scrape(admin).await;
+    assert_eq!(value(&open, "rpc_server_open_streams", &watch), 1.0);
+    drop(stream);
+    let s = eventually(
+        Duration::from_secs(10),
+        "the dropped watch is counted",
+        || async {
+            let s = scrape(admin).await;
+            (value(&s, "rpc_server_open_streams", &watch) == 0.0).then_some(s)
+        },
+    )
+    .await;
+    assert_eq!(
+        observations(
+            &s,
+            "rpc_server_stream_duration_seconds",
+            &[
+                ("rpc_method", "purge.v1.PurgeService/WatchPurge"),
+                ("rpc_response_status_code", "CANCELLED")
+            ]
+        ),
+        1.0
+    );
+}
+
 /// Every metric the chart's dashboard and alert rules query is in a scrape: renaming a metric
 /// without updating them fails here.
 #[tokio::test]
