@@ -460,6 +460,27 @@ mod tests {
     }
 
     #[test]
+    fn the_admin_listener_is_off_unless_set_and_needs_its_own_port() {
+        assert_eq!(Config::default().admin.listen, None);
+        let c = Config::load(None, env(&[("PURGE_ADMIN__LISTEN", "127.0.0.1:9464")])).unwrap();
+        assert_eq!(c.admin.listen, Some("127.0.0.1:9464".parse().unwrap()));
+        let err = Config::load(None, env(&[("PURGE_ADMIN__LISTEN", "127.0.0.1:50051")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("admin.listen") && err.contains("127.0.0.1:50051"),
+            "{err}"
+        );
+        let err = Config::load(None, env(&[("PURGE_ADMIN__LISTEN", "nowhere")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("admin.listen") || err.contains("listen"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn redis_passwords_are_masked_in_check_config_and_debug() {
         let c = Config::load(
             None,
