@@ -12,6 +12,7 @@ use tonic::transport::Server;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
+use crate::admin::Readiness;
 use crate::api::PurgeApi;
 use crate::backend::BackendError;
 use crate::config::{Backend, Config, ConfigError, StoreConfig};
@@ -22,6 +23,9 @@ use crate::core::watch::WatchHub;
 use crate::limiter::Limiter;
 use crate::limiter::memory::MemoryLimiter;
 use crate::limiter::redis::RedisLimiter;
+use crate::metrics::Metrics;
+use crate::metrics::metered::{MeteredLimiter, MeteredQueue, MeteredStore};
+use crate::metrics::rpc::{Methods, RpcMetricsLayer};
 use crate::pb::purge_service_server::PurgeServiceServer;
 use crate::providers::{Registry, build};
 use crate::queue::Queue;
@@ -42,6 +46,16 @@ pub enum AppError {
     Serve(#[from] tonic::transport::Error),
     #[error("reflection setup failed")]
     Reflection(#[from] tonic_reflection::server::Error),
+    #[error(transparent)]
+    Metrics(#[from] crate::metrics::MetricsError),
+    #[error("admin.listen {addr}: cannot listen")]
+    AdminListen {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("admin listener failed")]
+    Admin(#[source] std::io::Error),
 }
 
 /// The shared-state backends, chosen by `[store] backend`.
@@ -88,6 +102,26 @@ impl Backends {
     }
 }
 
+impl Backends {
+    /// The same backends, each call timed and counted.
+    fn metered(self, metrics: &Metrics) -> Backends {
+        Backends {
+            store: Arc::new(MeteredStore {
+                inner: self.store,
+                metrics: metrics.clone(),
+            }),
+            queue: Arc::new(MeteredQueue {
+                inner: self.queue,
+                metrics: metrics.clone(),
+            }),
+            limiter: Arc::new(MeteredLimiter {
+                inner: self.limiter,
+                metrics: metrics.clone(),
+            }),
+        }
+    }
+}
+
 fn redis_options(store: &StoreConfig) -> redis_state::RedisOptions {
     redis_state::RedisOptions {
         url: store.url.clone(),
@@ -105,6 +139,8 @@ pub struct App {
     core: PurgeCore,
     hub: WatchHub,
     closing: CancellationToken,
+    metrics: Metrics,
+    admin: Option<std::net::TcpListener>,
 }
 
 impl App {
@@ -115,8 +151,14 @@ impl App {
 
     /// Builds on given backends (several replicas in one test share one Redis this way).
     pub fn with_backends(config: Config, backends: Backends) -> Result<App, AppError> {
+        let metrics = Metrics::from_config(&config)?;
+        let backends = backends.metered(&metrics);
+        let admin = config.admin.listen.map(bind_admin).transpose()?;
         let http = build::http_client()?;
-        let registry = build::registry(&config.providers, &config.groups, &http)?;
+        let mut registry = build::registry(&config.providers, &config.groups, &http)?;
+        registry.wrap_clients(|name, client| {
+            crate::metrics::metered::MeteredProvider::wrap(name, client, &metrics)
+        });
         let hub = WatchHub::default();
         let callers = crate::core::Callers::from_config(&config.callers)?;
         let closing = CancellationToken::new();
@@ -145,7 +187,18 @@ impl App {
             core,
             hub,
             closing,
+            metrics,
+            admin,
         })
+    }
+
+    /// Where the admin listener (`/metrics`, `/healthz`, `/readyz`) listens, when on.
+    pub fn admin_addr(&self) -> Option<std::net::SocketAddr> {
+        self.admin.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     pub fn registry(&self) -> &Registry {
@@ -186,14 +239,30 @@ impl App {
             self.config.dispatch.clone(),
             consumer.clone(),
             stop.clone(),
+            self.metrics.clone(),
         );
 
         let (reporter, health) = tonic_health::server::health_reporter();
+        let ready = Readiness::default();
         let health_watch = tokio::spawn(watch_health(
             reporter.clone(),
+            ready.clone(),
             self.backends.store.clone(),
             self.closing.clone(),
         ));
+        let admin_stop = CancellationToken::new();
+        let admin = match self.admin {
+            Some(listener) => {
+                let listener = TcpListener::from_std(listener).map_err(AppError::Admin)?;
+                Some(tokio::spawn(crate::admin::serve(
+                    listener,
+                    self.metrics.clone(),
+                    ready.clone(),
+                    admin_stop.clone(),
+                )))
+            }
+            None => None,
+        };
         let reflection_v1 = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(crate::pb::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -212,7 +281,12 @@ impl App {
         let addr = listener.local_addr().ok();
         tracing::info!(?addr, consumer, backend = ?self.config.store.backend, "serving purge.v1");
         let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
-        let server = layered(Server::builder(), &self.config)
+        let methods = Methods::from_descriptor_sets(&[
+            crate::pb::FILE_DESCRIPTOR_SET,
+            tonic_health::pb::FILE_DESCRIPTOR_SET,
+        ]);
+        let rpc_metrics = RpcMetricsLayer::new(self.metrics.clone(), methods);
+        let server = layered(Server::builder(), &self.config, rpc_metrics)
             .add_service(health)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
@@ -229,6 +303,7 @@ impl App {
                 self.closing.cancel();
                 health_watch.abort();
                 let _ = health_watch.await;
+                ready.set(false);
                 reporter.set_service_status("", ServingStatus::NotServing).await;
                 reporter.set_not_serving::<PurgeServiceServer<PurgeApi>>().await;
                 let _ = drain_tx.send(());
@@ -253,6 +328,13 @@ impl App {
             tracing::warn!(timeout = ?bound, "dispatcher did not stop in time; abandoning its calls");
         }
         dispatcher.abort_all();
+        admin_stop.cancel();
+        if let Some(admin) = admin
+            && let Ok(Err(e)) = admin.await
+        {
+            tracing::warn!(error = %e, "admin listener failed");
+        }
+        self.metrics.shutdown().await;
         tracing::info!("stopped");
         result
     }
@@ -262,10 +344,14 @@ impl App {
 fn layered(
     builder: Server,
     config: &Config,
+    rpc_metrics: RpcMetricsLayer,
 ) -> Server<
     tower::layer::util::Stack<
-        tower::limit::GlobalConcurrencyLimitLayer,
-        tower::layer::util::Identity,
+        RpcMetricsLayer,
+        tower::layer::util::Stack<
+            tower::limit::GlobalConcurrencyLimitLayer,
+            tower::layer::util::Identity,
+        >,
     >,
 > {
     builder
@@ -277,10 +363,25 @@ fn layered(
         .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
             config.server.max_concurrent_requests,
         ))
+        // Time and count every call by method and gRPC status (calls waiting for a slot are
+        // not in flight yet).
+        .layer(rpc_metrics)
+}
+
+fn bind_admin(addr: std::net::SocketAddr) -> Result<std::net::TcpListener, AppError> {
+    let listener = std::net::TcpListener::bind(addr)
+        .and_then(|l| l.set_nonblocking(true).map(|()| l))
+        .map_err(|source| AppError::AdminListen { addr, source })?;
+    Ok(listener)
 }
 
 /// Reports SERVING while the state backend answers, NOT_SERVING while it does not.
-async fn watch_health(reporter: HealthReporter, store: Arc<dyn Store>, stop: CancellationToken) {
+async fn watch_health(
+    reporter: HealthReporter,
+    ready: Readiness,
+    store: Arc<dyn Store>,
+    stop: CancellationToken,
+) {
     let mut last = None;
     loop {
         let status = match store.ping().await {
@@ -290,6 +391,7 @@ async fn watch_health(reporter: HealthReporter, store: Arc<dyn Store>, stop: Can
                 ServingStatus::NotServing
             }
         };
+        ready.set(status == ServingStatus::Serving);
         if last != Some(status) {
             reporter.set_service_status("", status).await;
             reporter

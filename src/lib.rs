@@ -1,6 +1,7 @@
 //! purge-service: a gRPC service that purges CDN caches for other services. See DESIGN.md.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod api;
 pub mod app;
 pub mod backend;
@@ -9,6 +10,7 @@ pub mod core;
 pub mod dispatch;
 pub mod health_probe;
 pub mod limiter;
+pub mod metrics;
 pub mod model;
 pub mod providers;
 pub mod queue;

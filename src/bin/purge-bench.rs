@@ -1,7 +1,7 @@
 //! CreatePurge throughput and latency beside a no-op RPC (health Check) on the same server, at
 //! several concurrency levels, on the memory or Redis backend. Prints a Markdown table.
 //!
-//! `cargo run --release --bin purge-bench -- --backend memory`
+//! `cargo run --release --bin purge-bench -- --backend memory [--metrics]`
 
 use std::time::{Duration, Instant};
 
@@ -31,6 +31,9 @@ struct Args {
     /// gRPC connections the callers share.
     #[arg(long, default_value_t = 4)]
     connections: usize,
+    /// Metrics on: the admin listener with its Prometheus reader (scraped once at the end).
+    #[arg(long)]
+    metrics: bool,
 }
 
 #[derive(Clone, Copy)]
@@ -58,10 +61,14 @@ async fn main() -> anyhow::Result<()> {
         config.store.url = Some(args.redis_url.clone());
         config.store.key_prefix = format!("bench-{}", uuid::Uuid::now_v7().simple());
     }
+    if args.metrics {
+        config.admin.listen = Some("127.0.0.1:0".parse()?);
+    }
     config.validate()?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let app = App::build(config).await?;
+    let admin = app.admin_addr();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(app.run(listener, async {
         let _ = stop_rx.await;
@@ -78,8 +85,9 @@ async fn main() -> anyhow::Result<()> {
         .map(|n| n.get())
         .unwrap_or(1);
     println!(
-        "backend: {}, {cpus} CPUs, {} connections, {:.1} s per row\n",
+        "backend: {}, metrics {}, {cpus} CPUs, {} connections, {:.1} s per row\n",
         args.backend,
+        if args.metrics { "on" } else { "off" },
         channels.len(),
         args.seconds
     );
@@ -104,6 +112,14 @@ async fn main() -> anyhow::Result<()> {
         "\nserver process peak RSS: {} (calls made: creates drive real batching on the sandbox)",
         peak_rss()
     );
+    if let Some(admin) = admin {
+        let text = reqwest::get(format!("http://{admin}/metrics"))
+            .await?
+            .text()
+            .await?;
+        let series = text.lines().filter(|l| !l.starts_with('#')).count();
+        println!("scrape: {} bytes, {series} series", text.len());
+    }
     let _ = stop_tx.send(());
     let _ = server.await;
     Ok(())

@@ -9,6 +9,7 @@ pub const SECTIONS: &[&str] = &[
     "store",
     "dispatch",
     "telemetry",
+    "admin",
     "providers",
     "groups",
     "callers",

@@ -33,6 +33,8 @@ pub struct Config {
     pub dispatch: DispatchConfig,
     #[serde(default)]
     pub telemetry: TelemetryConfig,
+    #[serde(default)]
+    pub admin: AdminConfig,
     #[serde(default = "default_providers")]
     pub providers: Vec<ProviderConfig>,
     #[serde(default)]
@@ -49,6 +51,7 @@ impl Default for Config {
             store: StoreConfig::default(),
             dispatch: DispatchConfig::default(),
             telemetry: TelemetryConfig::default(),
+            admin: AdminConfig::default(),
             providers: default_providers(),
             groups: Vec::new(),
             callers: Vec::new(),
@@ -277,6 +280,15 @@ impl Default for TelemetryConfig {
     }
 }
 
+/// The plaintext admin HTTP listener: `/metrics`, `/healthz`, `/readyz`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Where to serve it (`127.0.0.1:9464`); off when unset, so local processes never fight
+    /// over a port. Plaintext even when gRPC uses TLS: kubelet probes and scrapers read it.
+    pub listen: Option<SocketAddr>,
+}
+
 /// A caller: its name, where its bearer token comes from, and what it may purge.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -446,6 +458,27 @@ mod tests {
         assert!(t("[telemetry]\notlp_endpoint=\"http://otel:4317\"").is_ok());
         let err = t("[telemetry]\notlp_endpoint=\"https://otel:4317\"").unwrap_err();
         assert!(err.to_string().contains("telemetry.otlp_endpoint"), "{err}");
+    }
+
+    #[test]
+    fn the_admin_listener_is_off_unless_set_and_needs_its_own_port() {
+        assert_eq!(Config::default().admin.listen, None);
+        let c = Config::load(None, env(&[("PURGE_ADMIN__LISTEN", "127.0.0.1:9464")])).unwrap();
+        assert_eq!(c.admin.listen, Some("127.0.0.1:9464".parse().unwrap()));
+        let err = Config::load(None, env(&[("PURGE_ADMIN__LISTEN", "127.0.0.1:50051")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("admin.listen") && err.contains("127.0.0.1:50051"),
+            "{err}"
+        );
+        let err = Config::load(None, env(&[("PURGE_ADMIN__LISTEN", "nowhere")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("admin.listen") || err.contains("listen"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -59,6 +59,14 @@ impl Config {
     }
 
     fn check_telemetry(&self, p: &mut ConfigProblems) {
+        if let Some(admin) = self.admin.listen
+            && admin == self.server.listen
+        {
+            p.push(
+                "admin.listen",
+                format!("{admin} is server.listen too; give the admin listener its own port"),
+            );
+        }
         if let Some(endpoint) = &self.telemetry.otlp_endpoint
             && !endpoint.starts_with("http://")
         {

@@ -28,6 +28,7 @@ pub(super) struct Flusher {
     /// How long a batch waits for more targets before it is sent anyway.
     pub(super) linger: Duration,
     pub(super) stop: CancellationToken,
+    pub(super) metrics: crate::metrics::Metrics,
 }
 
 impl Flusher {
@@ -90,6 +91,8 @@ impl Flusher {
             if taken.targets.is_empty() {
                 continue;
             }
+            self.metrics
+                .deduplicated(&self.provider.name, key.kind, taken.saved());
             let submitter = self.submitter.clone();
             let records = self.records.clone();
             let provider = self.provider.name.clone();

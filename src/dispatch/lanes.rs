@@ -56,6 +56,12 @@ impl Taken {
         out
     }
 
+    /// Targets not sent again because another purge in this batch asked for them too.
+    pub fn saved(&self) -> usize {
+        let credited: usize = self.credits.values().map(Vec::len).sum();
+        credited.saturating_sub(self.targets.len())
+    }
+
     /// Splits into two halves, for a provider that refused the batch as too large.
     pub fn split(self) -> (Taken, Taken) {
         let mid = self.targets.len() / 2;

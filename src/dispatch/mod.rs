@@ -38,6 +38,7 @@ use records::Records;
 use submit::Submitter;
 
 /// Starts one dispatcher per provider; they stop when `stop` is cancelled.
+#[allow(clippy::too_many_arguments)] // the backends, the providers, and how to run them
 pub fn spawn(
     store: Arc<dyn Store>,
     queue: Arc<dyn Queue>,
@@ -46,6 +47,7 @@ pub fn spawn(
     settings: DispatchConfig,
     consumer: String,
     stop: CancellationToken,
+    metrics: crate::metrics::Metrics,
 ) -> JoinSet<()> {
     let mut set = JoinSet::new();
     let backends = Backends {
@@ -54,7 +56,15 @@ pub fn spawn(
         limiter,
     };
     for handle in registry.handles() {
-        Dispatcher::new(handle.clone(), &backends, &settings, &consumer, &stop).start(&mut set);
+        Dispatcher::new(
+            handle.clone(),
+            &backends,
+            &settings,
+            &consumer,
+            &stop,
+            &metrics,
+        )
+        .start(&mut set);
     }
     set
 }
@@ -82,6 +92,7 @@ impl Dispatcher {
         settings: &DispatchConfig,
         consumer: &str,
         stop: &CancellationToken,
+        metrics: &crate::metrics::Metrics,
     ) -> Dispatcher {
         let budget = Budget::new(
             provider.clone(),
@@ -97,6 +108,10 @@ impl Dispatcher {
         );
         let tasks = Tasks::new(settings.poll_interval, settings.max_poll_interval);
         let outbox = Outbox::default();
+        metrics.count_targets(&provider.name, {
+            let outbox = outbox.clone();
+            move || outbox.waiting()
+        });
         let submitter = Submitter::new(
             provider.clone(),
             budget.clone(),
@@ -127,6 +142,7 @@ impl Dispatcher {
                 submits: Arc::new(Semaphore::new(settings.max_in_flight)),
                 linger: settings.linger,
                 stop: stop.clone(),
+                metrics: metrics.clone(),
             },
             poller: Poller {
                 provider,

@@ -3,8 +3,10 @@
 
 use std::collections::HashMap;
 
-use super::ProviderHandle;
+use std::sync::Arc;
+
 use super::sandbox::Sandbox;
+use super::{Provider, ProviderHandle};
 
 /// Every configured provider and group, by the name callers use.
 #[derive(Clone, Default)]
@@ -49,6 +51,13 @@ impl Registry {
             .collect();
         names.sort();
         names
+    }
+
+    /// Replaces every provider's client with `wrap(name, client)` (a measuring decorator).
+    pub fn wrap_clients(&mut self, wrap: impl Fn(&str, Arc<dyn Provider>) -> Arc<dyn Provider>) {
+        for h in self.providers.values_mut() {
+            h.client = wrap(&h.name, h.client.clone());
+        }
     }
 
     pub fn handles(&self) -> impl Iterator<Item = &ProviderHandle> {

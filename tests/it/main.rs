@@ -19,6 +19,7 @@ mod grpcurl;
 mod image;
 mod limiter_pause;
 mod memory_bounds;
+mod metrics;
 mod otlp;
 mod redis;
 mod redis_replicas;

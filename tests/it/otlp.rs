@@ -1,9 +1,16 @@
 //! The real binary with an OTLP endpoint: RPC spans reach an OpenTelemetry collector (a real
-//! OTLP/gRPC server here), as children of the caller's `traceparent`, and are flushed at exit.
+//! OTLP/gRPC server here), as children of the caller's `traceparent`, and are flushed at exit;
+//! metrics are pushed to the same collector.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
+    MetricsService, MetricsServiceServer,
+};
+use opentelemetry_proto::tonic::collector::metrics::v1::{
+    ExportMetricsServiceRequest, ExportMetricsServiceResponse,
+};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
 };
@@ -11,6 +18,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
+use opentelemetry_proto::tonic::metrics::v1::metric::Data;
 use purge_service::pb::PurgeKind;
 use tokio_stream::wrappers::TcpListenerStream;
 
@@ -19,6 +27,87 @@ use crate::support::{Binary, request, wait_terminal};
 /// Keeps every export it receives.
 #[derive(Clone, Default)]
 struct Collector(Arc<Mutex<Vec<ExportTraceServiceRequest>>>);
+
+/// Keeps every metrics export it receives.
+#[derive(Clone, Default)]
+struct MetricsCollector(Arc<Mutex<Vec<ExportMetricsServiceRequest>>>);
+
+#[tonic::async_trait]
+impl MetricsService for MetricsCollector {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportMetricsServiceRequest>,
+    ) -> Result<tonic::Response<ExportMetricsServiceResponse>, tonic::Status> {
+        self.0.lock().unwrap().push(request.into_inner());
+        Ok(tonic::Response::new(ExportMetricsServiceResponse::default()))
+    }
+}
+
+/// Pushed metrics reach the collector: the binary flushes them at exit, with the RPC histogram
+/// counting the CreatePurge made and the purge counted as created.
+#[tokio::test]
+async fn metrics_are_pushed_to_the_collector() {
+    let collector = Collector::default();
+    let metrics = MetricsCollector::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let otlp = listener.local_addr().unwrap();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(TraceServiceServer::new(collector.clone()))
+            .add_service(MetricsServiceServer::new(metrics.clone()))
+            .serve_with_incoming(TcpListenerStream::new(listener)),
+    );
+    let mut service = Binary::start(
+        "",
+        &format!("[telemetry]\notlp_endpoint = \"http://{otlp}\"\nservice_name = \"purge-test\"\n"),
+    );
+    let mut client = service.client().await;
+    let created = client
+        .create_purge(request(
+            "sandbox",
+            PurgeKind::Url,
+            &["https://example.com/m"],
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    wait_terminal(&client, &created.id, Duration::from_secs(20)).await;
+    service.terminate();
+    let exit = service.exit(Duration::from_secs(20)).await;
+    assert!(exit.success(), "exit status {exit:?}");
+
+    let exports = metrics.0.lock().unwrap().clone();
+    let all: Vec<_> = exports
+        .iter()
+        .flat_map(|e| &e.resource_metrics)
+        .flat_map(|r| &r.scope_metrics)
+        .flat_map(|s| &s.metrics)
+        .collect();
+    let names: Vec<&str> = all.iter().map(|m| m.name.as_str()).collect();
+    let create_calls: u64 = all
+        .iter()
+        .filter(|m| m.name == "rpc.server.call.duration")
+        .filter_map(|m| match &m.data {
+            Some(Data::Histogram(h)) => Some(&h.data_points),
+            _ => None,
+        })
+        .flatten()
+        .filter(|p| {
+            p.attributes.iter().any(|a| {
+                a.key == "rpc.method"
+                    && matches!(
+                        a.value.as_ref().and_then(|v| v.value.as_ref()),
+                        Some(Value::StringValue(s)) if s == "purge.v1.PurgeService/CreatePurge"
+                    )
+            })
+        })
+        .map(|p| p.count)
+        .max()
+        .unwrap_or(0);
+    assert_eq!(create_calls, 1, "metrics pushed: {names:?}");
+    assert!(names.contains(&"purge.created"), "{names:?}");
+    assert!(names.contains(&"purge.provider.calls"), "{names:?}");
+}
 
 #[tonic::async_trait]
 impl TraceService for Collector {

@@ -24,6 +24,8 @@ pub struct TestApp {
     pub addr: SocketAddr,
     pub client: Client,
     pub registry: Registry,
+    /// The admin listener (`/metrics`, `/healthz`, `/readyz`), when `[admin] listen` is set.
+    pub admin: Option<SocketAddr>,
     shutdown: Option<oneshot::Sender<()>>,
     handle: Option<JoinHandle<Result<(), AppError>>>,
 }
@@ -77,6 +79,7 @@ pub async fn spawn_app(config: Config) -> TestApp {
     let addr = listener.local_addr().expect("addr");
     let app = App::build(config).await.expect("app builds");
     let registry = app.registry().clone();
+    let admin = app.admin_addr();
     let (tx, rx) = oneshot::channel::<()>();
     let handle = tokio::spawn(app.run(listener, async {
         let _ = rx.await;
@@ -86,6 +89,7 @@ pub async fn spawn_app(config: Config) -> TestApp {
         addr,
         client,
         registry,
+        admin,
         shutdown: Some(tx),
         handle: Some(handle),
     }

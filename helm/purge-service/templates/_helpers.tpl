@@ -143,6 +143,10 @@ of tables. Called with (dict "path" "" "table" $dict).
 {{- define "purge-service.env" -}}
 - name: PURGE_SERVER__LISTEN
   value: {{ printf "%s:%d" .listenHost (int .root.Values.port) | quote }}
+{{- if .root.Values.metrics.enabled }}
+- name: PURGE_ADMIN__LISTEN
+  value: {{ printf "%s:%d" .listenHost (int .root.Values.metrics.port) | quote }}
+{{- end }}
 {{- with .root.Values.redis }}
 {{- if .urlKey }}
 - name: PURGE_STORE__URL
@@ -214,6 +218,11 @@ ports:
   - name: grpc
     containerPort: {{ $v.port }}
     protocol: TCP
+{{- if $v.metrics.enabled }}
+  - name: metrics
+    containerPort: {{ $v.metrics.port }}
+    protocol: TCP
+{{- end }}
 {{- end }}
 {{- if eq .listenHost "127.0.0.1" }}
 {{- /* kubelet probes the pod IP, which a loopback listener does not answer: exec the image's own

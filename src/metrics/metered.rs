@@ -1,0 +1,387 @@
+//! Measuring wrappers around the provider, store, queue and limiter traits: the dispatcher and
+//! the core call them as before, and every call is counted and timed on the way through.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use opentelemetry::KeyValue;
+use tokio::sync::broadcast;
+
+use super::{Metrics, outcome};
+use crate::backend::BackendError;
+use crate::limiter::{Charge, Decision, Limiter, budget_group};
+use crate::model::{Action, PurgeKind, PurgeRecord, PurgeState, WorkItem};
+use crate::providers::{
+    Batch, CallBudget, Capabilities, KindQuota, Provider, ProviderError, Refused, Submission,
+    TaskProgress, TaskQuery,
+};
+use crate::queue::{Delivery, Queue};
+use crate::store::{Change, CreateOutcome, IdempotencyClaim, Store, created_ms, now_ms};
+
+/// A provider client whose calls are counted by operation and outcome, and timed.
+pub struct MeteredProvider {
+    name: String,
+    inner: Arc<dyn Provider>,
+    metrics: Metrics,
+}
+
+impl MeteredProvider {
+    pub fn wrap(name: &str, inner: Arc<dyn Provider>, metrics: &Metrics) -> Arc<dyn Provider> {
+        Arc::new(MeteredProvider {
+            name: name.to_owned(),
+            inner,
+            metrics: metrics.clone(),
+        })
+    }
+
+    fn ended<T>(&self, operation: &'static str, start: Instant, r: &Result<T, ProviderError>) {
+        let label = match r {
+            Ok(_) => "success",
+            Err(e) => {
+                if e.is_retryable() {
+                    self.metrics.i().provider_retries.add(
+                        1,
+                        &[
+                            KeyValue::new("provider", self.name.clone()),
+                            KeyValue::new("operation", operation),
+                        ],
+                    );
+                }
+                outcome(e)
+            }
+        };
+        let seconds = start.elapsed().as_secs_f64();
+        self.metrics
+            .provider_call(&self.name, operation, label, seconds);
+    }
+}
+
+#[async_trait]
+impl Provider for MeteredProvider {
+    fn capabilities(&self) -> Capabilities {
+        self.inner.capabilities()
+    }
+
+    fn check_target(&self, kind: PurgeKind, target: &str) -> Result<(), Refused> {
+        self.inner.check_target(kind, target)
+    }
+
+    fn check_action(&self, kind: PurgeKind, action: Action) -> Result<(), Refused> {
+        self.inner.check_action(kind, action)
+    }
+
+    async fn submit(&self, batch: &Batch) -> Result<Submission, ProviderError> {
+        let start = Instant::now();
+        let r = self.inner.submit(batch).await;
+        self.ended("submit", start, &r);
+        let attrs = [
+            KeyValue::new("provider", self.name.clone()),
+            KeyValue::new("kind", batch.kind.as_str()),
+        ];
+        let i = self.metrics.i();
+        let targets = batch.targets.len() as u64;
+        i.batch_targets.record(targets, &attrs);
+        let cap = self
+            .inner
+            .capabilities()
+            .max_per_call
+            .get(&batch.kind)
+            .copied()
+            .unwrap_or(1)
+            .max(1);
+        i.batch_fill.record(targets as f64 / cap as f64, &attrs);
+        r
+    }
+
+    async fn poll(
+        &self,
+        tasks: &[TaskQuery],
+        budget: &dyn CallBudget,
+    ) -> Result<Vec<(String, TaskProgress)>, ProviderError> {
+        let start = Instant::now();
+        let r = self.inner.poll(tasks, budget).await;
+        self.ended("poll", start, &r);
+        r
+    }
+
+    async fn quota(&self) -> Result<BTreeMap<PurgeKind, KindQuota>, ProviderError> {
+        let start = Instant::now();
+        let r = self.inner.quota().await;
+        self.ended("quota", start, &r);
+        if let Ok(kinds) = &r {
+            for (kind, q) in kinds {
+                if let Some(remaining) = q.remaining {
+                    self.metrics.i().quota_remaining.record(
+                        remaining,
+                        &[
+                            KeyValue::new("provider", self.name.clone()),
+                            KeyValue::new("kind", kind.as_str()),
+                        ],
+                    );
+                }
+            }
+        }
+        r
+    }
+
+    fn finds_submitted(&self) -> bool {
+        self.inner.finds_submitted()
+    }
+
+    async fn find_submitted(
+        &self,
+        batch: &Batch,
+        since: DateTime<Utc>,
+        budget: &dyn CallBudget,
+    ) -> Result<Option<Submission>, ProviderError> {
+        let start = Instant::now();
+        let r = self.inner.find_submitted(batch, since, budget).await;
+        self.ended("lookup", start, &r);
+        r
+    }
+}
+
+/// Times one state-backend call and counts it when it fails.
+fn backend<T>(m: &Metrics, operation: &'static str, start: Instant, r: &Result<T, BackendError>) {
+    let outcome = if r.is_ok() { "success" } else { "error" };
+    let i = m.i();
+    let op = KeyValue::new("operation", operation);
+    i.backend_duration.record(
+        start.elapsed().as_secs_f64(),
+        &[op.clone(), KeyValue::new("outcome", outcome)],
+    );
+    if r.is_err() {
+        i.backend_errors.add(1, &[op]);
+    }
+}
+
+/// A store whose calls are timed, and whose record changes count purges created and finished.
+pub struct MeteredStore {
+    pub inner: Arc<dyn Store>,
+    pub metrics: Metrics,
+}
+
+#[async_trait]
+impl Store for MeteredStore {
+    async fn create(
+        &self,
+        record: PurgeRecord,
+        idempotency: Option<IdempotencyClaim>,
+        work: Vec<WorkItem>,
+    ) -> Result<CreateOutcome, BackendError> {
+        let start = Instant::now();
+        let r = self.inner.create(record, idempotency, work).await;
+        backend(&self.metrics, "store.create", start, &r);
+        if let Ok(CreateOutcome::Created(rec)) = &r {
+            self.metrics.i().purges_created.add(
+                1,
+                &[
+                    KeyValue::new("kind", rec.spec.kind.as_str()),
+                    KeyValue::new("action", rec.spec.action.as_str()),
+                    KeyValue::new("caller", rec.caller.clone()),
+                ],
+            );
+        }
+        r
+    }
+
+    async fn replay(
+        &self,
+        claim: &IdempotencyClaim,
+    ) -> Result<Option<CreateOutcome>, BackendError> {
+        let start = Instant::now();
+        let r = self.inner.replay(claim).await;
+        backend(&self.metrics, "store.replay", start, &r);
+        r
+    }
+
+    async fn get(&self, id: &str) -> Result<Option<PurgeRecord>, BackendError> {
+        let start = Instant::now();
+        let r = self.inner.get(id).await;
+        backend(&self.metrics, "store.get", start, &r);
+        r
+    }
+
+    fn aged_out(&self, id: &str) -> bool {
+        self.inner.aged_out(id)
+    }
+
+    async fn update(
+        &self,
+        id: &str,
+        change: Change<'_>,
+    ) -> Result<Option<PurgeRecord>, BackendError> {
+        // The state before the last application of `change` (a backend may apply it again
+        // after a conflict): a purge finishes once, where its state turns terminal.
+        let before: Mutex<Option<PurgeState>> = Mutex::new(None);
+        let watched = |rec: &mut PurgeRecord| {
+            *before.lock().expect("state lock") = Some(rec.state);
+            change(rec)
+        };
+        let start = Instant::now();
+        let r = self.inner.update(id, &watched).await;
+        backend(&self.metrics, "store.update", start, &r);
+        let was = *before.lock().expect("state lock");
+        if let (Ok(Some(rec)), Some(was)) = (&r, was)
+            && rec.state.is_terminal()
+            && !was.is_terminal()
+        {
+            let i = self.metrics.i();
+            let attrs = [
+                KeyValue::new("state", state_label(rec.state)),
+                KeyValue::new("kind", rec.spec.kind.as_str()),
+            ];
+            i.purges_finished.add(1, &attrs);
+            if let Some(created) = created_ms(&rec.id) {
+                let seconds = now_ms().saturating_sub(created) as f64 / 1000.0;
+                i.purge_duration.record(seconds, &attrs);
+            }
+        }
+        r
+    }
+
+    fn events(&self) -> broadcast::Receiver<String> {
+        self.inner.events()
+    }
+
+    async fn ping(&self) -> Result<(), BackendError> {
+        let start = Instant::now();
+        let r = self.inner.ping().await;
+        backend(&self.metrics, "store.ping", start, &r);
+        r
+    }
+}
+
+fn state_label(s: PurgeState) -> &'static str {
+    match s {
+        PurgeState::Queued => "queued",
+        PurgeState::Running => "running",
+        PurgeState::Succeeded => "succeeded",
+        PurgeState::Failed => "failed",
+        PurgeState::Cancelled => "cancelled",
+    }
+}
+
+/// A queue whose calls are timed, and which tracks the work this replica holds.
+pub struct MeteredQueue {
+    pub inner: Arc<dyn Queue>,
+    pub metrics: Metrics,
+}
+
+fn held(deliveries: &[Delivery]) -> impl Iterator<Item = (String, u64)> + '_ {
+    deliveries.iter().map(|d| {
+        let created = created_ms(&d.item.purge_id).unwrap_or_else(now_ms);
+        (d.id.clone(), created)
+    })
+}
+
+#[async_trait]
+impl Queue for MeteredQueue {
+    async fn claim(
+        &self,
+        provider: &str,
+        consumer: &str,
+        max: usize,
+        wait: Duration,
+    ) -> Result<Vec<Delivery>, BackendError> {
+        let start = Instant::now();
+        let r = self.inner.claim(provider, consumer, max, wait).await;
+        // A claim blocks up to `wait` for work to arrive: only its errors say anything.
+        if r.is_err() {
+            backend(&self.metrics, "queue.claim", start, &r);
+        }
+        if let Ok(d) = &r {
+            self.metrics.hold(provider, held(d));
+        }
+        r
+    }
+
+    async fn reclaim(
+        &self,
+        provider: &str,
+        consumer: &str,
+        min_idle: Duration,
+        max: usize,
+    ) -> Result<Vec<Delivery>, BackendError> {
+        let start = Instant::now();
+        let r = self.inner.reclaim(provider, consumer, min_idle, max).await;
+        backend(&self.metrics, "queue.reclaim", start, &r);
+        if let Ok(d) = &r {
+            if !d.is_empty() {
+                self.metrics.i().work_reclaimed.add(
+                    d.len() as u64,
+                    &[KeyValue::new("provider", provider.to_owned())],
+                );
+            }
+            self.metrics.hold(provider, held(d));
+        }
+        r
+    }
+
+    async fn keep_alive(
+        &self,
+        provider: &str,
+        consumer: &str,
+        ids: &[String],
+    ) -> Result<(), BackendError> {
+        let start = Instant::now();
+        let r = self.inner.keep_alive(provider, consumer, ids).await;
+        backend(&self.metrics, "queue.keep_alive", start, &r);
+        r
+    }
+
+    async fn ack(&self, provider: &str, ids: &[String]) -> Result<(), BackendError> {
+        let start = Instant::now();
+        let r = self.inner.ack(provider, ids).await;
+        backend(&self.metrics, "queue.ack", start, &r);
+        self.metrics.release(provider, ids);
+        r
+    }
+}
+
+/// A limiter whose calls are timed, and whose answers say how long work waits for budget.
+pub struct MeteredLimiter {
+    pub inner: Arc<dyn Limiter>,
+    pub metrics: Metrics,
+}
+
+#[async_trait]
+impl Limiter for MeteredLimiter {
+    async fn acquire(&self, charges: &[Charge]) -> Result<Decision, BackendError> {
+        let start = Instant::now();
+        let r = self.inner.acquire(charges).await;
+        backend(&self.metrics, "limiter.acquire", start, &r);
+        let budget = charges
+            .first()
+            .map_or("none", |c| budget_group(&c.key))
+            .to_owned();
+        let i = self.metrics.i();
+        match &r {
+            Ok(Decision::Wait(d)) => i
+                .budget_wait
+                .record(d.as_secs_f64(), &[KeyValue::new("budget", budget)]),
+            Ok(Decision::Exhausted(_)) => i
+                .budget_exhausted
+                .add(1, &[KeyValue::new("budget", budget)]),
+            Ok(Decision::Granted) | Err(_) => {}
+        }
+        r
+    }
+
+    async fn refund(&self, charges: &[Charge]) -> Result<(), BackendError> {
+        let start = Instant::now();
+        let r = self.inner.refund(charges).await;
+        backend(&self.metrics, "limiter.refund", start, &r);
+        r
+    }
+
+    async fn pause(&self, group: &str, wait: Duration) -> Result<(), BackendError> {
+        let start = Instant::now();
+        let r = self.inner.pause(group, wait).await;
+        backend(&self.metrics, "limiter.pause", start, &r);
+        r
+    }
+}

@@ -1,0 +1,395 @@
+//! Metrics: one OpenTelemetry meter provider per service, read by a Prometheus exporter (for
+//! the admin port's `/metrics`) and pushed over OTLP when a collector is configured. `Metrics`
+//! is the one cheap handle every recording site holds; labels are bounded (provider, kind,
+//! action, state, outcome, operation, caller name), never an id, URL, tag or token.
+
+pub mod metered;
+pub mod rpc;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use opentelemetry::KeyValue;
+use opentelemetry::metrics::{Counter, Gauge, Histogram, Meter, MeterProvider as _, UpDownCounter};
+use opentelemetry_otlp::WithExportConfig;
+use opentelemetry_sdk::metrics::SdkMeterProvider;
+use opentelemetry_sdk::metrics::periodic_reader_with_async_runtime::PeriodicReader;
+
+use crate::config::Config;
+use crate::providers::ProviderError;
+
+/// Why metrics could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum MetricsError {
+    #[error("telemetry.otlp_endpoint {endpoint:?}: cannot build the OTLP metrics exporter")]
+    Exporter {
+        endpoint: String,
+        #[source]
+        source: opentelemetry_otlp::ExporterBuildError,
+    },
+    #[error("cannot build the Prometheus exporter")]
+    Prometheus(#[source] opentelemetry_sdk::error::OTelSdkError),
+}
+
+/// Seconds, for calls: from a few milliseconds to minutes.
+const CALL_SECONDS: &[f64] = &[
+    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+];
+/// Seconds, for a purge from request to done: seconds to a day.
+const PURGE_SECONDS: &[f64] = &[
+    1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0, 21600.0, 86400.0,
+];
+/// Targets in one call over the call's cap.
+const FILL_RATIO: &[f64] = &[0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0];
+
+/// The service's metrics: a cheap `Clone`; a disabled one records into nothing.
+#[derive(Clone)]
+pub struct Metrics(Arc<Inner>);
+
+struct Inner {
+    provider: SdkMeterProvider,
+    registry: Option<prometheus::Registry>,
+    /// Deliveries this replica holds and has not acknowledged: provider -> id -> purge created ms.
+    held: Arc<Mutex<HashMap<String, HashMap<String, u64>>>>,
+    /// Per provider: how many targets wait in its dispatcher's lanes now.
+    lanes: Arc<Mutex<HashMap<String, TargetCount>>>,
+    i: Instruments,
+}
+
+type TargetCount = Box<dyn Fn() -> usize + Send + Sync>;
+
+pub(crate) struct Instruments {
+    pub rpc_duration: Histogram<f64>,
+    pub rpc_active: UpDownCounter<i64>,
+    pub watch_duration: Histogram<f64>,
+    pub watch_open: UpDownCounter<i64>,
+    pub purges_created: Counter<u64>,
+    pub purges_finished: Counter<u64>,
+    pub purge_duration: Histogram<f64>,
+    pub provider_calls: Counter<u64>,
+    pub provider_duration: Histogram<f64>,
+    pub provider_retries: Counter<u64>,
+    pub batch_targets: Histogram<u64>,
+    pub batch_fill: Histogram<f64>,
+    pub quota_remaining: Gauge<u64>,
+    pub budget_wait: Histogram<f64>,
+    pub budget_exhausted: Counter<u64>,
+    pub work_reclaimed: Counter<u64>,
+    pub deduplicated: Counter<u64>,
+    pub backend_duration: Histogram<f64>,
+    pub backend_errors: Counter<u64>,
+}
+
+impl Metrics {
+    /// Reads `[admin] listen` (a Prometheus reader when set) and `telemetry.otlp_endpoint` (an
+    /// OTLP push reader when set). Call from within the Tokio runtime: the OTLP push runs on it.
+    pub fn from_config(config: &Config) -> Result<Metrics, MetricsError> {
+        let resource = opentelemetry_sdk::Resource::builder()
+            .with_service_name(config.telemetry.service_name.clone())
+            .build();
+        let mut builder = SdkMeterProvider::builder().with_resource(resource);
+        let mut registry = None;
+        if config.admin.listen.is_some() {
+            let r = prometheus::Registry::new();
+            let exporter = opentelemetry_prometheus::exporter()
+                .with_registry(r.clone())
+                .build()
+                .map_err(MetricsError::Prometheus)?;
+            builder = builder.with_reader(exporter);
+            registry = Some(r);
+        }
+        if let Some(endpoint) = &config.telemetry.otlp_endpoint {
+            let exporter = opentelemetry_otlp::MetricExporter::builder()
+                .with_tonic()
+                .with_endpoint(endpoint)
+                .with_timeout(Duration::from_secs(5))
+                .build()
+                .map_err(|source| MetricsError::Exporter {
+                    endpoint: endpoint.clone(),
+                    source,
+                })?;
+            let reader = PeriodicReader::builder(exporter, opentelemetry_sdk::runtime::Tokio)
+                .with_interval(Duration::from_secs(30))
+                .build();
+            builder = builder.with_reader(reader);
+        }
+        Ok(Metrics::with_provider(builder.build(), registry))
+    }
+
+    /// Records nothing: no reader is attached.
+    pub fn disabled() -> Metrics {
+        Metrics::with_provider(SdkMeterProvider::builder().build(), None)
+    }
+
+    fn with_provider(
+        provider: SdkMeterProvider,
+        registry: Option<prometheus::Registry>,
+    ) -> Metrics {
+        let meter = provider.meter("purge-service");
+        let held: Arc<Mutex<HashMap<String, HashMap<String, u64>>>> = Arc::default();
+        observe_held(&meter, held.clone());
+        let lanes: Arc<Mutex<HashMap<String, TargetCount>>> = Arc::default();
+        let counts = lanes.clone();
+        meter
+            .i64_observable_gauge("purge.targets.waiting")
+            .with_description("Targets waiting in a provider's lanes to be sent")
+            .with_unit("{target}")
+            .with_callback(move |o| {
+                for (provider, count) in counts.lock().expect("lanes lock").iter() {
+                    o.observe(
+                        count() as i64,
+                        &[KeyValue::new("provider", provider.clone())],
+                    );
+                }
+            })
+            .build();
+        Metrics(Arc::new(Inner {
+            i: Instruments::new(&meter),
+            provider,
+            registry,
+            held,
+            lanes,
+        }))
+    }
+
+    pub(crate) fn i(&self) -> &Instruments {
+        &self.0.i
+    }
+
+    /// The Prometheus text exposition, when the admin listener is on.
+    pub fn exposition(&self) -> Option<String> {
+        use prometheus::Encoder as _;
+        let registry = self.0.registry.as_ref()?;
+        let mut out = Vec::new();
+        // Encoding into a Vec fails only on a malformed family, which the exporter never builds.
+        let _ = prometheus::TextEncoder::new().encode(&registry.gather(), &mut out);
+        Some(String::from_utf8_lossy(&out).into_owned())
+    }
+
+    /// Pushes what is not yet exported. Runs off the async workers: the exporter needs them.
+    pub async fn shutdown(&self) {
+        let provider = self.0.provider.clone();
+        let flushed = tokio::task::spawn_blocking(move || provider.shutdown()).await;
+        if let Ok(Err(e)) = flushed {
+            tracing::debug!(error = %e, "metrics shutdown");
+        }
+    }
+
+    /// A provider call ended: its operation, outcome and latency.
+    pub(crate) fn provider_call(
+        &self,
+        provider: &str,
+        operation: &'static str,
+        outcome: &'static str,
+        seconds: f64,
+    ) {
+        let attrs = [
+            KeyValue::new("provider", provider.to_owned()),
+            KeyValue::new("operation", operation),
+            KeyValue::new("outcome", outcome),
+        ];
+        self.0.i.provider_calls.add(1, &attrs);
+        self.0.i.provider_duration.record(seconds, &attrs);
+    }
+
+    /// Reads `provider`'s waiting targets with `count` at each collection.
+    pub(crate) fn count_targets(
+        &self,
+        provider: &str,
+        count: impl Fn() -> usize + Send + Sync + 'static,
+    ) {
+        self.0
+            .lanes
+            .lock()
+            .expect("lanes lock")
+            .insert(provider.to_owned(), Box::new(count));
+    }
+
+    /// A batch left out `saved` targets another purge in it had asked for already.
+    pub(crate) fn deduplicated(&self, provider: &str, kind: crate::model::PurgeKind, saved: usize) {
+        if saved > 0 {
+            self.0.i.deduplicated.add(
+                saved as u64,
+                &[
+                    KeyValue::new("provider", provider.to_owned()),
+                    KeyValue::new("kind", kind.as_str()),
+                ],
+            );
+        }
+    }
+
+    pub(crate) fn hold(&self, provider: &str, deliveries: impl Iterator<Item = (String, u64)>) {
+        let mut held = self.0.held.lock().expect("held lock");
+        let map = held.entry(provider.to_owned()).or_default();
+        map.extend(deliveries);
+    }
+
+    pub(crate) fn release(&self, provider: &str, ids: &[String]) {
+        let mut held = self.0.held.lock().expect("held lock");
+        if let Some(map) = held.get_mut(provider) {
+            for id in ids {
+                map.remove(id);
+            }
+        }
+    }
+}
+
+/// The outcome label of a provider call that failed.
+pub fn outcome(e: &ProviderError) -> &'static str {
+    match e {
+        ProviderError::Throttled { .. } | ProviderError::QuotaExhausted { .. } => "throttled",
+        ProviderError::Transient { .. } | ProviderError::Busy { .. } => "retryable",
+        ProviderError::Ambiguous { .. } => "ambiguous",
+        ProviderError::BatchTooLarge { .. }
+        | ProviderError::Auth { .. }
+        | ProviderError::Rejected { .. }
+        | ProviderError::Protocol { .. } => "fatal",
+    }
+}
+
+/// Purges waiting per provider (held by this replica, not yet acknowledged) and the oldest's age.
+fn observe_held(meter: &Meter, held: Arc<Mutex<HashMap<String, HashMap<String, u64>>>>) {
+    let counts = held.clone();
+    meter
+        .i64_observable_gauge("purge.work.waiting")
+        .with_description("Purges this replica holds for a provider and has not finished")
+        .with_unit("{purge}")
+        .with_callback(move |o| {
+            for (provider, map) in counts.lock().expect("held lock").iter() {
+                o.observe(
+                    map.len() as i64,
+                    &[KeyValue::new("provider", provider.clone())],
+                );
+            }
+        })
+        .build();
+    meter
+        .f64_observable_gauge("purge.work.oldest_age")
+        .with_description("Age of the oldest purge waiting for a provider (0 when none)")
+        .with_unit("s")
+        .with_callback(move |o| {
+            let now = crate::store::now_ms();
+            for (provider, map) in held.lock().expect("held lock").iter() {
+                let age = map
+                    .values()
+                    .min()
+                    .map_or(0.0, |oldest| now.saturating_sub(*oldest) as f64 / 1000.0);
+                o.observe(age, &[KeyValue::new("provider", provider.clone())]);
+            }
+        })
+        .build();
+}
+
+impl Instruments {
+    fn new(m: &Meter) -> Instruments {
+        let seconds = |name: &'static str, what: &'static str, bounds: &[f64]| {
+            m.f64_histogram(name)
+                .with_description(what)
+                .with_unit("s")
+                .with_boundaries(bounds.to_vec())
+                .build()
+        };
+        Instruments {
+            rpc_duration: seconds(
+                "rpc.server.call.duration",
+                "Duration of unary gRPC calls (streams are in rpc.server.stream.duration)",
+                CALL_SECONDS,
+            ),
+            rpc_active: m
+                .i64_up_down_counter("rpc.server.active_calls")
+                .with_description("gRPC calls in progress")
+                .with_unit("{call}")
+                .build(),
+            watch_duration: seconds(
+                "rpc.server.stream.duration",
+                "How long streaming calls (WatchPurge) stayed open",
+                PURGE_SECONDS,
+            ),
+            watch_open: m
+                .i64_up_down_counter("rpc.server.open_streams")
+                .with_description("Open streaming calls (WatchPurge)")
+                .with_unit("{stream}")
+                .build(),
+            purges_created: m
+                .u64_counter("purge.created")
+                .with_description("Purges accepted")
+                .with_unit("{purge}")
+                .build(),
+            purges_finished: m
+                .u64_counter("purge.finished")
+                .with_description("Purges that reached a terminal state")
+                .with_unit("{purge}")
+                .build(),
+            purge_duration: seconds(
+                "purge.duration",
+                "From CreatePurge to a terminal state (the service-level metric)",
+                PURGE_SECONDS,
+            ),
+            provider_calls: m
+                .u64_counter("purge.provider.calls")
+                .with_description("Provider API calls by operation and outcome")
+                .with_unit("{call}")
+                .build(),
+            provider_duration: seconds(
+                "purge.provider.call.duration",
+                "Provider API call latency",
+                CALL_SECONDS,
+            ),
+            provider_retries: m
+                .u64_counter("purge.provider.retries")
+                .with_description("Provider calls that failed and will be tried again")
+                .with_unit("{call}")
+                .build(),
+            batch_targets: m
+                .u64_histogram("purge.provider.batch.targets")
+                .with_description("Targets per provider submit")
+                .with_unit("{target}")
+                .with_boundaries(vec![
+                    1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0,
+                ])
+                .build(),
+            batch_fill: m
+                .f64_histogram("purge.provider.batch.fill")
+                .with_description("Targets per provider submit over the call's cap")
+                .with_unit("1")
+                .with_boundaries(FILL_RATIO.to_vec())
+                .build(),
+            quota_remaining: m
+                .u64_gauge("purge.provider.quota.remaining")
+                .with_description("Daily quota left, as the provider last reported it")
+                .with_unit("{target}")
+                .build(),
+            budget_wait: seconds(
+                "purge.budget.wait",
+                "Waits the rate budget asked for before a provider call",
+                CALL_SECONDS,
+            ),
+            budget_exhausted: m
+                .u64_counter("purge.budget.exhausted")
+                .with_description("Budget checks refused because a daily quota is used up")
+                .with_unit("{check}")
+                .build(),
+            work_reclaimed: m
+                .u64_counter("purge.work.reclaimed")
+                .with_description("Work taken over from a replica that stopped acknowledging")
+                .with_unit("{purge}")
+                .build(),
+            deduplicated: m
+                .u64_counter("purge.targets.deduplicated")
+                .with_description("Targets not sent again: another purge in the batch had them")
+                .with_unit("{target}")
+                .build(),
+            backend_duration: seconds(
+                "purge.backend.call.duration",
+                "State backend (store, queue, limiter) call latency",
+                CALL_SECONDS,
+            ),
+            backend_errors: m
+                .u64_counter("purge.backend.errors")
+                .with_description("State backend calls that failed")
+                .with_unit("{call}")
+                .build(),
+        }
+    }
+}

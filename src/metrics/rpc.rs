@@ -1,0 +1,261 @@
+//! A tower layer measuring every gRPC call by the OpenTelemetry RPC conventions: unary calls in
+//! `rpc.server.call.duration`, streams (WatchPurge) apart in `rpc.server.stream.duration`, with
+//! `rpc.system.name`, the fully qualified `rpc.method` and `rpc.response.status_code` read from
+//! the response headers (an error before the first message) or trailers. A call dropped before
+//! its status (the client went away) counts as CANCELLED.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use http_body::{Body, Frame, SizeHint};
+use opentelemetry::KeyValue;
+use prost::Message as _;
+
+use super::Metrics;
+
+/// The methods served, by path, and whether each streams; other paths are `_OTHER`, so a
+/// client cannot make up label values.
+#[derive(Clone)]
+pub struct Methods(Arc<HashMap<String, bool>>);
+
+impl Methods {
+    /// Every method of the given encoded descriptor sets, plus server reflection.
+    pub fn from_descriptor_sets(sets: &[&[u8]]) -> Methods {
+        let mut methods = HashMap::new();
+        for set in sets {
+            let Ok(set) = prost_types::FileDescriptorSet::decode(*set) else {
+                continue;
+            };
+            for file in set.file {
+                let package = file.package.unwrap_or_default();
+                for service in file.service {
+                    let service_name = service.name.unwrap_or_default();
+                    for m in service.method {
+                        let streams = m.server_streaming() || m.client_streaming();
+                        let path = format!("/{package}.{service_name}/{}", m.name());
+                        methods.insert(path, streams);
+                    }
+                }
+            }
+        }
+        for v in ["v1", "v1alpha"] {
+            methods.insert(
+                format!("/grpc.reflection.{v}.ServerReflection/ServerReflectionInfo"),
+                true,
+            );
+        }
+        Methods(Arc::new(methods))
+    }
+}
+
+/// Measures every call passing through.
+#[derive(Clone)]
+pub struct RpcMetricsLayer {
+    metrics: Metrics,
+    methods: Methods,
+}
+
+impl RpcMetricsLayer {
+    pub fn new(metrics: Metrics, methods: Methods) -> RpcMetricsLayer {
+        RpcMetricsLayer { metrics, methods }
+    }
+}
+
+impl<S> tower::Layer<S> for RpcMetricsLayer {
+    type Service = RpcMetrics<S>;
+
+    fn layer(&self, inner: S) -> RpcMetrics<S> {
+        RpcMetrics {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct RpcMetrics<S> {
+    inner: S,
+    layer: RpcMetricsLayer,
+}
+
+impl<S, ReqBody, ResBody> tower::Service<http::Request<ReqBody>> for RpcMetrics<S>
+where
+    S: tower::Service<http::Request<ReqBody>, Response = http::Response<ResBody>>,
+    S::Future: Send + 'static,
+    ResBody: Body,
+{
+    type Response = http::Response<MeteredBody<ResBody>>;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<ReqBody>) -> Self::Future {
+        let path = req.uri().path();
+        let (method, streams) = match self.layer.methods.0.get_key_value(path) {
+            Some((p, s)) => (p[1..].to_owned(), *s),
+            None => ("_OTHER".to_owned(), false),
+        };
+        let mut call = Call::start(self.layer.metrics.clone(), method, streams);
+        let fut = self.inner.call(req);
+        Box::pin(async move {
+            match fut.await {
+                Ok(res) => {
+                    // A trailers-only response (an error before any message) has it here.
+                    call.code = res.headers().get("grpc-status").map(code_name);
+                    Ok(res.map(|body| MeteredBody {
+                        inner: body,
+                        call: Some(call),
+                    }))
+                }
+                Err(e) => {
+                    call.end("UNKNOWN");
+                    Err(e)
+                }
+            }
+        })
+    }
+}
+
+/// One call being measured; recorded when dropped, as CANCELLED unless a status was seen.
+struct Call {
+    metrics: Metrics,
+    method: String,
+    streams: bool,
+    start: Instant,
+    code: Option<&'static str>,
+}
+
+impl Call {
+    fn start(metrics: Metrics, method: String, streams: bool) -> Call {
+        let i = metrics.i();
+        let attrs = [
+            KeyValue::new("rpc.system.name", "grpc"),
+            KeyValue::new("rpc.method", method.clone()),
+        ];
+        i.rpc_active.add(1, &attrs);
+        if streams {
+            i.watch_open.add(1, &attrs);
+        }
+        Call {
+            metrics,
+            method,
+            streams,
+            start: Instant::now(),
+            code: None,
+        }
+    }
+}
+
+impl Call {
+    /// Ends the call with `code` (dropping it records it).
+    fn end(mut self, code: &'static str) {
+        self.code = Some(code);
+    }
+}
+
+impl Drop for Call {
+    fn drop(&mut self) {
+        let i = self.metrics.i();
+        let mut attrs = vec![
+            KeyValue::new("rpc.system.name", "grpc"),
+            KeyValue::new("rpc.method", std::mem::take(&mut self.method)),
+        ];
+        i.rpc_active.add(-1, &attrs);
+        if self.streams {
+            i.watch_open.add(-1, &attrs);
+        }
+        attrs.push(KeyValue::new(
+            "rpc.response.status_code",
+            self.code.unwrap_or("CANCELLED"),
+        ));
+        let seconds = self.start.elapsed().as_secs_f64();
+        if self.streams {
+            i.watch_duration.record(seconds, &attrs);
+        } else {
+            i.rpc_duration.record(seconds, &attrs);
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response body that ends its call's measurement at the trailers (or when dropped).
+    pub struct MeteredBody<B> {
+        #[pin]
+        inner: B,
+        call: Option<Call>,
+    }
+}
+
+impl<B: Body> Body for MeteredBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+        let this = self.project();
+        let polled = this.inner.poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(code) = frame
+                    .trailers_ref()
+                    .and_then(|t| t.get("grpc-status"))
+                    .map(code_name)
+                    && let Some(call) = this.call.as_mut()
+                {
+                    call.code = Some(code);
+                }
+            }
+            Poll::Ready(None) => {
+                // The end: a call whose status came nowhere ended without one.
+                if let Some(mut call) = this.call.take() {
+                    call.code.get_or_insert("UNKNOWN");
+                }
+            }
+            Poll::Ready(Some(Err(_))) | Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+fn code_name(v: &http::HeaderValue) -> &'static str {
+    let n = v
+        .to_str()
+        .ok()
+        .and_then(|s| s.parse::<i32>().ok())
+        .unwrap_or(2);
+    match tonic::Code::from_i32(n) {
+        tonic::Code::Ok => "OK",
+        tonic::Code::Cancelled => "CANCELLED",
+        tonic::Code::Unknown => "UNKNOWN",
+        tonic::Code::InvalidArgument => "INVALID_ARGUMENT",
+        tonic::Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        tonic::Code::NotFound => "NOT_FOUND",
+        tonic::Code::AlreadyExists => "ALREADY_EXISTS",
+        tonic::Code::PermissionDenied => "PERMISSION_DENIED",
+        tonic::Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        tonic::Code::FailedPrecondition => "FAILED_PRECONDITION",
+        tonic::Code::Aborted => "ABORTED",
+        tonic::Code::OutOfRange => "OUT_OF_RANGE",
+        tonic::Code::Unimplemented => "UNIMPLEMENTED",
+        tonic::Code::Internal => "INTERNAL",
+        tonic::Code::Unavailable => "UNAVAILABLE",
+        tonic::Code::DataLoss => "DATA_LOSS",
+        tonic::Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
