@@ -121,11 +121,20 @@ pub fn purge(r: &PurgeRecord) -> pb::Purge {
             succeeded: p.succeeded as i32,
             failed: p.failed as i32,
             pending: p.pending as i32,
+            cancelled: p.cancelled as i32,
         }),
         error: r.error.clone().unwrap_or_default(),
         create_time: Some(timestamp(r.create_time)),
         update_time: Some(timestamp(r.update_time)),
         finish_time: r.finish_time.map(timestamp),
         version: r.version,
+        cancelled_targets: r
+            .cancelled()
+            .map(|u| pb::CancelledTarget {
+                target: u.target.clone(),
+                provider: u.provider.clone(),
+            })
+            .collect(),
+        cancel_time: r.cancel_time.map(timestamp),
     }
 }

@@ -2,6 +2,7 @@
 
 pub mod auth;
 pub mod error;
+pub mod list;
 pub mod service;
 pub mod targets;
 pub mod validate;

@@ -36,6 +36,7 @@ impl PurgeRecord {
             create_time: now,
             update_time: now,
             finish_time: None,
+            cancel_time: None,
             version: 1,
         }
     }
@@ -72,7 +73,7 @@ impl PurgeRecord {
         let mut refused = 0;
         for unit in self.units.iter_mut() {
             if unit.provider != sub.provider
-                || unit.status != UnitStatus::Pending
+                || !unit.status.is_unsent()
                 || !targets.contains(unit.target.as_str())
             {
                 continue;
@@ -107,6 +108,61 @@ impl PurgeRecord {
             submit_time: now,
         });
         true
+    }
+
+    /// A dispatcher is about to send `targets` of this purge to `provider`: its pending units
+    /// there become `Sending`, which CancelPurge no longer withdraws. Written (compare-and-set
+    /// in the store) before the provider call; the caller sends only the targets whose unit is
+    /// `Sending` afterwards ([`PurgeRecord::sendable`]). False when nothing was pending.
+    #[must_use]
+    pub fn claim(&mut self, provider: &str, targets: &HashSet<&str>) -> bool {
+        let mut changed = false;
+        for unit in self.units.iter_mut().filter(|u| {
+            u.provider == provider
+                && u.status == UnitStatus::Pending
+                && targets.contains(u.target.as_str())
+        }) {
+            unit.status = UnitStatus::Sending;
+            changed = true;
+        }
+        changed
+    }
+
+    /// Which of `targets` at `provider` a dispatcher may send now: those claimed for sending.
+    pub fn sendable<'a>(&self, provider: &str, targets: &[&'a str]) -> Vec<&'a str> {
+        targets
+            .iter()
+            .copied()
+            .filter(|t| {
+                self.units.iter().any(|u| {
+                    u.provider == provider && u.target == *t && u.status == UnitStatus::Sending
+                })
+            })
+            .collect()
+    }
+
+    /// CancelPurge: every unit no dispatcher has claimed yet is withdrawn; claimed and
+    /// submitted units finish as usual. The first call records the cancel time. False when
+    /// the purge is already final or was cancelled before with nothing left to withdraw.
+    #[must_use]
+    pub fn cancel(&mut self, now: DateTime<Utc>) -> bool {
+        if self.state.is_terminal() {
+            return false;
+        }
+        let mut changed = false;
+        if self.cancel_time.is_none() {
+            self.cancel_time = Some(now);
+            changed = true;
+        }
+        for unit in self
+            .units
+            .iter_mut()
+            .filter(|u| u.status == UnitStatus::Pending)
+        {
+            unit.status = UnitStatus::Cancelled;
+            changed = true;
+        }
+        changed
     }
 
     /// Provider task `task_id` of `provider` finished for `targets`: those in `failed` failed
@@ -219,7 +275,14 @@ impl PurgeRecord {
             }
             return;
         }
-        if p.failed == 0 {
+        if p.cancelled == p.total {
+            // Nothing was sent.
+            self.state = PurgeState::Cancelled;
+            self.error = Some(format!(
+                "cancelled before any of its {} targets was sent",
+                p.total
+            ));
+        } else if p.failed == 0 {
             self.state = PurgeState::Succeeded;
         } else {
             self.state = PurgeState::Failed;
@@ -486,5 +549,61 @@ mod tests {
             (PurgeState::Failed, at(5), 3)
         );
         assert_eq!(r.finish_time, Some(at(5)));
+    }
+
+    #[test]
+    fn cancelling_before_anything_is_sent_ends_cancelled_and_is_idempotent() {
+        let mut r = record(&["a", "b"], &["u1", "u2"]);
+        assert!(r.apply(|r| r.cancel(at(1)), at(1)));
+        assert_eq!(r.state, PurgeState::Cancelled);
+        assert_eq!((r.cancel_time, r.finish_time), (Some(at(1)), Some(at(1))));
+        assert_eq!(r.progress().cancelled, 4);
+        assert_eq!(r.cancelled().count(), 4);
+        assert!(r.error.as_deref().unwrap().contains("cancelled before any"));
+        // Again: nothing changes.
+        assert!(!r.apply(|r| r.cancel(at(2)), at(2)));
+        assert_eq!((r.version, r.cancel_time), (2, Some(at(1))));
+    }
+
+    #[test]
+    fn a_claimed_unit_cannot_be_cancelled_and_a_cancelled_unit_cannot_be_claimed_or_sent() {
+        let mut r = record(&["a"], &["u1", "u2", "u3"]);
+        assert!(r.apply(|r| r.claim("a", &set(&["u1"])), at(1)));
+        assert_eq!(status(&r, "a", "u1"), UnitStatus::Sending);
+        assert_eq!(r.state, PurgeState::Running);
+        assert!(r.apply(|r| r.cancel(at(2)), at(2)));
+        assert_eq!(status(&r, "a", "u1"), UnitStatus::Sending);
+        assert_eq!(status(&r, "a", "u2"), UnitStatus::Cancelled);
+        assert_eq!(r.state, PurgeState::Running);
+        // A dispatcher that took u2 and u3 from its lane before the cancel finds them gone.
+        assert!(!r.claim("a", &set(&["u2", "u3"])));
+        assert_eq!(r.sendable("a", &["u1", "u2", "u3"]), vec!["u1"]);
+        let none = HashMap::new();
+        assert!(r.apply(
+            |r| r.submitted(&sub("T1", &none), &set(&["u1", "u2", "u3"]), at(3)),
+            at(3)
+        ));
+        assert_eq!(r.tasks[0].target_count, 1);
+        assert_eq!(status(&r, "a", "u2"), UnitStatus::Cancelled);
+        // The sent target's outcome decides; the cancelled ones are listed.
+        assert!(r.apply(
+            |r| r.task_finished("a", "T1", &set(&["u1"]), &none_failed()),
+            at(4)
+        ));
+        assert_eq!(r.state, PurgeState::Succeeded);
+        let p = r.progress();
+        assert_eq!((p.succeeded, p.cancelled, p.pending), (1, 2, 0));
+        assert!(!r.apply(|r| r.cancel(at(5)), at(5)));
+    }
+
+    #[test]
+    fn a_partly_cancelled_purge_whose_sent_target_failed_ends_failed() {
+        let mut r = record(&["a"], &["u1", "u2"]);
+        assert!(r.claim("a", &set(&["u1"])));
+        assert!(r.apply(|r| r.cancel(at(1)), at(1)));
+        assert!(r.apply(|r| r.targets_failed("a", &set(&["u1", "u2"]), "x"), at(2)));
+        assert_eq!(status(&r, "a", "u2"), UnitStatus::Cancelled);
+        assert_eq!(r.state, PurgeState::Failed);
+        assert_eq!(r.error.as_deref(), Some("1 of 2 targets failed"));
     }
 }
