@@ -6,6 +6,7 @@ mod support;
 
 mod akamai;
 mod api;
+mod cancel;
 mod cdnetworks;
 mod chart;
 mod cli;
@@ -18,6 +19,7 @@ mod fastly;
 mod grpcurl;
 mod image;
 mod limiter_pause;
+mod list;
 mod memory_bounds;
 mod otlp;
 mod redis;
