@@ -129,7 +129,16 @@ impl PurgeApi {
     ) -> Result<Response<pb::Purge>, Status> {
         let caller = caller(&self.core, &request)?;
         let key = metadata_key(&request);
+        let validate_only = request.get_ref().validate_only;
         let req = convert::create_request(request.into_inner(), key);
+        if validate_only {
+            let (purge, plan) = self
+                .core
+                .plan(&caller, req)
+                .await
+                .map_err(status::from_error)?;
+            return Ok(Response::new(convert::planned(&purge, &plan)));
+        }
         let purge = self
             .core
             .create(&caller, req)

@@ -3,6 +3,7 @@
 pub mod auth;
 pub mod error;
 pub mod list;
+pub mod plan;
 pub mod service;
 pub mod targets;
 pub mod validate;

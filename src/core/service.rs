@@ -51,6 +51,9 @@ pub struct CoreSettings {
     pub caller_rate: Option<Rate>,
     /// How often a watcher re-reads the record even without a wake-up.
     pub watch_resync: Duration,
+    /// The dispatcher's linger and first poll delay, for plan estimates.
+    pub linger: Duration,
+    pub poll_interval: Duration,
 }
 
 #[derive(Clone)]
@@ -140,6 +143,24 @@ impl PurgeCore {
             tracing::info!(purge_id = %r.id, kind = %r.spec.kind, targets = r.units.len(), "purge accepted");
         }
         answer(outcome, key)
+    }
+
+    /// CreatePurge with `validate_only`: validates and authorizes like `create`, then answers
+    /// the purge as it would be recorded (no id) and its plan. Records and charges nothing.
+    pub async fn plan(
+        &self,
+        caller: &Caller,
+        req: CreateRequest,
+    ) -> Result<(PurgeRecord, super::plan::Plan), Error> {
+        let inner = &self.inner;
+        let spec = validate(req, &inner.registry, inner.settings.limits)?;
+        caller.authorize(&spec)?;
+        let now = chrono::Utc::now();
+        let plan = super::plan::plan(&spec, &inner.registry, &inner.settings, now);
+        Ok((
+            PurgeRecord::new(String::new(), caller.name.clone(), spec, now),
+            plan,
+        ))
     }
 
     /// The day's quota and the caller's rate, for a new purge.

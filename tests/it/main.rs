@@ -22,6 +22,7 @@ mod limiter_pause;
 mod list;
 mod memory_bounds;
 mod otlp;
+mod plan;
 mod redis;
 mod redis_replicas;
 mod redis_server;
