@@ -4,6 +4,7 @@
 pub mod api;
 pub mod app;
 pub mod backend;
+pub mod client;
 pub mod config;
 pub mod core;
 pub mod dispatch;

@@ -10,6 +10,7 @@ mod cancel;
 mod cdnetworks;
 mod chart;
 mod cli;
+mod client_cli;
 mod cloudflare;
 mod cloudfront;
 mod dispatch;
