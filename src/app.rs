@@ -170,6 +170,8 @@ impl App {
             idempotency_retention: config.server.idempotency_retention,
             caller_rate: config.server.caller_rate,
             watch_resync: config.server.watch_resync,
+            linger: config.dispatch.linger,
+            poll_interval: config.dispatch.poll_interval,
         };
         let core = PurgeCore::new(
             backends.store.clone(),

@@ -5,6 +5,7 @@ pub mod admin;
 pub mod api;
 pub mod app;
 pub mod backend;
+pub mod client;
 pub mod config;
 pub mod core;
 pub mod dispatch;

@@ -33,11 +33,16 @@ enum Command {
         #[arg(long, default_value = "5s", value_parser = humantime_serde::re::humantime::parse_duration)]
         timeout: std::time::Duration,
     },
+    /// Talk to a running server: create, get, watch, list, cancel purges.
+    Purge(purge_service::client::PurgeArgs),
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::Purge(args)) = cli.command {
+        return ExitCode::from(purge_service::client::run(args).await);
+    }
     if let Some(Command::Health { addr, timeout }) = &cli.command {
         // A probe's answer: one short line, exit 1 unless SERVING.
         if let Err(e) = purge_service::health_probe::check(addr, *timeout).await {

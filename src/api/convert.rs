@@ -121,11 +121,50 @@ pub fn purge(r: &PurgeRecord) -> pb::Purge {
             succeeded: p.succeeded as i32,
             failed: p.failed as i32,
             pending: p.pending as i32,
+            cancelled: p.cancelled as i32,
         }),
         error: r.error.clone().unwrap_or_default(),
         create_time: Some(timestamp(r.create_time)),
         update_time: Some(timestamp(r.update_time)),
         finish_time: r.finish_time.map(timestamp),
         version: r.version,
+        cancelled_targets: r
+            .cancelled()
+            .map(|u| pb::CancelledTarget {
+                target: u.target.clone(),
+                provider: u.provider.clone(),
+            })
+            .collect(),
+        cancel_time: r.cancel_time.map(timestamp),
+        plan: None,
     }
+}
+
+/// The answer to a `validate_only` create: the purge as it would be, with its plan.
+pub fn planned(r: &PurgeRecord, plan: &crate::core::plan::Plan) -> pb::Purge {
+    let mut p = purge(r);
+    p.state = pb::PurgeState::Unspecified as i32;
+    p.create_time = None;
+    p.update_time = None;
+    p.version = 0;
+    p.plan = Some(pb::PurgePlan {
+        providers: plan
+            .providers
+            .iter()
+            .map(|p| pb::ProviderPlan {
+                provider: p.provider.clone(),
+                targets: p.targets as i32,
+                calls: p.calls as i32,
+                max_per_call: p.max_per_call as i32,
+                daily_quota_needed: p.daily_needed as i64,
+                daily_quota_left: p.daily_left.map(|l| l as i64),
+                calls_ahead: p.calls_ahead as i32,
+                estimated_start_time: Some(timestamp(p.start)),
+                estimated_finish_time: Some(timestamp(p.finish)),
+            })
+            .collect(),
+        estimated_start_time: Some(timestamp(plan.start)),
+        estimated_finish_time: Some(timestamp(plan.finish)),
+    });
+    p
 }

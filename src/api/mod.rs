@@ -77,6 +77,22 @@ impl PurgeService for PurgeApi {
         self.bounded(self.get(request)).instrument(span).await
     }
 
+    async fn cancel_purge(
+        &self,
+        request: Request<pb::CancelPurgeRequest>,
+    ) -> Result<Response<pb::Purge>, Status> {
+        let span = rpc_span("CancelPurge", &request, &request.get_ref().id);
+        self.bounded(self.cancel(request)).instrument(span).await
+    }
+
+    async fn list_purges(
+        &self,
+        request: Request<pb::ListPurgesRequest>,
+    ) -> Result<Response<pb::ListPurgesResponse>, Status> {
+        let span = rpc_span("ListPurges", &request, "");
+        self.bounded(self.list(request)).instrument(span).await
+    }
+
     type WatchPurgeStream = Pin<Box<dyn Stream<Item = Result<pb::Purge, Status>> + Send>>;
 
     async fn watch_purge(
@@ -113,7 +129,16 @@ impl PurgeApi {
     ) -> Result<Response<pb::Purge>, Status> {
         let caller = caller(&self.core, &request)?;
         let key = metadata_key(&request);
+        let validate_only = request.get_ref().validate_only;
         let req = convert::create_request(request.into_inner(), key);
+        if validate_only {
+            let (purge, plan) = self
+                .core
+                .plan(&caller, req)
+                .await
+                .map_err(status::from_error)?;
+            return Ok(Response::new(convert::planned(&purge, &plan)));
+        }
         let purge = self
             .core
             .create(&caller, req)
@@ -134,6 +159,36 @@ impl PurgeApi {
             .await
             .map_err(status::from_error)?;
         Ok(Response::new(convert::purge(&purge)))
+    }
+
+    async fn cancel(
+        &self,
+        request: Request<pb::CancelPurgeRequest>,
+    ) -> Result<Response<pb::Purge>, Status> {
+        let caller = caller(&self.core, &request)?;
+        let purge = self
+            .core
+            .cancel(&caller, &request.get_ref().id)
+            .await
+            .map_err(status::from_error)?;
+        Ok(Response::new(convert::purge(&purge)))
+    }
+
+    async fn list(
+        &self,
+        request: Request<pb::ListPurgesRequest>,
+    ) -> Result<Response<pb::ListPurgesResponse>, Status> {
+        let caller = caller(&self.core, &request)?;
+        let req = request.get_ref();
+        let (purges, next) = self
+            .core
+            .list(&caller, &req.filter, req.page_size, &req.page_token)
+            .await
+            .map_err(status::from_error)?;
+        Ok(Response::new(pb::ListPurgesResponse {
+            purges: purges.iter().map(convert::purge).collect(),
+            next_page_token: next.unwrap_or_default(),
+        }))
     }
 
     async fn watch(

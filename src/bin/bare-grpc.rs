@@ -38,6 +38,23 @@ impl PurgeService for Bare {
         Ok(Response::new(fixed(&request.get_ref().id)))
     }
 
+    async fn cancel_purge(
+        &self,
+        request: Request<pb::CancelPurgeRequest>,
+    ) -> Result<Response<pb::Purge>, Status> {
+        Ok(Response::new(fixed(&request.get_ref().id)))
+    }
+
+    async fn list_purges(
+        &self,
+        _request: Request<pb::ListPurgesRequest>,
+    ) -> Result<Response<pb::ListPurgesResponse>, Status> {
+        Ok(Response::new(pb::ListPurgesResponse {
+            purges: vec![fixed("bare")],
+            next_page_token: String::new(),
+        }))
+    }
+
     type WatchPurgeStream = Pin<Box<dyn Stream<Item = Result<pb::Purge, Status>> + Send>>;
 
     async fn watch_purge(

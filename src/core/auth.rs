@@ -40,6 +40,11 @@ impl Caller {
         }
     }
 
+    /// Whose purges this caller lists: its own, or everyone's when callers are not configured.
+    pub fn list_scope(&self) -> Option<&str> {
+        self.policy.as_ref().map(|_| self.name.as_str())
+    }
+
     /// Whether this caller may run `spec`; the error says what it may not touch.
     pub fn authorize(&self, spec: &PurgeSpec) -> Result<(), Error> {
         let Some(policy) = &self.policy else {

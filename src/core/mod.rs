@@ -2,6 +2,8 @@
 
 pub mod auth;
 pub mod error;
+pub mod list;
+pub mod plan;
 pub mod service;
 pub mod targets;
 pub mod validate;

@@ -1,4 +1,4 @@
-//! The purge use cases: create, get, watch. The gRPC adapters call these and nothing else.
+//! The purge use cases: create, get, watch, cancel, list. The gRPC adapters call these and nothing else.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,13 +8,14 @@ use tokio_util::sync::CancellationToken;
 
 use super::auth::{Caller, Callers};
 use super::error::{Error, FieldViolation};
+use super::list::{Filter, PageTokens};
 use super::validate::{CreateRequest, Limits, validate};
 use super::watch::{Subscription, WatchHub};
 use crate::limiter::{Charge, Decision, Limit, Limiter, Rate};
 use crate::model::WorkItem;
 use crate::model::{PurgeRecord, PurgeSpec};
 use crate::providers::Registry;
-use crate::store::{CreateOutcome, IdempotencyClaim, Store};
+use crate::store::{CreateOutcome, IdempotencyClaim, ListQuery, Store};
 
 /// A purge id as stored (lowercase, hyphenated), whichever UUID spelling the caller used.
 fn canonical_id(id: &str) -> Result<String, Error> {
@@ -50,6 +51,9 @@ pub struct CoreSettings {
     pub caller_rate: Option<Rate>,
     /// How often a watcher re-reads the record even without a wake-up.
     pub watch_resync: Duration,
+    /// The dispatcher's linger and first poll delay, for plan estimates.
+    pub linger: Duration,
+    pub poll_interval: Duration,
 }
 
 #[derive(Clone)]
@@ -66,6 +70,8 @@ struct Inner {
     settings: CoreSettings,
     /// Cancelled at shutdown: open watches end with UNAVAILABLE.
     closing: CancellationToken,
+    /// Signs page tokens; read from the store once.
+    page_secret: tokio::sync::OnceCell<Vec<u8>>,
 }
 
 impl PurgeCore {
@@ -87,6 +93,7 @@ impl PurgeCore {
                 callers,
                 settings,
                 closing,
+                page_secret: tokio::sync::OnceCell::new(),
             }),
         }
     }
@@ -138,6 +145,24 @@ impl PurgeCore {
         answer(outcome, key)
     }
 
+    /// CreatePurge with `validate_only`: validates and authorizes like `create`, then answers
+    /// the purge as it would be recorded (no id) and its plan. Records and charges nothing.
+    pub async fn plan(
+        &self,
+        caller: &Caller,
+        req: CreateRequest,
+    ) -> Result<(PurgeRecord, super::plan::Plan), Error> {
+        let inner = &self.inner;
+        let spec = validate(req, &inner.registry, inner.settings.limits)?;
+        caller.authorize(&spec)?;
+        let now = chrono::Utc::now();
+        let plan = super::plan::plan(&spec, &inner.registry, &inner.settings, now);
+        Ok((
+            PurgeRecord::new(String::new(), caller.name.clone(), spec, now),
+            plan,
+        ))
+    }
+
     /// The day's quota and the caller's rate, for a new purge.
     async fn admit(&self, caller: &Caller, spec: &PurgeSpec) -> Result<(), Error> {
         let inner = &self.inner;
@@ -182,6 +207,63 @@ impl PurgeCore {
             Some(_) => Err(Error::NotFound { id }),
             None => Err(self.not_found(id)),
         }
+    }
+
+    /// CancelPurge: withdraws the units no dispatcher has claimed, through the same
+    /// compare-and-set as the dispatcher's claim, so each unit is either sent or cancelled.
+    /// Idempotent; a finished purge is returned as it is.
+    pub async fn cancel(&self, caller: &Caller, id: &str) -> Result<PurgeRecord, Error> {
+        let record = self.get(caller, id).await?;
+        let updated = self
+            .inner
+            .store
+            .update(&record.id, &|r| r.cancel(chrono::Utc::now()))
+            .await?;
+        let record = updated.ok_or_else(|| self.not_found(record.id.clone()))?;
+        tracing::info!(purge_id = %record.id, state = ?record.state, cancelled = record.progress().cancelled, "purge cancel asked");
+        Ok(record)
+    }
+
+    /// ListPurges: one page of the caller's purges (everyone's in anonymous mode), newest
+    /// first, and the token of the next page (`None` on the last).
+    pub async fn list(
+        &self,
+        caller: &Caller,
+        filter: &str,
+        page_size: i32,
+        page_token: &str,
+    ) -> Result<(Vec<PurgeRecord>, Option<String>), Error> {
+        let limit = super::list::page_size(page_size)?;
+        let parsed = Filter::parse(filter)?;
+        let secret = self
+            .inner
+            .page_secret
+            .get_or_try_init(|| self.inner.store.shared_secret())
+            .await?;
+        let tokens = PageTokens {
+            secret,
+            caller: &caller.name,
+            filter,
+        };
+        let before = (!page_token.is_empty())
+            .then(|| tokens.check(page_token))
+            .transpose()?;
+        let keep = move |r: &PurgeRecord| parsed.matches(r);
+        let page = self
+            .inner
+            .store
+            .list(ListQuery {
+                caller: caller.list_scope(),
+                before: before.as_deref(),
+                limit,
+                keep: &keep,
+            })
+            .await?;
+        let next = page
+            .more
+            .then(|| page.records.last().map(|r| tokens.issue(&r.id)))
+            .flatten();
+        Ok((page.records, next))
     }
 
     /// NOT_FOUND for a purge the store does not have, saying so when it aged out.

@@ -142,7 +142,8 @@ impl Intake {
         let units = record.units.iter().filter(|u| u.provider == self.name());
         let pending = units
             .clone()
-            .filter(|u| u.status == UnitStatus::Pending)
+            // Claimed but not recorded as sent: the replica that claimed them stopped.
+            .filter(|u| u.status.is_unsent())
             .map(|u| u.target.as_str());
         let queued = self
             .outbox

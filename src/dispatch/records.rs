@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::inflight::InFlight;
 use super::lanes::Taken;
-use crate::model::{PurgeKind, Submitted, quota_reason};
+use crate::model::{PurgeKind, PurgeRecord, Submitted, quota_reason};
 use crate::providers::Submission;
 use crate::queue::Queue;
 use crate::store::{Change, Store};
@@ -91,6 +91,43 @@ impl Records {
         }
     }
 
+    /// Claims `taken` for sending on each of its purges (a compare-and-set in the store, before
+    /// the provider call) and returns what may be sent: the targets still credited to some
+    /// purge whose unit is now `Sending`. Units CancelPurge withdrew meanwhile drop out, so a
+    /// target is either sent or cancelled, never both, whichever replica holds it.
+    pub(super) async fn claim(&self, taken: Taken) -> Taken {
+        let mut keep: HashMap<String, HashSet<String>> = HashMap::new();
+        for (purge_id, targets) in taken.by_purge() {
+            let set: HashSet<&str> = targets.iter().map(String::as_str).collect();
+            let refs: Vec<&str> = targets.iter().map(String::as_str).collect();
+            let Some(record) = self
+                .update(&purge_id, &|r| r.claim(self.name(), &set))
+                .await
+            else {
+                continue;
+            };
+            let sendable = record.sendable(self.name(), &refs);
+            if sendable.len() < refs.len() {
+                tracing::info!(purge_id = %purge_id, provider = self.name(), withdrawn = refs.len() - sendable.len(), "cancelled targets not sent");
+            }
+            keep.insert(purge_id, sendable.into_iter().map(str::to_owned).collect());
+        }
+        let mut credits = taken.credits;
+        let targets = taken
+            .targets
+            .into_iter()
+            .filter(|t| {
+                let Some(purges) = credits.get_mut(t) else {
+                    return false;
+                };
+                purges.retain(|p| keep.get(p).is_some_and(|k| k.contains(t)));
+                !purges.is_empty()
+            })
+            .collect::<Vec<_>>();
+        credits.retain(|_, purges| !purges.is_empty());
+        Taken { targets, credits }
+    }
+
     /// Records `sub`, which carried `part`, on each purge of the batch.
     pub(super) async fn submitted(&self, part: &Taken, sub: &Submission, now: DateTime<Utc>) {
         let rejected: HashMap<&str, &str> = sub
@@ -158,8 +195,9 @@ impl Records {
     }
 
     /// Applies a change, retrying while the store is unavailable, and acknowledges the work
-    /// once this provider is done with the purge.
-    async fn update(&self, purge_id: &str, change: Change<'_>) {
+    /// once this provider is done with the purge. The record after the change, if it was
+    /// written and the purge still exists.
+    async fn update(&self, purge_id: &str, change: Change<'_>) -> Option<PurgeRecord> {
         let mut delay = Duration::from_millis(100);
         let record = loop {
             match self.0.store.update(purge_id, change).await {
@@ -171,7 +209,7 @@ impl Records {
                 }
                 Err(e) => {
                     tracing::error!(purge_id, error = %e, "cannot record progress; the work stays queued");
-                    return;
+                    return None;
                 }
             }
         };
@@ -185,6 +223,7 @@ impl Records {
                 self.ack(&id).await;
             }
         }
+        record
     }
 
     /// Acknowledges a delivery; one that fails is reclaimed later and found done.

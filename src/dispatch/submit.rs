@@ -60,6 +60,11 @@ impl Submitter {
 
     /// Submits `taken` (whose first call's budget is already granted) and records the outcome.
     pub(super) async fn submit(&self, key: LaneKey, taken: Taken) {
+        // Claimed on the records before any call: what CancelPurge withdrew drops out here.
+        let taken = self.0.records.claim(taken).await;
+        if taken.targets.is_empty() {
+            return;
+        }
         let budget = &self.0.budget;
         let fit = budget.charge_daily(key.kind, taken.targets.len()).await;
         let taken = if fit < taken.targets.len() {

@@ -161,6 +161,10 @@ pub struct Unit {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum UnitStatus {
     Pending,
+    /// Claimed by a dispatcher about to send it: from here on it can no longer be cancelled.
+    /// The claim is written before the provider call, so a unit is either sent or cancelled,
+    /// never both (a dispatcher that dies after claiming leaves it to be claimed and sent again).
+    Sending,
     /// Carried by `tasks[task]`, waiting for the provider to finish it.
     Submitted {
         task: usize,
@@ -169,11 +173,21 @@ pub enum UnitStatus {
     Failed {
         reason: String,
     },
+    /// Withdrawn by CancelPurge before any dispatcher claimed it: never sent.
+    Cancelled,
 }
 
 impl UnitStatus {
     pub fn is_terminal(&self) -> bool {
-        matches!(self, UnitStatus::Succeeded | UnitStatus::Failed { .. })
+        matches!(
+            self,
+            UnitStatus::Succeeded | UnitStatus::Failed { .. } | UnitStatus::Cancelled
+        )
+    }
+
+    /// Waiting to be sent (claimed or not).
+    pub fn is_unsent(&self) -> bool {
+        matches!(self, UnitStatus::Pending | UnitStatus::Sending)
     }
 }
 
@@ -204,6 +218,7 @@ pub struct Progress {
     pub succeeded: u32,
     pub failed: u32,
     pub pending: u32,
+    pub cancelled: u32,
 }
 
 /// A purge as stored: the request, its units, the provider calls made for it. Its fields are
@@ -223,6 +238,9 @@ pub struct PurgeRecord {
     pub update_time: DateTime<Utc>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finish_time: Option<DateTime<Utc>>,
+    /// When CancelPurge was first asked for this purge.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cancel_time: Option<DateTime<Utc>>,
     pub version: u64,
 }
 
@@ -237,7 +255,10 @@ impl PurgeRecord {
             match u.status {
                 UnitStatus::Succeeded => p.succeeded += 1,
                 UnitStatus::Failed { .. } => p.failed += 1,
-                UnitStatus::Pending | UnitStatus::Submitted { .. } => p.pending += 1,
+                UnitStatus::Cancelled => p.cancelled += 1,
+                UnitStatus::Pending | UnitStatus::Sending | UnitStatus::Submitted { .. } => {
+                    p.pending += 1
+                }
             }
         }
         p
@@ -255,6 +276,13 @@ impl PurgeRecord {
                 _ => None,
             })
             .collect()
+    }
+
+    /// The (provider, target) pairs CancelPurge withdrew.
+    pub fn cancelled(&self) -> impl Iterator<Item = &Unit> {
+        self.units
+            .iter()
+            .filter(|u| u.status == UnitStatus::Cancelled)
     }
 
     /// True when every unit of `provider` has a final outcome.

@@ -297,6 +297,8 @@ pub struct ProviderHandle {
     exhausted: Arc<Mutex<BTreeMap<PurgeKind, DateTime<Utc>>>>,
     /// When `quota` was reported: a "none left" stops counting at the provider's next day.
     quota_at: Arc<Mutex<Option<DateTime<Utc>>>>,
+    /// Targets waiting in this replica's lanes for the provider, for plan estimates.
+    waiting: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl ProviderHandle {
@@ -309,7 +311,19 @@ impl ProviderHandle {
             quota: Arc::default(),
             exhausted: Arc::default(),
             quota_at: Arc::default(),
+            waiting: Arc::default(),
         }
+    }
+
+    /// The dispatcher says how many targets wait in its lanes for this provider.
+    pub fn note_waiting(&self, targets: usize) {
+        self.waiting
+            .store(targets, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Targets waiting in this replica's lanes for this provider, as last noted.
+    pub fn waiting(&self) -> usize {
+        self.waiting.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The per-call cap for `kind`, lowered by what the provider last reported.

@@ -96,6 +96,24 @@ impl Keys {
         format!("{}{id}", self.record_prefix(shard_of_id(id)))
     }
 
+    /// The listing index of `caller`'s purges (`None`: every caller's) in `shard`: a sorted
+    /// set of purge ids, all scored 0 so they sort by id, which for UUIDv7s is creation order.
+    /// The caller is hashed: bounded length, no caller text in key names.
+    pub fn list_index(&self, shard: u8, caller: Option<&str>) -> String {
+        match caller {
+            Some(c) => {
+                let digest = hex::encode(&Sha256::digest(c.as_bytes())[..12]);
+                format!("{}:idx:c:{digest}", self.tag(shard))
+            }
+            None => format!("{}:idx:all", self.tag(shard)),
+        }
+    }
+
+    /// The secret every replica signs page tokens with.
+    pub fn page_token_secret(&self) -> String {
+        format!("{{{}:secret}}:page-token", self.prefix)
+    }
+
     /// The idempotency key of a caller scope (hashed: bounded length, no caller text).
     pub fn idempotency(&self, scope: &str) -> String {
         let digest = hex::encode(Sha256::digest(scope.as_bytes()));

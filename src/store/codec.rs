@@ -57,13 +57,19 @@ struct Compact {
     ud: i64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     fd: Option<i64>,
+    /// Cancel time relative to the create time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    xd: Option<i64>,
     v: u64,
 }
 
-/// A unit status in a few bytes: "P", "D", {"T":task}, {"F":reason}.
+/// A unit status in a few bytes: "P", "S" (sending), "D", "C" (cancelled), {"T":task},
+/// {"F":reason}.
 #[derive(Serialize, Deserialize)]
 enum Status {
     P,
+    S,
+    C,
     D,
     T(usize),
     F(String),
@@ -102,6 +108,8 @@ fn time(ns: i64) -> DateTime<Utc> {
 fn status_of(s: &UnitStatus) -> Status {
     match s {
         UnitStatus::Pending => Status::P,
+        UnitStatus::Sending => Status::S,
+        UnitStatus::Cancelled => Status::C,
         UnitStatus::Succeeded => Status::D,
         UnitStatus::Submitted { task } => Status::T(*task),
         UnitStatus::Failed { reason } => Status::F(reason.clone()),
@@ -111,6 +119,8 @@ fn status_of(s: &UnitStatus) -> Status {
 fn unit_status(s: Status) -> UnitStatus {
     match s {
         Status::P => UnitStatus::Pending,
+        Status::S => UnitStatus::Sending,
+        Status::C => UnitStatus::Cancelled,
         Status::D => UnitStatus::Succeeded,
         Status::T(task) => UnitStatus::Submitted { task },
         Status::F(reason) => UnitStatus::Failed { reason },
@@ -139,6 +149,7 @@ pub fn encode(record: &PurgeRecord, with_id: bool) -> Vec<u8> {
         create_time,
         update_time,
         finish_time,
+        cancel_time,
         version,
     } = record;
     let in_order = units.len() == spec.providers.len() * spec.effective_targets().len()
@@ -185,6 +196,7 @@ pub fn encode(record: &PurgeRecord, with_id: bool) -> Vec<u8> {
         ct,
         ud: nanos(*update_time).saturating_sub(ct),
         fd: finish_time.map(|f| nanos(f).saturating_sub(ct)),
+        xd: cancel_time.map(|f| nanos(f).saturating_sub(ct)),
         v: *version,
     };
     serde_json::to_vec(&compact).expect("records serialize")
@@ -248,6 +260,7 @@ pub fn decode(bytes: &[u8], id: &str) -> Result<PurgeRecord, DecodeError> {
         create_time: time(c.ct),
         update_time: time(c.ct.saturating_add(c.ud)),
         finish_time: c.fd.map(|d| time(c.ct.saturating_add(d))),
+        cancel_time: c.xd.map(|d| time(c.ct.saturating_add(d))),
         version: c.v,
     })
 }
@@ -278,6 +291,8 @@ mod tests {
         r.units[2].status = UnitStatus::Failed {
             reason: "denied".into(),
         };
+        r.units[3].status = UnitStatus::Cancelled;
+        r.cancel_time = Some(now + chrono::Duration::milliseconds(500));
         r.tasks = vec![
             TaskRecord {
                 provider: "sandbox".into(),

@@ -3,14 +3,16 @@
 //! oldest finished one is forgotten first, an unfinished one never) and `max_idempotency_keys`
 //! keys. Finished purges are kept in their compact stored form (`codec`).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use tokio::sync::broadcast;
 
-use super::{Change, CreateOutcome, IdempotencyClaim, Store, codec, created_ms};
+use super::{
+    Change, CreateOutcome, IdempotencyClaim, ListPage, ListQuery, Store, codec, created_ms,
+};
 use crate::backend::BackendError;
 use crate::model::{PurgeRecord, WorkItem};
 
@@ -56,6 +58,8 @@ struct Inner {
     state: Mutex<State>,
     enqueue: Enqueue,
     events: broadcast::Sender<String>,
+    /// Signs page tokens; one process, so made here.
+    secret: [u8; 32],
     retention: Duration,
     limits: MemoryLimits,
 }
@@ -97,8 +101,10 @@ struct KeyEntry {
 
 #[derive(Default)]
 struct State {
-    /// By the id's 128 bits: 16 bytes a key instead of a 36-character string.
-    purges: HashMap<u128, Slot>,
+    /// By the id's 128 bits: 16 bytes a key instead of a 36-character string. Ordered: UUIDv7s
+    /// sort by creation, so the map itself is the listing's index (and eviction keeps it
+    /// consistent by construction).
+    purges: BTreeMap<u128, Slot>,
     unfinished: usize,
     /// Finished purges in the order they finished, for eviction and expiry.
     finished: VecDeque<(Instant, u128)>,
@@ -278,6 +284,7 @@ impl MemoryStore {
                 state: Mutex::new(State::default()),
                 enqueue,
                 events,
+                secret: rand::random(),
                 retention,
                 limits: MemoryLimits {
                     max_records: limits.max_records.max(1),
@@ -395,6 +402,31 @@ impl Store for MemoryStore {
             self.notify(id);
         }
         Ok(Some(after))
+    }
+
+    async fn list(&self, query: ListQuery<'_>) -> Result<ListPage, BackendError> {
+        let below = match query.before {
+            Some(id) => key_of(id).unwrap_or(0),
+            None => u128::MAX,
+        };
+        let state = self.inner.state.lock().expect("store lock");
+        let mut page = ListPage::default();
+        for (key, slot) in state.purges.range(..below).rev() {
+            let record = slot.record(&id_of(*key))?;
+            if query.caller.is_some_and(|c| record.caller != c) || !(query.keep)(&record) {
+                continue;
+            }
+            if page.records.len() == query.limit {
+                page.more = true;
+                break;
+            }
+            page.records.push(record);
+        }
+        Ok(page)
+    }
+
+    async fn shared_secret(&self) -> Result<Vec<u8>, BackendError> {
+        Ok(self.inner.secret.to_vec())
     }
 
     fn events(&self) -> broadcast::Receiver<String> {

@@ -4,6 +4,7 @@
 pub mod codec;
 pub mod memory;
 pub mod redis;
+mod redis_list;
 
 use std::time::Duration;
 
@@ -42,6 +43,26 @@ pub enum CreateOutcome {
 /// false when it changed nothing. May run more than once.
 pub type Change<'a> = &'a (dyn Fn(&mut PurgeRecord) -> bool + Send + Sync);
 
+/// Which purges a listing reads: newest first, from before the id `before` (exclusive).
+pub struct ListQuery<'a> {
+    /// Only this caller's purges; `None`: every caller's.
+    pub caller: Option<&'a str>,
+    /// Continue below this id (the last one of the previous page).
+    pub before: Option<&'a str>,
+    /// At most this many records.
+    pub limit: usize,
+    /// The filter; records it refuses are skipped and do not count.
+    pub keep: &'a (dyn Fn(&PurgeRecord) -> bool + Send + Sync),
+}
+
+/// One page of a listing.
+#[derive(Debug, Default)]
+pub struct ListPage {
+    pub records: Vec<PurgeRecord>,
+    /// More matching purges follow the last record.
+    pub more: bool,
+}
+
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Checks the idempotency claim, records the purge and enqueues its work, atomically.
@@ -69,6 +90,13 @@ pub trait Store: Send + Sync + 'static {
         id: &str,
         change: Change<'_>,
     ) -> Result<Option<PurgeRecord>, BackendError>;
+
+    /// A page of purges, newest first (ids are UUIDv7s: their order is creation order).
+    async fn list(&self, query: ListQuery<'_>) -> Result<ListPage, BackendError>;
+
+    /// A random secret shared by every replica on this backend (made on first use), for
+    /// signing page tokens.
+    async fn shared_secret(&self) -> Result<Vec<u8>, BackendError>;
 
     /// Wake-ups carrying the id of a purge that changed. A wake-up may be lost or lag: watchers
     /// re-read the record, so nothing is lost with it.

@@ -9,14 +9,18 @@ use ::redis::Script;
 use async_trait::async_trait;
 use tokio::sync::broadcast;
 
-use super::{Change, CreateOutcome, IdempotencyClaim, Store, codec, created_ms};
+use super::{
+    Change, CreateOutcome, IdempotencyClaim, ListPage, ListQuery, Store, codec, created_ms,
+};
 use crate::backend::BackendError;
 use crate::model::{PurgeRecord, WorkItem};
 use crate::redis_state::{Shared, pin_id, shard_of_id, shard_of_scope};
 
-/// KEYS: record, idempotency key (or the record again), provider streams.
+/// KEYS: record, idempotency key (or the record again), the caller's and everyone's listing
+/// index, provider streams.
 /// ARGV: record json, version, record ttl ms, fingerprint ('' = none), key ttl ms, purge id,
-/// record key prefix of the shard, work channel, work payload.
+/// record key prefix of the shard, work channel, work payload, index cutoff (exclusive lex
+/// bound: ids created before it are pruned), index ttl ms.
 static CREATE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
@@ -34,10 +38,15 @@ if fp ~= '' then
 end
 redis.call('HSET', KEYS[1], 'v', ARGV[2], 'json', ARGV[1])
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
-for i = 3, #KEYS do
+for i = 3, 4 do
+  redis.call('ZADD', KEYS[i], 0, ARGV[6])
+  redis.call('ZREMRANGEBYLEX', KEYS[i], '-', ARGV[10])
+  redis.call('PEXPIRE', KEYS[i], ARGV[11])
+end
+for i = 5, #KEYS do
   redis.call('XADD', KEYS[i], '*', 'purge', ARGV[6])
 end
-if #KEYS > 2 then redis.call('PUBLISH', ARGV[8], ARGV[9]) end
+if #KEYS > 4 then redis.call('PUBLISH', ARGV[8], ARGV[9]) end
 return {'created', ''}
 ",
     )
@@ -64,7 +73,7 @@ const MAX_CONFLICTS: usize = 64;
 
 #[derive(Clone)]
 pub struct RedisStore {
-    shared: Arc<Shared>,
+    pub(super) shared: Arc<Shared>,
     record_ttl: Duration,
 }
 
@@ -76,11 +85,29 @@ impl RedisStore {
     }
 }
 
+/// How long a purge stays in the listing indexes: the record retention, plus a day for the
+/// purges that ran long (a record expires `record_ttl` after its last change, not its creation).
+const INDEX_SLACK: Duration = Duration::from_secs(24 * 3600);
+
+impl RedisStore {
+    fn index_span(&self) -> Duration {
+        self.record_ttl + INDEX_SLACK
+    }
+}
+
+/// The exclusive lex bound below which index entries are pruned: the UUIDv7 time prefix
+/// (`xxxxxxxx-xxxx`, 48 bits of milliseconds) of `span` ago.
+fn index_cutoff(span: Duration) -> String {
+    let ms = super::now_ms().saturating_sub(span.as_millis() as u64);
+    let hex = format!("{ms:012x}");
+    format!("({}-{}", &hex[..8], &hex[8..12])
+}
+
 fn ms(d: Duration) -> u64 {
     (d.as_millis() as u64).max(1)
 }
 
-fn decode(bytes: &[u8]) -> Result<PurgeRecord, BackendError> {
+pub(super) fn decode(bytes: &[u8]) -> Result<PurgeRecord, BackendError> {
     codec::decode(bytes, "").map_err(|e| BackendError::Corrupt(format!("purge record: {e}")))
 }
 
@@ -118,6 +145,8 @@ impl Store for RedisStore {
             Some(claim) => call.key(keys.idempotency(&claim.scope)),
             None => call.key(&record_key),
         };
+        call.key(keys.list_index(shard, Some(&record.caller)))
+            .key(keys.list_index(shard, None));
         for p in &providers {
             call.key(keys.stream(shard, p));
         }
@@ -129,7 +158,9 @@ impl Store for RedisStore {
             .arg(&id)
             .arg(keys.record_prefix(shard))
             .arg(keys.work_channel())
-            .arg(format!("{shard} {}", providers.join(" ")));
+            .arg(format!("{shard} {}", providers.join(" ")))
+            .arg(index_cutoff(self.index_span()))
+            .arg(ms(self.index_span()));
         let (outcome, detail): (String, Vec<u8>) = self
             .shared
             .with(|mut c| async move { call.invoke_async(&mut c).await })
@@ -229,6 +260,29 @@ impl Store for RedisStore {
         Err(BackendError::Unavailable(
             format!("purge {id} kept changing under {MAX_CONFLICTS} attempts to update it").into(),
         ))
+    }
+
+    async fn list(&self, query: ListQuery<'_>) -> Result<ListPage, BackendError> {
+        super::redis_list::list(self, query).await
+    }
+
+    async fn shared_secret(&self) -> Result<Vec<u8>, BackendError> {
+        let key = self.shared.keys.page_token_secret();
+        let fresh = hex::encode(rand::random::<[u8; 32]>());
+        let secret: String = self
+            .shared
+            .with(|mut c| async move {
+                // Made once by whichever replica asks first; every replica reads that one.
+                let _: Option<String> = ::redis::cmd("SET")
+                    .arg(&key)
+                    .arg(&fresh)
+                    .arg("NX")
+                    .query_async(&mut c)
+                    .await?;
+                ::redis::cmd("GET").arg(&key).query_async(&mut c).await
+            })
+            .await?;
+        Ok(secret.into_bytes())
     }
 
     fn events(&self) -> broadcast::Receiver<String> {

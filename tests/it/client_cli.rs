@@ -1,0 +1,202 @@
+//! The `purge-service purge ...` client, as the real binary, against a real server: exit codes
+//! by outcome (0 SUCCEEDED, 3 FAILED, 4 CANCELLED, 2 refused, 1 unreachable), JSON output and
+//! the derived idempotency key that makes a rerun get the same purge.
+
+use std::process::Output;
+use std::time::Duration;
+
+use crate::support::{config, spawn_app, wait_terminal};
+
+async fn cli(addr: &str, args: &[&str]) -> Output {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_purge-service"));
+    cmd.arg("purge").arg("--addr").arg(addr).args(args);
+    for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("PURGE_")) {
+        cmd.env_remove(k);
+    }
+    tokio::time::timeout(Duration::from_secs(60), cmd.output())
+        .await
+        .expect("the client finished within a minute")
+        .unwrap()
+}
+
+fn json(out: &Output) -> serde_json::Value {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let last = stdout.lines().last().unwrap_or_default();
+    serde_json::from_str(last)
+        .unwrap_or_else(|e| panic!("{e}: {stdout:?} / {}", String::from_utf8_lossy(&out.stderr)))
+}
+
+const SLOW: &str = "[dispatch]\nlinger = \"5ms\"\n[[providers]]\nname = \"sandbox\"\ntype = \"sandbox\"\ndelay = \"20ms\"\nmax_per_call = 1\nfail_pattern = \"/broken/\"\nlimits = { submit = [{ count = 2, per = \"1s\" }] }\n";
+
+#[tokio::test]
+async fn create_wait_exits_by_the_outcome_and_a_rerun_gets_the_same_purge() {
+    let app = spawn_app(config(SLOW)).await;
+    let addr = app.addr.to_string();
+    let ok = [
+        "purge",
+        "create",
+        "--provider",
+        "sandbox",
+        "--wait",
+        "--label",
+        "ticket=OPS-42",
+        "https://c.example/a",
+    ];
+    let out = cli(&addr, &["--output", "json"]).await;
+    assert_eq!(out.status.code(), Some(2), "no subcommand is a usage error");
+    let out = cli(&addr, &[&["--output", "json"][..], &ok[1..]].concat()).await;
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let first = json(&out);
+    assert_eq!(first["state"], "SUCCEEDED");
+    assert_eq!(first["labels"]["ticket"], "OPS-42");
+    // The rerun of the same step: the same purge, not a second one.
+    let again = json(&cli(&addr, &[&["--output", "json"][..], &ok[1..]].concat()).await);
+    assert_eq!(again["id"], first["id"]);
+    assert_eq!(app.registry.sandbox("sandbox").unwrap().calls().len(), 1);
+
+    let out = cli(
+        &addr,
+        &[
+            "--output",
+            "json",
+            "create",
+            "--provider",
+            "sandbox",
+            "--wait",
+            "https://c.example/broken/1",
+        ],
+    )
+    .await;
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let failed = json(&out);
+    assert_eq!(failed["state"], "FAILED");
+    assert_eq!(
+        failed["failures"][0]["target"],
+        "https://c.example/broken/1"
+    );
+
+    // Refused by the server: 2, with the field named.
+    let out = cli(
+        &addr,
+        &["create", "--provider", "nope", "https://c.example/a"],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("provider"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Not found: 1.
+    let out = cli(&addr, &["get", &uuid::Uuid::now_v7().to_string()]).await;
+    assert_eq!(out.status.code(), Some(1));
+    // Nobody listening: 1.
+    let out = cli(
+        &format!("127.0.0.1:{}", crate::support::free_port()),
+        &["get", "x"],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(1));
+
+    // list and get.
+    let listed = json(
+        &cli(
+            &addr,
+            &["--output", "json", "list", "--filter", "state = FAILED"],
+        )
+        .await,
+    );
+    assert_eq!(listed["purges"].as_array().unwrap().len(), 1);
+    assert_eq!(listed["purges"][0]["id"], failed["id"]);
+    let got = cli(&addr, &["get", first["id"].as_str().unwrap()]).await;
+    assert_eq!(got.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&got.stdout).contains("SUCCEEDED"));
+    // validate_only prints the plan and records nothing.
+    let plan = json(
+        &cli(
+            &addr,
+            &[
+                "--output",
+                "json",
+                "create",
+                "--provider",
+                "sandbox",
+                "--validate-only",
+                "https://c.example/x",
+                "https://c.example/y",
+            ],
+        )
+        .await,
+    );
+    assert_eq!(plan["plan"]["providers"][0]["calls"], 2);
+    assert_eq!(plan["id"], "");
+}
+
+#[tokio::test]
+async fn watch_exits_4_when_the_purge_is_cancelled() {
+    let app = spawn_app(config(SLOW)).await;
+    let addr = app.addr.to_string();
+    // The first purge holds the budget; the second waits, cancellable.
+    let busy = json(
+        &cli(
+            &addr,
+            &[
+                "--output",
+                "json",
+                "create",
+                "--provider",
+                "sandbox",
+                "https://c.example/1",
+                "https://c.example/2",
+                "https://c.example/3",
+            ],
+        )
+        .await,
+    );
+    let queued = json(
+        &cli(
+            &addr,
+            &[
+                "--output",
+                "json",
+                "create",
+                "--provider",
+                "sandbox",
+                "https://c.example/later",
+            ],
+        )
+        .await,
+    );
+    let id = queued["id"].as_str().unwrap().to_owned();
+    let watcher = {
+        let addr = addr.clone();
+        let id = id.clone();
+        tokio::spawn(async move { cli(&addr, &["watch", &id]).await })
+    };
+    let out = cli(&addr, &["--output", "json", "cancel", &id]).await;
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(json(&out)["state"], "CANCELLED");
+    let watched = watcher.await.unwrap();
+    assert_eq!(
+        watched.status.code(),
+        Some(4),
+        "{}",
+        String::from_utf8_lossy(&watched.stderr)
+    );
+    wait_terminal(
+        &app.client,
+        busy["id"].as_str().unwrap(),
+        Duration::from_secs(20),
+    )
+    .await;
+}
