@@ -19,7 +19,9 @@ use crate::providers::{
     TaskProgress, TaskQuery,
 };
 use crate::queue::{Delivery, Queue};
-use crate::store::{Change, CreateOutcome, IdempotencyClaim, Store, created_ms, now_ms};
+use crate::store::{
+    Change, CreateOutcome, IdempotencyClaim, ListPage, ListQuery, Store, created_ms, now_ms,
+};
 
 /// A provider client whose calls are counted by operation and outcome, and timed.
 pub struct MeteredProvider {
@@ -240,6 +242,20 @@ impl Store for MeteredStore {
                 i.purge_duration.record(seconds, &attrs);
             }
         }
+        r
+    }
+
+    async fn list(&self, query: ListQuery<'_>) -> Result<ListPage, BackendError> {
+        let start = Instant::now();
+        let r = self.inner.list(query).await;
+        backend(&self.metrics, "store.list", start, &r);
+        r
+    }
+
+    async fn shared_secret(&self) -> Result<Vec<u8>, BackendError> {
+        let start = Instant::now();
+        let r = self.inner.shared_secret().await;
+        backend(&self.metrics, "store.shared_secret", start, &r);
         r
     }
 
