@@ -5,6 +5,7 @@ pub mod error;
 pub mod list;
 pub mod plan;
 pub mod service;
+pub mod settings;
 pub mod targets;
 pub mod validate;
 pub mod violations;

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use super::service::CoreSettings;
+use super::settings::CoreSettings;
 use crate::model::PurgeSpec;
 use crate::providers::Registry;
 

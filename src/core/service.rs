@@ -1,7 +1,7 @@
 //! The purge use cases: create, get, watch, cancel, list. The gRPC adapters call these and nothing else.
 
+pub use super::settings::CoreSettings;
 use std::sync::Arc;
-use std::time::Duration;
 
 use futures::Stream;
 use tokio_util::sync::CancellationToken;
@@ -9,9 +9,9 @@ use tokio_util::sync::CancellationToken;
 use super::auth::{Caller, Callers};
 use super::error::{Error, FieldViolation};
 use super::list::{Filter, PageTokens};
-use super::validate::{CreateRequest, Limits, validate};
+use super::validate::{CreateRequest, validate};
 use super::watch::{Subscription, WatchHub};
-use crate::limiter::{Charge, Decision, Limit, Limiter, Rate};
+use crate::limiter::{Charge, Decision, Limit, Limiter};
 use crate::model::WorkItem;
 use crate::model::{PurgeRecord, PurgeSpec};
 use crate::providers::Registry;
@@ -41,19 +41,6 @@ fn answer(outcome: CreateOutcome, key: Option<String>) -> Result<PurgeRecord, Er
             Err(Error::AtCapacity { limit, retry_after })
         }
     }
-}
-
-/// Settings of the use cases, from the server configuration.
-#[derive(Clone, Debug)]
-pub struct CoreSettings {
-    pub limits: Limits,
-    pub idempotency_retention: Duration,
-    pub caller_rate: Option<Rate>,
-    /// How often a watcher re-reads the record even without a wake-up.
-    pub watch_resync: Duration,
-    /// The dispatcher's linger and first poll delay, for plan estimates.
-    pub linger: Duration,
-    pub poll_interval: Duration,
 }
 
 #[derive(Clone)]

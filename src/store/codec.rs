@@ -265,6 +265,12 @@ pub fn decode(bytes: &[u8], id: &str) -> Result<PurgeRecord, DecodeError> {
     })
 }
 
+/// A record as a backend stored it, or why it cannot be read.
+pub fn decode_stored(bytes: &[u8]) -> Result<PurgeRecord, crate::backend::BackendError> {
+    decode(bytes, "")
+        .map_err(|e| crate::backend::BackendError::Corrupt(format!("purge record: {e}")))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -107,8 +107,8 @@ fn ms(d: Duration) -> u64 {
     (d.as_millis() as u64).max(1)
 }
 
-pub(super) fn decode(bytes: &[u8]) -> Result<PurgeRecord, BackendError> {
-    codec::decode(bytes, "").map_err(|e| BackendError::Corrupt(format!("purge record: {e}")))
+fn decode(bytes: &[u8]) -> Result<PurgeRecord, BackendError> {
+    codec::decode_stored(bytes)
 }
 
 fn encode(record: &PurgeRecord) -> Vec<u8> {
@@ -263,7 +263,7 @@ impl Store for RedisStore {
     }
 
     async fn list(&self, query: ListQuery<'_>) -> Result<ListPage, BackendError> {
-        super::redis_list::list(self, query).await
+        super::redis_list::list(&self.shared, query).await
     }
 
     async fn shared_secret(&self) -> Result<Vec<u8>, BackendError> {

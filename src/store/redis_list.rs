@@ -4,21 +4,17 @@
 
 use futures::future::try_join_all;
 
-use super::redis::{RedisStore, decode};
+use super::codec::decode_stored as decode;
 use super::{ListPage, ListQuery};
 use crate::backend::BackendError;
-use crate::redis_state::SHARDS;
+use crate::redis_state::{SHARDS, Shared};
 
 /// Ids read per shard and round: enough for most pages in one round, whatever the filter.
 fn batch_of(limit: usize) -> usize {
     (limit + 1).clamp(32, 1000)
 }
 
-pub(super) async fn list(
-    store: &RedisStore,
-    query: ListQuery<'_>,
-) -> Result<ListPage, BackendError> {
-    let shared = &store.shared;
+pub(super) async fn list(shared: &Shared, query: ListQuery<'_>) -> Result<ListPage, BackendError> {
     let batch = batch_of(query.limit);
     let mut cursor = query.before.map(str::to_owned);
     let mut page = ListPage::default();
