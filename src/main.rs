@@ -102,7 +102,7 @@ async fn serve(config: purge_service::config::Config) -> Result<(), Stop> {
     let listen = config.server.listen;
     let app = match App::build(config).await {
         Ok(app) => app,
-        Err(e @ AppError::Config(_)) => {
+        Err(e @ (AppError::Config(_) | AppError::Tls(_))) => {
             return Err(Stop::User("building the service".into(), e.into()));
         }
         Err(e) => {
