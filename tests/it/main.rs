@@ -2,6 +2,7 @@
 
 mod deploy_tools;
 mod fakes;
+mod pki;
 mod support;
 
 mod akamai;
@@ -23,6 +24,8 @@ mod otlp;
 mod redis;
 mod redis_replicas;
 mod redis_server;
+mod redis_tls;
 mod scenarios;
 mod shutdown;
+mod tls;
 mod validation;
