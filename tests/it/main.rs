@@ -3,6 +3,7 @@
 mod deploy_tools;
 mod fakes;
 mod pki;
+mod properties;
 mod support;
 
 mod akamai;

@@ -392,6 +392,18 @@ async fn grpcurl_and_python_grpcio_speak_mutual_tls() {
     .await;
     assert!(!ok, "{out}");
 
+    // The image's own probe, as a Kubernetes exec probe runs it.
+    let bin = env!("CARGO_BIN_EXE_purge-service");
+    let probe = ["health", "--addr", &addr, "--tls-ca", &ca_file];
+    let (ok, out) = run(
+        bin,
+        &[&probe[..], &["--cert", &cert, "--key", &key]].concat(),
+    )
+    .await;
+    assert!(ok && out.contains("SERVING"), "{out}");
+    let (ok, out) = run(bin, &probe).await;
+    assert!(!ok, "without a client certificate: {out}");
+
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/it/grpcio_client.py");
     let (ok, out) = run("python3", &[script, &addr, &ca_file, &cert, &key]).await;
     assert!(ok && out.contains("status 1"), "{out}");
