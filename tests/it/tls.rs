@@ -416,3 +416,42 @@ async fn grpcurl_and_python_grpcio_speak_mutual_tls() {
     .await;
     assert!(!ok && out.contains("UNAVAILABLE"), "{out}");
 }
+
+#[tokio::test]
+async fn slow_handshakes_are_cut_and_large_messages_refused() {
+    use tokio::io::AsyncReadExt;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("test CA");
+    let server = ca.server(1);
+    let cert = write(dir.path(), "tls.crt", &server.cert);
+    let key = write(dir.path(), "tls.key", &server.key);
+    let app = serve(config(&format!(
+        "[server]\nmax_message_size = 2048\n\
+         [server.tls]\ncert_file = {cert:?}\nkey_file = {key:?}\nhandshake_timeout = \"300ms\"\n"
+    )))
+    .await;
+    let channel = eventually(Duration::from_secs(10), "TLS connects", || async {
+        channel(app.addr, &ca.pem, None).await.ok()
+    })
+    .await;
+    // A client that connects and says nothing is disconnected after the handshake timeout.
+    let mut idle = TcpStream::connect(app.addr).await.unwrap();
+    let started = std::time::Instant::now();
+    let mut buf = [0u8; 16];
+    let read = tokio::time::timeout(Duration::from_secs(10), idle.read(&mut buf))
+        .await
+        .expect("the server closes the silent connection");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    assert!(
+        started.elapsed() >= Duration::from_millis(250),
+        "{:?}",
+        started.elapsed()
+    );
+    // A request over max_message_size is refused before it is decoded.
+    let big = "https://example.com/".to_owned() + &"a".repeat(4096);
+    let err = PurgeServiceClient::new(channel)
+        .create_purge(request("sandbox", PurgeKind::Url, &[big.as_str()]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::OutOfRange, "{err:?}");
+}
