@@ -80,9 +80,17 @@ ensure_buildah() {
   fi
 }
 
+# grpcio, for the Python mTLS client test (tests/it/grpcio_client.py).
+ensure_grpcio() {
+  if ! python3 -c 'import grpc' 2>/dev/null; then
+    pip_install grpcio
+  fi
+}
+
 ensure_test_tools() {
   ensure_redis
   ensure_grpcurl
+  ensure_grpcio
   ensure_helm
   ensure_kubernetes_validate
   ensure_buildah

@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Server;
 use tonic_health::ServingStatus;
@@ -56,6 +55,8 @@ pub enum AppError {
     },
     #[error("admin listener failed")]
     Admin(#[source] std::io::Error),
+    #[error("TLS setup failed")]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// The shared-state backends, chosen by `[store] backend`.
@@ -88,7 +89,7 @@ impl Backends {
                 })
             }
             Backend::Redis => {
-                let shared = redis_state::Shared::connect(&redis_options(&config.store))?;
+                let shared = redis_state::Shared::connect(&redis_options(&config.store)?)?;
                 Ok(Backends {
                     store: Arc::new(RedisStore::new(
                         shared.clone(),
@@ -122,13 +123,43 @@ impl Backends {
     }
 }
 
-fn redis_options(store: &StoreConfig) -> redis_state::RedisOptions {
-    redis_state::RedisOptions {
+/// The Redis settings with their secrets and certificates read.
+fn redis_options(store: &StoreConfig) -> Result<redis_state::RedisOptions, ConfigError> {
+    let password = match (&store.password_env, &store.password_file) {
+        (None, None) => None,
+        (env, file) => Some(
+            crate::settings::SecretRef::new(env.clone(), file.clone()).resolve("store.password")?,
+        ),
+    };
+    let read = |field: &str, path: &std::path::Path| {
+        std::fs::read(path).map_err(|e| {
+            ConfigError::Invalid(format!("{field} = {:?}: cannot read: {e}", path.display()))
+        })
+    };
+    let root_cert = match &store.tls_ca_file {
+        Some(path) => Some(read("store.tls_ca_file", path)?),
+        None => None,
+    };
+    let client_tls = match (&store.tls_cert_file, &store.tls_key_file) {
+        (Some(cert), Some(key)) => Some(::redis::ClientTlsConfig {
+            client_cert: read("store.tls_cert_file", cert)?,
+            client_key: read("store.tls_key_file", key)?,
+        }),
+        _ => None,
+    };
+    let tls = (root_cert.is_some() || client_tls.is_some()).then_some(::redis::TlsCertificates {
+        client_tls,
+        root_cert,
+    });
+    Ok(redis_state::RedisOptions {
         url: store.url.clone(),
         cluster_urls: store.cluster_urls.clone(),
         key_prefix: store.key_prefix.clone(),
         timeout: store.timeout,
-    }
+        username: store.username.clone(),
+        password,
+        tls,
+    })
 }
 
 /// A built service, ready to `run`.
@@ -141,10 +172,13 @@ pub struct App {
     closing: CancellationToken,
     metrics: Metrics,
     admin: Option<std::net::TcpListener>,
+    /// The gRPC port's TLS, when configured.
+    tls: Option<crate::tls::Reloading>,
 }
 
 impl App {
     pub async fn build(config: Config) -> Result<App, AppError> {
+        crate::tls::install_default_provider();
         let backends = Backends::build(&config).await?;
         App::with_backends(config, backends)
     }
@@ -162,6 +196,10 @@ impl App {
         let hub = WatchHub::default();
         let callers = crate::core::Callers::from_config(&config.callers)?;
         let closing = CancellationToken::new();
+        let tls = match &config.server.tls {
+            Some(settings) => Some(crate::tls::Reloading::load(settings)?),
+            None => None,
+        };
         let settings = CoreSettings {
             limits: Limits {
                 max_targets: config.server.max_targets,
@@ -191,6 +229,7 @@ impl App {
             closing,
             metrics,
             admin,
+            tls,
         })
     }
 
@@ -278,10 +317,15 @@ impl App {
         let api = PurgeServiceServer::new(PurgeApi::new(
             self.core.clone(),
             self.config.server.request_timeout,
-        ));
+        ))
+        .max_decoding_message_size(self.config.server.max_message_size);
+        if let Some(tls) = &self.tls {
+            tokio::spawn(tls.clone().watch(stop.clone()));
+        }
 
         let addr = listener.local_addr().ok();
-        tracing::info!(?addr, consumer, backend = ?self.config.store.backend, "serving purge.v1");
+        let tls = self.tls.is_some();
+        tracing::info!(?addr, consumer, tls, backend = ?self.config.store.backend, "serving purge.v1");
         let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
         let methods = Methods::from_descriptor_sets(&[
             crate::pb::FILE_DESCRIPTOR_SET,
@@ -293,9 +337,12 @@ impl App {
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(api)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
-                let _ = drain_rx.await;
-            });
+            .serve_with_incoming_shutdown(
+                crate::tls::incoming(listener, self.tls.clone()),
+                async {
+                    let _ = drain_rx.await;
+                },
+            );
         tokio::pin!(server);
         let result = tokio::select! {
             r = &mut server => r.map_err(AppError::from),
@@ -356,9 +403,12 @@ fn layered(
         >,
     >,
 > {
+    let streams = config.server.max_streams_per_connection;
     builder
-        // Let one connection not starve the others.
-        .concurrency_limit_per_connection(256)
+        // Let one connection not starve the others: calls served at once per connection, and
+        // HTTP/2 streams a client may open on it.
+        .concurrency_limit_per_connection(streams as usize)
+        .max_concurrent_streams(streams)
         // Keep idle clients' connections healthy through proxies.
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         // Bound the calls served at once across all connections; more wait for a slot.

@@ -19,6 +19,7 @@ pub mod redis_state;
 pub mod settings;
 pub mod store;
 pub mod telemetry;
+pub mod tls;
 
 pub use app::App;
 

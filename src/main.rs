@@ -32,6 +32,17 @@ enum Command {
         /// Give up after this long (connect and call).
         #[arg(long, default_value = "5s", value_parser = humantime_serde::re::humantime::parse_duration)]
         timeout: std::time::Duration,
+        /// CA of the server's certificate: connect with TLS.
+        #[arg(long)]
+        tls_ca: Option<PathBuf>,
+        /// The probe's client certificate, when the server requires one.
+        #[arg(long, requires = "key")]
+        cert: Option<PathBuf>,
+        #[arg(long, requires = "cert")]
+        key: Option<PathBuf>,
+        /// The name the server's certificate carries, when not the host of --addr.
+        #[arg(long)]
+        tls_domain: Option<String>,
     },
     /// Talk to a running server: create, get, watch, list, cancel purges.
     Purge(purge_service::client::PurgeArgs),
@@ -43,9 +54,23 @@ async fn main() -> ExitCode {
     if let Some(Command::Purge(args)) = cli.command {
         return ExitCode::from(purge_service::client::run(args).await);
     }
-    if let Some(Command::Health { addr, timeout }) = &cli.command {
+    if let Some(Command::Health {
+        addr,
+        timeout,
+        tls_ca,
+        cert,
+        key,
+        tls_domain,
+    }) = &cli.command
+    {
+        let tls = purge_service::health_probe::ProbeTls {
+            ca_file: tls_ca.clone(),
+            cert_file: cert.clone(),
+            key_file: key.clone(),
+            domain: tls_domain.clone(),
+        };
         // A probe's answer: one short line, exit 1 unless SERVING.
-        if let Err(e) = purge_service::health_probe::check(addr, *timeout).await {
+        if let Err(e) = purge_service::health_probe::check(addr, *timeout, &tls).await {
             eprintln!("{e}");
             return ExitCode::FAILURE;
         }
@@ -107,7 +132,7 @@ async fn serve(config: purge_service::config::Config) -> Result<(), Stop> {
     let listen = config.server.listen;
     let app = match App::build(config).await {
         Ok(app) => app,
-        Err(e @ AppError::Config(_)) => {
+        Err(e @ (AppError::Config(_) | AppError::Tls(_))) => {
             return Err(Stop::User("building the service".into(), e.into()));
         }
         Err(e) => {

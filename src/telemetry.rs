@@ -4,7 +4,7 @@
 
 use opentelemetry::propagation::{Extractor, TextMapPropagator};
 use opentelemetry::trace::TracerProvider as _;
-use opentelemetry_otlp::WithExportConfig;
+use opentelemetry_otlp::{WithExportConfig, WithTonicConfig};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use opentelemetry_sdk::trace::span_processor_with_async_runtime::BatchSpanProcessor;
@@ -23,6 +23,12 @@ pub enum TelemetryError {
         endpoint: String,
         #[source]
         source: opentelemetry_otlp::ExporterBuildError,
+    },
+    #[error("telemetry.otlp_ca_file = {path:?}: cannot read")]
+    CaFile {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
     },
 }
 
@@ -61,7 +67,7 @@ pub fn init(config: &TelemetryConfig) -> Result<Telemetry, TelemetryError> {
             .boxed(),
     };
     let traces = match &config.otlp_endpoint {
-        Some(endpoint) => Some(tracer_provider(endpoint, &config.service_name)?),
+        Some(endpoint) => Some(tracer_provider(endpoint, config)?),
         None => None,
     };
     let otel = traces.as_ref().map(|provider| {
@@ -77,12 +83,17 @@ pub fn init(config: &TelemetryConfig) -> Result<Telemetry, TelemetryError> {
 
 fn tracer_provider(
     endpoint: &str,
-    service_name: &str,
+    config: &TelemetryConfig,
 ) -> Result<SdkTracerProvider, TelemetryError> {
-    let exporter = opentelemetry_otlp::SpanExporter::builder()
+    let service_name = &config.service_name;
+    let mut exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_tonic()
         .with_endpoint(endpoint)
-        .with_timeout(std::time::Duration::from_secs(5))
+        .with_timeout(std::time::Duration::from_secs(5));
+    if endpoint.starts_with("https://") {
+        exporter = exporter.with_tls_config(otlp_tls(config.otlp_ca_file.as_deref())?);
+    }
+    let exporter = exporter
         .build()
         .map_err(|source| TelemetryError::Exporter {
             endpoint: endpoint.to_owned(),
@@ -98,6 +109,23 @@ fn tracer_provider(
         .with_span_processor(processor)
         .with_resource(resource)
         .build())
+}
+
+/// TLS to the collector: its CA from `ca_file`, else the public web roots.
+fn otlp_tls(
+    ca_file: Option<&std::path::Path>,
+) -> Result<tonic::transport::ClientTlsConfig, TelemetryError> {
+    let tls = tonic::transport::ClientTlsConfig::new();
+    match ca_file {
+        Some(path) => {
+            let pem = std::fs::read(path).map_err(|source| TelemetryError::CaFile {
+                path: path.to_owned(),
+                source,
+            })?;
+            Ok(tls.ca_certificate(tonic::transport::Certificate::from_pem(pem)))
+        }
+        None => Ok(tls.with_webpki_roots()),
+    }
 }
 
 /// Makes `span`, not yet entered, a child of the caller's trace (`traceparent` metadata),

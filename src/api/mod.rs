@@ -41,13 +41,15 @@ impl PurgeApi {
     }
 }
 
-/// The caller the `authorization` metadata names.
+/// The caller the `authorization` metadata or the client certificate names.
 fn caller<T>(core: &PurgeCore, req: &Request<T>) -> Result<Caller, Status> {
     let header = req
         .metadata()
         .get("authorization")
         .and_then(|v| v.to_str().ok());
-    core.authenticate(header).map_err(status::from_error)
+    let cert_sans = crate::tls::peer_names(req.extensions());
+    core.authenticate(header, &cert_sans)
+        .map_err(status::from_error)
 }
 
 /// The `idempotency-key` metadata, if the caller sent one.

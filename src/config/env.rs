@@ -150,4 +150,43 @@ mod tests {
         }
         assert_eq!(table["server"]["listen"].as_str(), Some("0.0.0.0:2"));
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
+
+        /// Random variables never panic the overlay, and every refusal names its variable.
+        #[test]
+        fn random_variables_never_panic_and_refusals_name_the_variable(
+            vars in proptest::collection::vec(
+                (
+                    proptest::prop_oneof![
+                        "PURGE_(SERVER|STORE|PROVIDERS|GROUPS|CALLERS|NOPE)(__[A-Z0-9_]{0,8}){0,4}",
+                        "PURGE_[A-Z0-9_]{0,20}",
+                        proptest::prelude::any::<String>(),
+                    ],
+                    proptest::prop_oneof![
+                        "[0-9]{1,25}",
+                        "\\[[a-z0-9\", \"]{0,20}\\]",
+                        proptest::prelude::any::<String>(),
+                    ],
+                ),
+                0..8,
+            )
+        ) {
+            let mut table = toml::Table::new();
+            match overlay(&mut table, vars.clone()) {
+                Ok(()) => {}
+                Err(ConfigError::Problems(problems)) => {
+                    for (path, message) in problems.iter() {
+                        let var = path.strip_prefix("env.").unwrap_or(path);
+                        proptest::prop_assert!(
+                            vars.iter().any(|(k, _)| k == var),
+                            "{path}: {message} names no variable"
+                        );
+                    }
+                }
+                Err(other) => proptest::prop_assert!(false, "not a list of problems: {other}"),
+            }
+        }
+    }
 }

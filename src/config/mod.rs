@@ -97,6 +97,12 @@ pub struct ServerConfig {
     /// This replica's name in the work queue (its consumer name, with a random suffix);
     /// `HOSTNAME` when unset, `replica` without either.
     pub replica_name: Option<String>,
+    /// Largest request message accepted, in bytes; larger ones get RESOURCE_EXHAUSTED.
+    pub max_message_size: usize,
+    /// HTTP/2 streams (calls, watches) one connection may have open at once.
+    pub max_streams_per_connection: u32,
+    /// TLS on the gRPC port; plaintext when absent.
+    pub tls: Option<crate::tls::ServerTlsConfig>,
 }
 
 impl Default for ServerConfig {
@@ -113,6 +119,9 @@ impl Default for ServerConfig {
             caller_rate: None,
             watch_resync: Duration::from_secs(2),
             replica_name: None,
+            max_message_size: 4 * 1024 * 1024,
+            max_streams_per_connection: 256,
+            tls: None,
         }
     }
 }
@@ -138,6 +147,16 @@ pub struct StoreConfig {
     pub timeout: Duration,
     /// Bounds of the embedded backend (`backend = "memory"`).
     pub memory: MemoryStoreConfig,
+    /// ACL user for Redis (managed services); the URL's user when unset.
+    pub username: Option<String>,
+    /// Where the Redis password comes from (env variable or file); the URL's when unset.
+    pub password_env: Option<String>,
+    pub password_file: Option<PathBuf>,
+    /// CA of Redis's certificate for `rediss://` URLs; the system roots when unset.
+    pub tls_ca_file: Option<PathBuf>,
+    /// Client certificate and key, when Redis asks for one.
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_key_file: Option<PathBuf>,
 }
 
 /// How much the embedded backend keeps, so a sidecar that runs for months stays bounded.
@@ -182,6 +201,12 @@ impl std::fmt::Debug for StoreConfig {
             .field("key_prefix", &m.key_prefix)
             .field("timeout", &m.timeout)
             .field("memory", &m.memory)
+            .field("username", &m.username)
+            .field("password_env", &m.password_env)
+            .field("password_file", &m.password_file)
+            .field("tls_ca_file", &m.tls_ca_file)
+            .field("tls_cert_file", &m.tls_cert_file)
+            .field("tls_key_file", &m.tls_key_file)
             .finish()
     }
 }
@@ -195,6 +220,12 @@ impl Default for StoreConfig {
             key_prefix: "purge".into(),
             timeout: Duration::from_secs(2),
             memory: MemoryStoreConfig::default(),
+            username: None,
+            password_env: None,
+            password_file: None,
+            tls_ca_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
         }
     }
 }
@@ -262,9 +293,12 @@ pub struct TelemetryConfig {
     pub format: LogFormat,
     /// `tracing` filter directives; `RUST_LOG` wins when set.
     pub filter: String,
-    /// An OpenTelemetry collector's OTLP/gRPC endpoint (`http://otel-collector:4317`): spans
-    /// are exported there too, continuing callers' `traceparent`. Off when unset.
+    /// An OpenTelemetry collector's OTLP/gRPC endpoint (`http://otel-collector:4317`, or
+    /// `https://` for TLS): spans are exported there too, continuing callers' `traceparent`.
+    /// Off when unset.
     pub otlp_endpoint: Option<String>,
+    /// CA of the collector's certificate for an `https://` endpoint; the system roots when unset.
+    pub otlp_ca_file: Option<PathBuf>,
     /// `service.name` of the exported spans.
     pub service_name: String,
 }
@@ -275,6 +309,7 @@ impl Default for TelemetryConfig {
             format: LogFormat::Text,
             filter: "info".into(),
             otlp_endpoint: None,
+            otlp_ca_file: None,
             service_name: "purge-service".into(),
         }
     }
@@ -301,9 +336,18 @@ pub struct CallerConfig {
     /// Hosts it may purge (`example.com`, or `.example.com` / `*.example.com` for subdomains);
     /// all when absent.
     pub hosts: Option<Vec<String>>,
+    /// Subject alternative names (DNS names, URIs such as SPIFFE IDs) of client certificates
+    /// that identify this caller, as its token does.
+    #[serde(default)]
+    pub cert_sans: Vec<String>,
 }
 
 impl CallerConfig {
+    /// Whether the caller names a token (else it proves itself by certificate only).
+    pub fn has_token(&self) -> bool {
+        self.token_env.is_some() || self.token_file.is_some()
+    }
+
     pub fn resolve_token(&self, what: &str) -> Result<SecretString, ConfigError> {
         SecretRef::new(self.token_env.clone(), self.token_file.clone()).resolve(what)
     }
@@ -381,200 +425,4 @@ fn providers_from_env_hint() -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
-
-    #[test]
-    fn no_file_means_the_documented_default() {
-        let c = Config::load(None, Vec::new()).unwrap();
-        assert_eq!(c.server.listen.to_string(), "127.0.0.1:50051");
-        assert_eq!(c.store.backend, Backend::Memory);
-        assert_eq!(c.providers.len(), 1);
-        assert_eq!(c.providers[0].name, "sandbox");
-    }
-
-    #[test]
-    fn env_overrides_file_values_and_nested_arrays() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("c.toml");
-        std::fs::write(
-            &path,
-            "[server]\nlisten = \"0.0.0.0:1\"\n[[providers]]\nname = \"a\"\ntype = \"sandbox\"\ndelay = \"1s\"\n",
-        )
-        .unwrap();
-        let c = Config::load(
-            Some(&path),
-            env(&[
-                ("PURGE_SERVER__LISTEN", "127.0.0.1:7"),
-                ("PURGE_DISPATCH__LINGER", "5ms"),
-                ("PURGE_PROVIDERS__0__MAX_PER_CALL", "7"),
-                ("OTHER", "x"),
-            ]),
-        )
-        .unwrap();
-        assert_eq!(c.server.listen.to_string(), "127.0.0.1:7");
-        assert_eq!(c.dispatch.linger, Duration::from_millis(5));
-        let ProviderSettings::Sandbox(s) = &c.providers[0].settings else {
-            panic!("a sandbox provider")
-        };
-        assert_eq!((s.max_per_call, s.delay), (7, Duration::from_secs(1)));
-    }
-
-    #[test]
-    fn unknown_fields_and_bad_groups_are_rejected() {
-        let t = |s: &str| -> Result<Config, ConfigError> {
-            let c: Config = toml::from_str(s)?;
-            c.validate()?;
-            Ok(c)
-        };
-        assert!(t("[server]\nlisen = \"x\"").is_err());
-        assert!(t("[[providers]]\nname=\"a\"\ntype=\"sandbox\"\nbogus=1").is_err());
-        assert!(t("[[groups]]\nname=\"g\"\nproviders=[\"nope\"]").is_err());
-        assert!(t("[store]\nbackend=\"redis\"").is_err());
-        let two = |b: &str| {
-            format!(
-                "[[providers]]\nname=\"a\"\ntype=\"sandbox\"\nlimits={{account=\"x\"}}\n[[providers]]\nname=\"b\"\ntype=\"sandbox\"\nlimits={{account=\"x\"{b}}}"
-            )
-        };
-        assert!(t(&two("")).is_ok());
-        let err = t(&two(", submit=[{count=1, per=\"1s\"}]")).unwrap_err();
-        assert!(
-            err.to_string().contains("providers.b.limits.account"),
-            "{err}"
-        );
-        assert!(
-            t("[[providers]]\nname=\"a\"\ntype=\"sandbox\"\nlimits={max_per_call={URL=0}}")
-                .is_err()
-        );
-        assert!(t("[server]\nrecord_retention=\"1h\"\nidempotency_retention=\"2h\"").is_err());
-        assert!(t("[store]\ntimeout=\"0s\"").is_err());
-        assert!(t("[telemetry]\notlp_endpoint=\"http://otel:4317\"").is_ok());
-        let err = t("[telemetry]\notlp_endpoint=\"https://otel:4317\"").unwrap_err();
-        assert!(err.to_string().contains("telemetry.otlp_endpoint"), "{err}");
-    }
-
-    #[test]
-    fn the_admin_listener_is_off_unless_set_and_needs_its_own_port() {
-        assert_eq!(Config::default().admin.listen, None);
-        let c = Config::load(None, env(&[("PURGE_ADMIN__LISTEN", "127.0.0.1:9464")])).unwrap();
-        assert_eq!(c.admin.listen, Some("127.0.0.1:9464".parse().unwrap()));
-        let err = Config::load(None, env(&[("PURGE_ADMIN__LISTEN", "127.0.0.1:50051")]))
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("admin.listen") && err.contains("127.0.0.1:50051"),
-            "{err}"
-        );
-        let err = Config::load(None, env(&[("PURGE_ADMIN__LISTEN", "nowhere")]))
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("admin.listen") || err.contains("listen"),
-            "{err}"
-        );
-    }
-
-    #[test]
-    fn redis_passwords_are_masked_in_check_config_and_debug() {
-        let c = Config::load(
-            None,
-            env(&[
-                ("PURGE_STORE__BACKEND", "redis"),
-                ("PURGE_STORE__URL", "redis://app:hunter2@redis:6379/0"),
-                (
-                    "PURGE_STORE__CLUSTER_URLS",
-                    "[\"redis://:hunter3@n1:7000\"]",
-                ),
-            ]),
-        )
-        .unwrap();
-        let shown = c.to_toml();
-        let debug = format!("{c:?}");
-        for text in [&shown, &debug] {
-            assert!(
-                !text.contains("hunter2") && !text.contains("hunter3"),
-                "{text}"
-            );
-            assert!(text.contains("redis://app:***@redis:6379/0"), "{text}");
-        }
-        assert_eq!(
-            c.store.url.as_deref(),
-            Some("redis://app:hunter2@redis:6379/0")
-        );
-        assert_eq!(mask_url("not a url with pass"), "***");
-        let unix = mask_url("redis+unix:///run/redis.sock?db=1&pass=hunter4");
-        assert!(!unix.contains("hunter4") && unix.contains("db=1"), "{unix}");
-    }
-
-    #[test]
-    fn the_replica_is_named_by_hostname_unless_configured() {
-        let c = Config::load(None, env(&[("HOSTNAME", "pod-7")])).unwrap();
-        assert_eq!(c.server.replica_name.as_deref(), Some("pod-7"));
-        assert_eq!(c.server.watch_resync, Duration::from_secs(2));
-        let c = Config::load(
-            None,
-            env(&[
-                ("HOSTNAME", "pod-7"),
-                ("PURGE_SERVER__REPLICA_NAME", "blue"),
-                ("PURGE_SERVER__WATCH_RESYNC", "500ms"),
-            ]),
-        )
-        .unwrap();
-        assert_eq!(c.server.replica_name.as_deref(), Some("blue"));
-        assert_eq!(c.server.watch_resync, Duration::from_millis(500));
-        assert_eq!(
-            Config::load(None, Vec::new()).unwrap().server.replica_name,
-            None
-        );
-    }
-
-    #[test]
-    fn kubernetes_service_variables_are_not_config() {
-        let c = Config::load(
-            None,
-            env(&[
-                ("PURGE_SERVICE_HOST", "10.0.0.7"),
-                ("PURGE_SERVICE_PORT_GRPC", "50051"),
-                ("PURGE_PORT", "tcp://10.0.0.7:50051"),
-                ("PURGE_SERVER__MAX_TARGETS", "10"),
-                ("PURGE_CONFIG", "/etc/purge.toml"),
-                (
-                    "PURGE_GROUPS",
-                    "[{ name = \"all\", providers = [\"sandbox\"] }]",
-                ),
-            ]),
-        )
-        .unwrap();
-        assert_eq!(c.server.max_targets, 10);
-        assert_eq!(c.groups[0].name, "all");
-        let err = Config::load(None, env(&[("PURGE_SERVR__LISTEN", "0.0.0.0:1")])).unwrap_err();
-        assert!(err.to_string().contains("PURGE_SERVR__LISTEN"), "{err}");
-    }
-
-    #[test]
-    fn numeric_account_ids_and_masked_type_errors() {
-        let c = Config::load(
-            None,
-            env(&[
-                ("PURGE_PROVIDERS__0__NAME", "sandbox"),
-                ("PURGE_PROVIDERS__0__TYPE", "sandbox"),
-                ("PURGE_PROVIDERS__0__LIMITS__ACCOUNT", "1300012345"),
-            ]),
-        )
-        .unwrap();
-        assert_eq!(c.providers[0].limits.account.as_deref(), Some("1300012345"));
-        let err = Config::load(
-            None,
-            env(&[("PURGE_STORE__CLUSTER_URLS", "redis://:hunter5@n1:7000")]),
-        )
-        .unwrap_err();
-        assert!(!err.to_string().contains("hunter5"), "{err}");
-    }
-}
+mod tests;

@@ -40,6 +40,18 @@ impl Config {
         if let Some(rate) = s.caller_rate {
             p.check("server.caller_rate", rate_ok(&rate));
         }
+        p.check("server.max_message_size", at_least_one(s.max_message_size));
+        p.check(
+            "server.max_streams_per_connection",
+            at_least_one(s.max_streams_per_connection as usize),
+        );
+        if let Some(tls) = &s.tls {
+            p.check(
+                "server.tls.handshake_timeout",
+                positive(tls.handshake_timeout),
+            );
+            p.check("server.tls.reload_interval", positive(tls.reload_interval));
+        }
     }
 
     fn check_store(&self, p: &mut ConfigProblems) {
@@ -47,6 +59,18 @@ impl Config {
         p.check("store.timeout", positive(s.timeout));
         if s.backend == Backend::Redis && s.url.is_none() && s.cluster_urls.is_empty() {
             p.push("store.backend", "\"redis\" needs url or cluster_urls");
+        }
+        if s.password_env.is_some() && s.password_file.is_some() {
+            p.push(
+                "store.password_env",
+                "set password_env or password_file, not both",
+            );
+        }
+        if s.tls_cert_file.is_some() != s.tls_key_file.is_some() {
+            p.push(
+                "store.tls_cert_file",
+                "a client certificate needs both tls_cert_file and tls_key_file",
+            );
         }
     }
 
@@ -67,14 +91,25 @@ impl Config {
                 format!("{admin} is server.listen too; give the admin listener its own port"),
             );
         }
-        if let Some(endpoint) = &self.telemetry.otlp_endpoint
+        let t = &self.telemetry;
+        if let Some(endpoint) = &t.otlp_endpoint
             && !endpoint.starts_with("http://")
+            && !endpoint.starts_with("https://")
         {
             p.push(
                 "telemetry.otlp_endpoint",
-                format!(
-                    "{endpoint:?} must be a plaintext http:// OTLP/gRPC endpoint (a collector or agent beside the service); TLS to a collector is not built in"
-                ),
+                format!("{endpoint:?} must be an http:// or https:// OTLP/gRPC endpoint"),
+            );
+        }
+        if t.otlp_ca_file.is_some()
+            && !t
+                .otlp_endpoint
+                .as_deref()
+                .is_some_and(|e| e.starts_with("https://"))
+        {
+            p.push(
+                "telemetry.otlp_ca_file",
+                "only used with an https:// telemetry.otlp_endpoint",
             );
         }
     }
@@ -183,9 +218,35 @@ impl Config {
 
     fn check_callers(&self, p: &mut ConfigProblems, names: &HashSet<&str>) {
         let mut callers = HashSet::new();
+        let mut sans = HashSet::new();
         for c in &self.callers {
             if !callers.insert(c.name.as_str()) {
                 p.push("callers", format!("duplicate name {:?}", c.name));
+            }
+            if !c.has_token() && c.cert_sans.is_empty() {
+                p.push(
+                    format!("callers.{}", c.name),
+                    "set token_env, token_file or cert_sans: how else would it prove who it is?",
+                );
+            }
+            let client_ca = self
+                .server
+                .tls
+                .as_ref()
+                .and_then(|t| t.client_ca_file.as_ref());
+            if !c.cert_sans.is_empty() && client_ca.is_none() {
+                p.push(
+                    format!("callers.{}.cert_sans", c.name),
+                    "client certificates are only asked for with server.tls.client_ca_file",
+                );
+            }
+            for san in &c.cert_sans {
+                if !sans.insert(san.to_ascii_lowercase()) {
+                    p.push(
+                        format!("callers.{}.cert_sans", c.name),
+                        format!("{san:?} already names another caller"),
+                    );
+                }
             }
             for unknown in c
                 .providers
@@ -253,7 +314,7 @@ mod tests {
              [dispatch]\nclaim_batch = 0\n\
              [[providers]]\nname = \"a\"\ntype = \"sandbox\"\nlimits = { max_per_call = { URL = 0, NOPE = 1 } }\n\
              [[groups]]\nname = \"g\"\nproviders = [\"a\", \"x\", \"y\"]\n\
-             [[callers]]\nname = \"c\"\nproviders = [\"z\"]\n";
+             [[callers]]\nname = \"c\"\ntoken_env = \"T\"\nproviders = [\"z\"]\n";
         let found = problems(text);
         let paths: Vec<&str> = found.iter().map(|(p, _)| p.as_str()).collect();
         assert_eq!(

@@ -90,8 +90,12 @@ impl PurgeCore {
     }
 
     /// The caller an `authorization` header names.
-    pub fn authenticate(&self, authorization: Option<&str>) -> Result<Caller, Error> {
-        self.inner.callers.authenticate(authorization)
+    pub fn authenticate(
+        &self,
+        authorization: Option<&str>,
+        cert_sans: &[String],
+    ) -> Result<Caller, Error> {
+        self.inner.callers.identify(authorization, cert_sans)
     }
 
     /// Validates, checks quotas and the caller's rate, then records and enqueues in one step.

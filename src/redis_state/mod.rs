@@ -225,6 +225,33 @@ pub struct RedisOptions {
     pub cluster_urls: Vec<String>,
     pub key_prefix: String,
     pub timeout: Duration,
+    /// ACL user and password, over the URL's (managed services hand them out separately).
+    pub username: Option<String>,
+    pub password: Option<secrecy::SecretString>,
+    /// CA and client certificate for `rediss://` URLs; the system roots when `None`.
+    pub tls: Option<::redis::TlsCertificates>,
+}
+
+impl RedisOptions {
+    /// A client of one node at `url`, with the configured user, password and certificates.
+    pub fn client(&self, url: &str) -> Result<::redis::Client, RedisError> {
+        use ::redis::IntoConnectionInfo;
+        let info = url.into_connection_info()?;
+        let mut settings = info.redis_settings().clone();
+        if let Some(user) = &self.username {
+            settings = settings.set_username(user);
+        }
+        if let Some(password) = &self.password {
+            settings = settings.set_password(secrecy::ExposeSecret::expose_secret(password));
+        }
+        let info = info.set_redis_settings(settings);
+        match &self.tls {
+            Some(certs) if url.starts_with("rediss://") => {
+                ::redis::Client::build_with_tls(info, certs.clone())
+            }
+            _ => ::redis::Client::open(info),
+        }
+    }
 }
 
 /// The connection, keys and wake-ups of one replica, shared by its store, queue and limiter.
@@ -245,7 +272,7 @@ impl Shared {
         let bad = |e: RedisError| BackendError::Corrupt(format!("invalid Redis address: {e}"));
         let (source, urls) = if config.cluster_urls.is_empty() {
             let url = config.url.clone().unwrap_or_default();
-            let client = ::redis::Client::open(url.as_str()).map_err(bad)?;
+            let client = config.client(&url).map_err(bad)?;
             let manager_config = ConnectionManagerConfig::new()
                 .set_connection_timeout(Some(timeout))
                 .set_response_timeout(Some(timeout))
@@ -255,12 +282,20 @@ impl Shared {
                 ConnectionManager::new_lazy_with_config(client, manager_config).map_err(bad)?;
             (Source::Single(manager), vec![url])
         } else {
-            let client = ClusterClientBuilder::new(config.cluster_urls.clone())
+            let mut builder = ClusterClientBuilder::new(config.cluster_urls.clone())
                 .connection_timeout(timeout)
                 .response_timeout(timeout)
-                .retries(2)
-                .build()
-                .map_err(bad)?;
+                .retries(2);
+            if let Some(user) = &config.username {
+                builder = builder.username(user);
+            }
+            if let Some(password) = &config.password {
+                builder = builder.password(secrecy::ExposeSecret::expose_secret(password));
+            }
+            if let Some(certs) = &config.tls {
+                builder = builder.certs(certs.clone());
+            }
+            let client = builder.build().map_err(bad)?;
             let conn = OnceCell::new();
             (
                 Source::Cluster(Box::new(ClusterSource { client, conn })),
@@ -268,13 +303,14 @@ impl Shared {
             )
         };
         for url in &urls {
-            ::redis::Client::open(url.as_str()).map_err(bad)?;
+            config.client(url).map_err(bad)?;
         }
         let keys = Keys::new(&config.key_prefix);
         let (events, _) = broadcast::channel(4096);
         let work = Arc::new(WorkSignal::default());
         let stop = CancellationToken::new();
         tokio::spawn(subscribe(
+            config.clone(),
             urls,
             [keys.events_channel(), keys.work_channel()],
             events.clone(),
@@ -344,6 +380,7 @@ const HEARTBEAT: Duration = Duration::from_secs(5);
 /// The one subscriber connection of a replica: forwards event ids to `events` and work
 /// wake-ups to `work`, reconnecting (to the next node, in a cluster) whenever it drops.
 async fn subscribe(
+    options: RedisOptions,
     urls: Vec<String>,
     channels: [String; 2],
     events: broadcast::Sender<String>,
@@ -355,7 +392,7 @@ async fn subscribe(
     let mut delay = Duration::from_millis(100);
     for url in urls.iter().cycle() {
         let connect = async {
-            let client = ::redis::Client::open(url.as_str())?;
+            let client = options.client(url)?;
             let mut pubsub = client.get_async_pubsub().await?;
             pubsub.subscribe(&channels).await?;
             Ok::<_, RedisError>(pubsub)

@@ -114,7 +114,19 @@ fn every_scenario_renders_manifests_valid_for_kubernetes_1_30_and_1_35() {
         assert_eq!(pod["automountServiceAccountToken"], false);
         assert!(pod["topologySpreadConstraints"].is_array());
         let c = &pod["containers"][0];
-        assert_eq!(c["readinessProbe"]["grpc"]["port"], 50051);
+        if name.starts_with("deployment-tls") {
+            // kubelet's gRPC probe cannot speak TLS: the image's health check over TLS can.
+            let probe = c["readinessProbe"]["exec"]["command"].to_string();
+            assert!(probe.contains("--tls-ca"), "{probe}");
+            let toml = find(&docs, "ConfigMap", None).expect("config")["data"]["purge.toml"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            assert!(toml.contains("[server.tls]"), "{toml}");
+            assert!(toml.contains("client_ca_file"), "{toml}");
+        } else {
+            assert_eq!(c["readinessProbe"]["grpc"]["port"], 50051);
+        }
         assert_eq!(c["livenessProbe"]["tcpSocket"]["port"], 50051);
         assert!(c["startupProbe"].is_object());
         assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true);

@@ -138,9 +138,13 @@ pub async fn wait_serving(addr: &str, process: &mut Process) {
         || {
             process.assert_running();
             async move {
-                purge_service::health_probe::check(addr, Duration::from_secs(1))
-                    .await
-                    .ok()
+                purge_service::health_probe::check(
+                    addr,
+                    Duration::from_secs(1),
+                    &Default::default(),
+                )
+                .await
+                .ok()
             }
         },
     )

@@ -2,6 +2,8 @@
 
 mod deploy_tools;
 mod fakes;
+mod pki;
+mod properties;
 mod support;
 
 mod akamai;
@@ -28,7 +30,9 @@ mod plan;
 mod redis;
 mod redis_replicas;
 mod redis_server;
+mod redis_tls;
 mod scenarios;
 mod shutdown;
 mod structure;
+mod tls;
 mod validation;

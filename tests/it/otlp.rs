@@ -193,3 +193,54 @@ async fn rpc_spans_are_exported_under_the_callers_trace() {
         spans.iter().map(|s| &s.name).collect::<Vec<_>>()
     );
 }
+
+#[tokio::test]
+async fn spans_are_exported_over_tls_to_a_collector_with_its_own_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = crate::pki::Ca::new("collector CA");
+    let server = ca.server(9);
+    let ca_file = crate::pki::write(dir.path(), "ca.crt", &ca.pem);
+    let collector = Collector::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let tls = tonic::transport::ServerTlsConfig::new().identity(
+        tonic::transport::Identity::from_pem(&server.cert, &server.key),
+    );
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .tls_config(tls)
+            .unwrap()
+            .add_service(TraceServiceServer::new(collector.clone()))
+            .serve_with_incoming(TcpListenerStream::new(listener)),
+    );
+    let mut service = Binary::start(
+        "",
+        &format!(
+            "[telemetry]\notlp_endpoint = \"https://localhost:{port}\"\notlp_ca_file = {ca_file:?}\n"
+        ),
+    );
+    let mut client = service.client().await;
+    let created = client
+        .create_purge(request(
+            "sandbox",
+            PurgeKind::Url,
+            &["https://example.com/tls"],
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    wait_terminal(&client, &created.id, Duration::from_secs(20)).await;
+    service.terminate();
+    let exit = service.exit(Duration::from_secs(20)).await;
+    assert!(exit.success(), "exit status {exit:?}");
+    let spans: usize = collector
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .flat_map(|e| &e.resource_spans)
+        .flat_map(|r| &r.scope_spans)
+        .map(|s| s.spans.len())
+        .sum();
+    assert!(spans > 0, "no span reached the TLS collector");
+}

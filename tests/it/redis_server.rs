@@ -49,7 +49,7 @@ impl RedisServer {
         );
     }
 
-    fn start_with(extra: &[&str]) -> RedisServer {
+    pub fn start_with(extra: &[&str]) -> RedisServer {
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         for _ in 0..5 {
             let mut server = RedisServer {

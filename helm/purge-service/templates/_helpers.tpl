@@ -66,6 +66,9 @@ Render-time checks: more than one replica needs the Redis backend, which needs a
 {{- if and .Values.redis.passwordKey (not .Values.redis.url) }}
 {{- fail "purge-service: redis.passwordKey needs redis.url (the URL without its password)." }}
 {{- end }}
+{{- if and .Values.tls.enabled (not .Values.tls.existingSecret) }}
+{{- fail "purge-service: tls.enabled needs tls.existingSecret (a kubernetes.io/tls Secret with tls.crt and tls.key, e.g. from cert-manager)." }}
+{{- end }}
 {{- end }}
 
 {{/*
@@ -129,6 +132,16 @@ of tables. Called with (dict "path" "" "table" $dict).
 {{- $config := deepCopy .Values.config }}
 {{- $server := default dict $config.server }}
 {{- $_ := set $server "drain_timeout" (printf "%ds" (int .Values.drainTimeoutSeconds)) }}
+{{- with .Values.tls }}
+{{- if .enabled }}
+{{- $tls := dict "cert_file" (printf "%s/tls.crt" .mountPath) "key_file" (printf "%s/tls.key" .mountPath) "handshake_timeout" .handshakeTimeout }}
+{{- if .clientCA.existingSecret }}
+{{- $_ := set $tls "client_ca_file" (printf "%s/%s" .clientCA.mountPath .clientCA.key) }}
+{{- $_ := set $tls "client_auth" .clientAuth }}
+{{- end }}
+{{- $_ := set $server "tls" $tls }}
+{{- end }}
+{{- end }}
 {{- $_ := set $config "server" $server }}
 # Rendered by the purge-service chart from its `config` value. The listen address comes from
 # PURGE_SERVER__LISTEN, the Redis URL (when it holds a password) from PURGE_STORE__URL.
@@ -189,6 +202,16 @@ of tables. Called with (dict "path" "" "table" $dict).
   mountPath: {{ .mountPath | quote }}
   readOnly: true
 {{- end }}
+{{- if .Values.tls.enabled }}
+- name: tls
+  mountPath: {{ .Values.tls.mountPath | quote }}
+  readOnly: true
+{{- if .Values.tls.clientCA.existingSecret }}
+- name: tls-client-ca
+  mountPath: {{ .Values.tls.clientCA.mountPath | quote }}
+  readOnly: true
+{{- end }}
+{{- end }}
 {{- end }}
 
 {{- define "purge-service.volumes" -}}
@@ -201,6 +224,30 @@ of tables. Called with (dict "path" "" "table" $dict).
     secretName: {{ .existingSecret | quote }}
     defaultMode: 0440
 {{- end }}
+{{- if .Values.tls.enabled }}
+- name: tls
+  secret:
+    secretName: {{ .Values.tls.existingSecret | quote }}
+    defaultMode: 0440
+{{- if .Values.tls.clientCA.existingSecret }}
+- name: tls-client-ca
+  secret:
+    secretName: {{ .Values.tls.clientCA.existingSecret | quote }}
+    defaultMode: 0440
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* `purge-service health` over TLS, for exec probes: trusts the serving certificate's CA and,
+when client certificates are required, presents the serving certificate itself (issue it with the
+client auth usage too). */}}
+{{- define "purge-service.tlsProbeArgs" -}}
+{{- $t := .Values.tls }}
+{{- $args := list "--tls-ca" (printf "%s/%s" $t.mountPath $t.probe.caKey) "--tls-domain" (default (printf "%s.%s.svc" (include "purge-service.fullname" .) .Release.Namespace) $t.probe.serverName) }}
+{{- if and $t.clientCA.existingSecret (eq $t.clientAuth "required") }}
+{{- $args = concat $args (list "--cert" (printf "%s/tls.crt" $t.mountPath) "--key" (printf "%s/tls.key" $t.mountPath)) }}
+{{- end }}
+{{- toJson $args }}
 {{- end }}
 
 {{/* The purge-service container; listenHost is 0.0.0.0 (Deployment) or 127.0.0.1 (sidecar). */}}
@@ -224,20 +271,30 @@ ports:
     protocol: TCP
 {{- end }}
 {{- end }}
+{{- $health := list "/usr/local/bin/purge-service" "health" "--addr" (printf "127.0.0.1:%d" (int $v.port)) "--timeout" "2s" }}
+{{- if $v.tls.enabled }}
+{{- $health = concat $health (include "purge-service.tlsProbeArgs" $root | fromJsonArray) }}
+{{- end }}
+{{- $exec := dict "exec" (dict "command" $health) }}
 {{- if eq .listenHost "127.0.0.1" }}
 {{- /* kubelet probes the pod IP, which a loopback listener does not answer: exec the image's own
 health check. No liveness probe: it could only be the same check, and a Redis outage (NOT_SERVING)
 must not restart the container; the process exits by itself on a fatal error. */}}
-{{- $exec := dict "exec" (dict "command" (list "/usr/local/bin/purge-service" "health" "--addr" (printf "127.0.0.1:%d" (int $v.port)) "--timeout" "2s")) }}
 readinessProbe:
   {{- toYaml (merge (dict "timeoutSeconds" 3) $exec $v.probes.readiness) | nindent 2 }}
 startupProbe:
   {{- toYaml (merge (dict "timeoutSeconds" 3) $exec $v.probes.startup) | nindent 2 }}
 {{- else }}
+{{- if $v.tls.enabled }}
+{{- /* kubelet's gRPC probe cannot speak TLS: the image's own health check can. */}}
+readinessProbe:
+  {{- toYaml (merge (dict "timeoutSeconds" 3) $exec $v.probes.readiness) | nindent 2 }}
+{{- else }}
 readinessProbe:
   grpc:
     port: {{ $v.port }}
   {{- toYaml $v.probes.readiness | nindent 2 }}
+{{- end }}
 livenessProbe:
   tcpSocket:
     port: {{ $v.port }}
