@@ -1,15 +1,18 @@
 //! One provider's shared budgets: waiting for the call rates the limiter keeps for every
-//! replica, charging and giving back the documented daily target quotas, and re-reading the
-//! quota the provider reports.
+//! replica (and for a pause a provider asked for), charging and giving back the documented
+//! daily target quotas, re-reading the quota the provider reports, and the per-call caps
+//! learned from "batch too large" refusals, shared by every replica.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use backon::{BackoffBuilder, ExponentialBuilder};
 use tokio_util::sync::CancellationToken;
 
 use crate::limiter::{Charge, Decision, Limit, Limiter, Rate};
 use crate::model::PurgeKind;
-use crate::providers::{CallBudget, ProviderError, ProviderHandle};
+use crate::providers::{CallBudget, KindQuota, ProviderError, ProviderHandle};
 
 /// What waiting for budget ended with.
 pub(super) enum Grant {
@@ -63,7 +66,113 @@ impl Budget {
     }
 
     fn submit_charges(&self) -> Vec<Charge> {
-        self.charges("submit", &self.0.provider.caps.submit_rates)
+        let rates = &self.0.provider.caps.submit_rates;
+        if rates.is_empty() {
+            // No rate to keep, but a shared pause (a provider's 429) must still hold every
+            // replica: a charge of nothing in the submit group checks it.
+            return vec![Charge {
+                key: format!("{}:submit:0", self.0.provider.budget),
+                limit: Limit::Window(Rate::new(u32::MAX, Duration::from_secs(1))),
+                cost: 0,
+            }];
+        }
+        self.charges("submit", rates)
+    }
+
+    /// The budget group every submit charge of this provider is in.
+    fn submit_group(&self) -> String {
+        format!("{}:submit", self.0.provider.budget)
+    }
+
+    /// The provider asked for no call before `wait` from now: every replica's submits wait.
+    pub(super) async fn pause_submits(&self, wait: Duration) {
+        tracing::info!(provider = self.name(), wait = ?wait, "provider asked to wait; pausing submits on every replica");
+        if let Err(e) = self.0.limiter.pause(&self.submit_group(), wait).await {
+            tracing::warn!(provider = self.name(), error = %e, "cannot share the provider's wait");
+        }
+    }
+
+    /// A batch of `sent` targets of `kind` was refused as too large: later batches of that
+    /// kind, on every replica, carry at most half of it, until a quota read says otherwise.
+    pub(super) async fn batch_too_large(&self, kind: PurgeKind, sent: usize) {
+        let provider = &self.0.provider;
+        let cap = sent.div_ceil(2).max(1);
+        if provider.max_per_call(kind) <= cap {
+            return;
+        }
+        provider.learn_cap(kind, cap);
+        match self
+            .0
+            .limiter
+            .lower_cap(&provider.budget, &provider.cap_lane(kind), cap)
+            .await
+        {
+            Ok(true) => tracing::warn!(
+                provider = self.name(),
+                %kind,
+                refused = sent,
+                cap,
+                "batch refused as too large; later batches of this kind carry at most the cap"
+            ),
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(provider = self.name(), error = %e, "cannot share a learned batch cap")
+            }
+        }
+    }
+
+    /// Takes the caps every replica learned into this replica's copy.
+    async fn load_learned_caps(&self) {
+        let provider = &self.0.provider;
+        let shared = match self.0.limiter.learned_caps(&provider.budget).await {
+            Ok(shared) => shared,
+            Err(e) => {
+                tracing::debug!(provider = self.name(), error = %e, "cannot read learned batch caps");
+                return;
+            }
+        };
+        let caps = provider
+            .caps
+            .kinds()
+            .into_iter()
+            .filter_map(|kind| Some((kind, *shared.get(&provider.cap_lane(kind))?)))
+            .collect();
+        provider.set_learned_caps(caps);
+    }
+
+    /// Re-reads the shared learned caps every `every` (one small read per provider, never one
+    /// per batch), until stopped.
+    pub(super) async fn refresh_learned_caps(self, every: Duration) {
+        loop {
+            self.load_learned_caps().await;
+            if !self.pause(every).await {
+                return;
+            }
+        }
+    }
+
+    /// A quota read reported per-call caps: a learned cap below a reported one is forgotten.
+    async fn quota_read(&self, quota: &BTreeMap<PurgeKind, KindQuota>) {
+        let provider = &self.0.provider;
+        for (kind, q) in quota {
+            let (Some(reported), Some(learned)) = (q.per_call, provider.learned_cap(*kind)) else {
+                continue;
+            };
+            if reported <= learned {
+                continue;
+            }
+            tracing::info!(provider = self.name(), %kind, learned, reported, "the provider reports a larger batch cap; forgetting the learned one");
+            if let Err(e) = self
+                .0
+                .limiter
+                .forget_cap(&provider.budget, &provider.cap_lane(*kind))
+                .await
+            {
+                tracing::warn!(provider = self.name(), error = %e, "cannot forget a learned batch cap");
+                continue;
+            }
+        }
+        self.load_learned_caps().await;
     }
 
     fn status_charges(&self) -> Vec<Charge> {
@@ -127,9 +236,6 @@ impl Budget {
     async fn wait(&self, charges: &[Charge]) -> Grant {
         if self.0.stop.is_cancelled() {
             return Grant::Stopped;
-        }
-        if charges.is_empty() {
-            return Grant::Granted;
         }
         loop {
             let wait = match self.0.limiter.acquire(charges).await {
@@ -229,29 +335,47 @@ impl Budget {
         }
     }
 
-    /// Reads the provider's quota every `every`, so batches and fail-fast checks follow it.
+    /// Reads the provider's quota every `every`, so batches and fail-fast checks follow it. A
+    /// read that fails (at start, say, before the provider can be reached) is tried again with
+    /// backoff until it succeeds, not only at the next `every`.
     pub(super) async fn refresh_quota(self, every: Duration) {
+        loop {
+            if !self.read_quota(every).await || !self.pause(every).await {
+                return;
+            }
+        }
+    }
+
+    /// One successful quota read, however many tries it takes; false when stopped.
+    async fn read_quota(&self, every: Duration) -> bool {
+        let mut backoff = ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(500))
+            .with_max_delay(Duration::from_secs(30).min(every))
+            .with_jitter()
+            .without_max_times()
+            .build();
         loop {
             // A quota read is a call to the provider's API like a status poll, paid alike.
             match self.status().await {
                 Grant::Granted => {}
-                Grant::Stopped => return,
-                Grant::Exhausted => {
-                    if !self.pause(every).await {
-                        return;
-                    }
-                    continue;
-                }
+                Grant::Stopped => return false,
+                Grant::Exhausted => return true,
             }
             match self.0.provider.client.quota().await {
-                Ok(q) if !q.is_empty() => self.0.provider.set_quota(q),
-                Ok(_) => {}
-                Err(e) => {
-                    tracing::warn!(provider = self.name(), error = %e, "cannot read provider quota")
+                Ok(q) => {
+                    if !q.is_empty() {
+                        self.quota_read(&q).await;
+                        self.0.provider.set_quota(q);
+                    }
+                    return true;
                 }
-            }
-            if !self.pause(every).await {
-                return;
+                Err(e) => {
+                    let wait = backoff.next().unwrap_or(Duration::from_secs(30));
+                    tracing::warn!(provider = self.name(), error = %e, retry_in = ?wait, "cannot read provider quota; trying again");
+                    if !self.pause(wait).await {
+                        return false;
+                    }
+                }
             }
         }
     }

@@ -1,12 +1,14 @@
 //! In-process limiter for a single replica.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
 
-use super::{Charge, Decision, Limiter, RuleState, budget_group, evaluate, now_ms, refunded};
+use super::{
+    Charge, Decision, LEARNED_CAP_TTL, Limiter, RuleState, budget_group, evaluate, now_ms, refunded,
+};
 use crate::backend::BackendError;
 
 #[derive(Clone, Default)]
@@ -14,7 +16,12 @@ pub struct MemoryLimiter {
     rules: Arc<Mutex<HashMap<String, RuleState>>>,
     /// Budget group -> paused until (ms since the epoch).
     pauses: Arc<Mutex<HashMap<String, u64>>>,
+    /// (budget, lane) -> learned per-call cap and when it was last lowered (ms).
+    caps: Arc<Mutex<HashMap<(String, String), LearnedCap>>>,
 }
+
+/// A learned per-call cap and when it was last lowered (ms since the epoch).
+type LearnedCap = (usize, u64);
 
 impl MemoryLimiter {
     /// Decides at an explicit time; the trait method uses the clock.
@@ -76,6 +83,39 @@ impl Limiter for MemoryLimiter {
 
     async fn pause(&self, group: &str, wait: Duration) -> Result<(), BackendError> {
         self.pause_at(group, wait, now_ms());
+        Ok(())
+    }
+
+    async fn learned_caps(&self, budget: &str) -> Result<BTreeMap<String, usize>, BackendError> {
+        let now = now_ms();
+        let mut caps = self.caps.lock().expect("limiter lock");
+        caps.retain(|_, (_, at)| now.saturating_sub(*at) < LEARNED_CAP_TTL.as_millis() as u64);
+        Ok(caps
+            .iter()
+            .filter(|((b, _), _)| b == budget)
+            .map(|((_, lane), (cap, _))| (lane.clone(), *cap))
+            .collect())
+    }
+
+    async fn lower_cap(&self, budget: &str, lane: &str, cap: usize) -> Result<bool, BackendError> {
+        let now = now_ms();
+        let mut caps = self.caps.lock().expect("limiter lock");
+        let key = (budget.to_owned(), lane.to_owned());
+        let fresh = |at: u64| now.saturating_sub(at) < LEARNED_CAP_TTL.as_millis() as u64;
+        match caps.get(&key) {
+            Some(&(known, at)) if known <= cap && fresh(at) => Ok(false),
+            _ => {
+                caps.insert(key, (cap, now));
+                Ok(true)
+            }
+        }
+    }
+
+    async fn forget_cap(&self, budget: &str, lane: &str) -> Result<(), BackendError> {
+        self.caps
+            .lock()
+            .expect("limiter lock")
+            .remove(&(budget.to_owned(), lane.to_owned()));
         Ok(())
     }
 }

@@ -61,6 +61,10 @@ pub struct DailyQuota {
 /// Targets of one lane, sent in one provider call.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Batch {
+    /// The batch's identity: the same whenever the same purges' targets are packed into one
+    /// call again (a resend, or another replica re-packing taken-over work), different for any
+    /// other batch. Providers with idempotency tokens derive them from it.
+    pub id: String,
     pub kind: PurgeKind,
     pub action: Action,
     pub targets: Vec<String>,
@@ -267,6 +271,9 @@ pub struct ProviderHandle {
     exhausted: Arc<Mutex<BTreeMap<PurgeKind, DateTime<Utc>>>>,
     /// When `quota` was reported: a "none left" stops counting at the provider's next day.
     quota_at: Arc<Mutex<Option<DateTime<Utc>>>>,
+    /// Per-call caps learned from "batch too large" refusals: this replica's copy of the ones
+    /// every replica shares through the limiter.
+    learned: Arc<Mutex<BTreeMap<PurgeKind, usize>>>,
 }
 
 impl ProviderHandle {
@@ -279,10 +286,12 @@ impl ProviderHandle {
             quota: Arc::default(),
             exhausted: Arc::default(),
             quota_at: Arc::default(),
+            learned: Arc::default(),
         }
     }
 
-    /// The per-call cap for `kind`, lowered by what the provider last reported.
+    /// The per-call cap for `kind`, lowered by what the provider last reported and by what a
+    /// "batch too large" refusal taught.
     pub fn max_per_call(&self, kind: PurgeKind) -> usize {
         let configured = self.caps.max_per_call.get(&kind).copied().unwrap_or(1);
         let reported = self
@@ -292,7 +301,30 @@ impl ProviderHandle {
             .get(&kind)
             .and_then(|q| q.per_call)
             .unwrap_or(usize::MAX);
-        configured.min(reported).max(1)
+        let learned = self.learned_cap(kind).unwrap_or(usize::MAX);
+        configured.min(reported).min(learned).max(1)
+    }
+
+    /// The per-call cap for `kind` learned from a refusal, if any.
+    pub fn learned_cap(&self, kind: PurgeKind) -> Option<usize> {
+        self.learned.lock().expect("quota lock").get(&kind).copied()
+    }
+
+    /// Lowers this replica's learned cap for `kind` to `cap` (never raises it).
+    pub fn learn_cap(&self, kind: PurgeKind, cap: usize) {
+        let mut learned = self.learned.lock().expect("quota lock");
+        let entry = learned.entry(kind).or_insert(cap);
+        *entry = (*entry).min(cap).max(1);
+    }
+
+    /// Replaces this replica's learned caps with the shared ones.
+    pub fn set_learned_caps(&self, caps: BTreeMap<PurgeKind, usize>) {
+        *self.learned.lock().expect("quota lock") = caps;
+    }
+
+    /// The field a learned cap of `kind` is shared under, in its budget's (account's) caps.
+    pub fn cap_lane(&self, kind: PurgeKind) -> String {
+        format!("{}:{}", self.name, kind.as_str())
     }
 
     /// What the provider last reported for `kind`, with `remaining: Some(0)` while the day's

@@ -5,11 +5,13 @@ mod fakes;
 mod support;
 
 mod akamai;
+mod akamai_shared_bucket;
 mod api;
 mod cdnetworks;
 mod chart;
 mod cli;
 mod cloudflare;
+mod cloudflare_throttle;
 mod cloudfront;
 mod dispatch;
 mod edgeone;
