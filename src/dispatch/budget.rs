@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::limiter::{Charge, Decision, Limit, Limiter, Rate};
 use crate::model::PurgeKind;
-use crate::providers::{CallBudget, KindQuota, ProviderError, ProviderHandle};
+use crate::providers::{Batch, CallBudget, KindQuota, ProviderError, ProviderHandle};
 
 /// What waiting for budget ended with.
 pub(super) enum Grant {
@@ -207,6 +207,26 @@ impl Budget {
     /// Waits for one status call's budget (a poll, a lookup, a quota read).
     pub(super) async fn status(&self) -> Grant {
         self.wait(&self.status_charges()).await
+    }
+
+    /// Waits until every replica together may send `batch`'s targets under the provider's
+    /// per-target budget (Akamai's object buckets), when it has one.
+    pub(super) async fn items_or_stop(&self, batch: &Batch) -> Result<(), ProviderError> {
+        let Some(items) = self.0.provider.client.item_budget(batch) else {
+            return Ok(());
+        };
+        let rate = Rate {
+            count: items.rate.count,
+            per: items.rate.per.mul_f64(1.0 + self.0.rate_margin.max(0.0)),
+        };
+        let charge = Charge {
+            key: format!("{}:items-{}:0", self.0.provider.budget, items.bucket),
+            // Paced at the refill rate: the bucket's burst is not counted on, since what other
+            // clients of the account took from it cannot be seen.
+            limit: Limit::Gcra { rate, burst: 1 },
+            cost: items.cost,
+        };
+        self.or_stop(&[charge]).await
     }
 
     /// [`Budget::submit`] as a provider call's error when not granted.

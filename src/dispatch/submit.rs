@@ -159,6 +159,7 @@ impl Submitter {
             if n > 0 || !granted {
                 self.0.budget.submit_or_stop().await?;
             }
+            self.0.budget.items_or_stop(batch).await?;
             let span = tracing::info_span!("provider_call", provider = self.name(), kind = %batch.kind, targets = batch.targets.len(), attempt = n + 1);
             let result = self.0.provider.client.submit(batch).instrument(span).await;
             match &result {

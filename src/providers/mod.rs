@@ -72,6 +72,18 @@ pub struct Batch {
     pub headers: BTreeMap<String, String>,
 }
 
+/// A per-target budget a provider keeps besides its call rate (Akamai's object buckets): the
+/// targets every replica sends of one bucket are paced at its refill rate.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ItemBudget {
+    /// The bucket's name, unique within the provider (e.g. `url`).
+    pub bucket: String,
+    /// How fast the bucket refills.
+    pub rate: Rate,
+    /// What one batch takes from it.
+    pub cost: u32,
+}
+
 /// The provider's answer to a submit.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Submission {
@@ -238,6 +250,12 @@ pub trait Provider: Send + Sync + 'static {
     /// The quota the provider reports now, if it has such an API.
     async fn quota(&self) -> Result<BTreeMap<PurgeKind, KindQuota>, ProviderError> {
         Ok(BTreeMap::new())
+    }
+
+    /// The per-target budget `batch` is paid from, once the provider has said how fast it
+    /// refills (Akamai's `X-Ratelimit-*-Objects` answers); `None` when it has no such budget.
+    fn item_budget(&self, _batch: &Batch) -> Option<ItemBudget> {
+        None
     }
 
     /// Whether `find_submitted` can look anything up; when not, a possibly sent batch is sent
