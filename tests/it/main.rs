@@ -19,6 +19,7 @@ mod edgeone_client;
 mod fastly;
 mod grpcurl;
 mod image;
+mod learned_caps;
 mod limiter_pause;
 mod memory_bounds;
 mod otlp;
