@@ -65,18 +65,26 @@ impl Budget {
             .collect()
     }
 
-    fn submit_charges(&self) -> Vec<Charge> {
-        let rates = &self.0.provider.caps.submit_rates;
-        if rates.is_empty() {
+    /// One submit call's charges for a batch of `kind`: the API's rates, and the rates of that
+    /// kind only (kept under their own keys, so other kinds do not pay them).
+    fn submit_charges(&self, kind: PurgeKind) -> Vec<Charge> {
+        let caps = &self.0.provider.caps;
+        let rates = &caps.submit_rates;
+        let mut charges = if rates.is_empty() {
             // No rate to keep, but a shared pause (a provider's 429) must still hold every
             // replica: a charge of nothing in the submit group checks it.
-            return vec![Charge {
+            vec![Charge {
                 key: format!("{}:submit:0", self.0.provider.budget),
                 limit: Limit::Window(Rate::new(u32::MAX, Duration::from_secs(1))),
                 cost: 0,
-            }];
+            }]
+        } else {
+            self.charges("submit", rates)
+        };
+        if let Some(rates) = caps.kind_submit_rates.get(&kind) {
+            charges.extend(self.charges(&format!("submit-{}", kind.as_str()), rates));
         }
-        self.charges("submit", rates)
+        charges
     }
 
     /// The budget group every submit charge of this provider is in.
@@ -199,9 +207,9 @@ impl Budget {
             .collect()
     }
 
-    /// Waits for one submit call's budget.
-    pub(super) async fn submit(&self) -> Grant {
-        self.wait(&self.submit_charges()).await
+    /// Waits for one submit call's budget, for a batch of `kind`.
+    pub(super) async fn submit(&self, kind: PurgeKind) -> Grant {
+        self.wait(&self.submit_charges(kind)).await
     }
 
     /// Waits for one status call's budget (a poll, a lookup, a quota read).
@@ -230,8 +238,8 @@ impl Budget {
     }
 
     /// [`Budget::submit`] as a provider call's error when not granted.
-    pub(super) async fn submit_or_stop(&self) -> Result<(), ProviderError> {
-        self.or_stop(&self.submit_charges()).await
+    pub(super) async fn submit_or_stop(&self, kind: PurgeKind) -> Result<(), ProviderError> {
+        self.or_stop(&self.submit_charges(kind)).await
     }
 
     /// [`Budget::status`] as a provider call's error when not granted.
@@ -408,5 +416,60 @@ pub(super) struct StatusCalls<'a>(&'a Budget);
 impl CallBudget for StatusCalls<'_> {
     async fn acquire(&self) -> Result<(), ProviderError> {
         self.0.status_or_stop().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::limiter::memory::MemoryLimiter;
+    use crate::providers::Provider;
+    use crate::providers::sandbox::Sandbox;
+
+    /// A provider without submit rates but with 2 ALL calls an hour (Fastly's shape).
+    fn budget(limiter: &MemoryLimiter) -> Budget {
+        let sandbox = Sandbox::new(Default::default()).unwrap();
+        let mut caps = sandbox.capabilities();
+        caps.submit_rates.clear();
+        caps.kind_submit_rates = BTreeMap::from([(
+            PurgeKind::All,
+            vec![Rate::new(2, Duration::from_secs(3_600))],
+        )]);
+        let handle = ProviderHandle::new("s".into(), Arc::new(sandbox), caps);
+        Budget::new(
+            handle,
+            Arc::new(limiter.clone()),
+            0.0,
+            CancellationToken::new(),
+        )
+    }
+
+    #[tokio::test]
+    async fn a_kinds_own_rate_is_charged_for_that_kind_only() {
+        let limiter = MemoryLimiter::default();
+        let budget = budget(&limiter);
+        let all = budget.submit_charges(PurgeKind::All);
+        for _ in 0..2 {
+            assert_eq!(limiter.acquire(&all).await.unwrap(), Decision::Granted);
+        }
+        assert!(matches!(
+            limiter.acquire(&all).await.unwrap(),
+            Decision::Wait(_)
+        ));
+        let url = budget.submit_charges(PurgeKind::Url);
+        assert_eq!(limiter.acquire(&url).await.unwrap(), Decision::Granted);
+    }
+
+    #[tokio::test]
+    async fn a_pause_holds_a_provider_without_submit_rates() {
+        let limiter = MemoryLimiter::default();
+        let budget = budget(&limiter);
+        let url = budget.submit_charges(PurgeKind::Url);
+        assert_eq!(limiter.acquire(&url).await.unwrap(), Decision::Granted);
+        budget.pause_submits(Duration::from_secs(60)).await;
+        assert!(matches!(
+            limiter.acquire(&url).await.unwrap(),
+            Decision::Wait(d) if d > Duration::from_secs(50)
+        ));
     }
 }

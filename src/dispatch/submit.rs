@@ -157,7 +157,7 @@ impl Submitter {
                 }
             }
             if n > 0 || !granted {
-                self.0.budget.submit_or_stop().await?;
+                self.0.budget.submit_or_stop(batch.kind).await?;
             }
             self.0.budget.items_or_stop(batch).await?;
             let span = tracing::info_span!("provider_call", provider = self.name(), kind = %batch.kind, targets = batch.targets.len(), attempt = n + 1);

@@ -32,6 +32,9 @@ pub struct Capabilities {
     pub tag_needs_hosts: bool,
     /// Account-wide budget of the submit API.
     pub submit_rates: Vec<Rate>,
+    /// Account-wide submit budgets of one kind only (Fastly's purge_all 1,000/h), charged
+    /// besides `submit_rates` for batches of that kind.
+    pub kind_submit_rates: BTreeMap<PurgeKind, Vec<Rate>>,
     /// Account-wide budget of the status API.
     pub status_rates: Vec<Rate>,
     /// Documented daily target quotas.

@@ -261,6 +261,7 @@ impl Provider for Akamai {
             status_rates: vec![Rate::new(50, Duration::from_secs(1))],
             daily: Vec::new(),
             poll_batch: 1000,
+            kind_submit_rates: Default::default(),
         }
     }
 

@@ -264,6 +264,7 @@ impl Provider for CloudFront {
             status_rates: vec![Rate::new(5, Duration::from_secs(1))],
             daily: Vec::new(),
             poll_batch: 1,
+            kind_submit_rates: Default::default(),
         }
     }
 
