@@ -164,4 +164,19 @@ mod tests {
         let rules = limiter.rules.lock().unwrap();
         assert!(matches!(&rules["cf:submit:0"], RuleState::Window { grants } if grants.len() == 1));
     }
+
+    #[tokio::test]
+    async fn a_learned_cap_only_goes_down_until_forgotten() {
+        let limiter = MemoryLimiter::default();
+        assert!(limiter.lower_cap("acct", "edge:URL", 50).await.unwrap());
+        assert!(!limiter.lower_cap("acct", "edge:URL", 60).await.unwrap());
+        assert!(!limiter.lower_cap("acct", "edge:URL", 50).await.unwrap());
+        assert!(limiter.lower_cap("acct", "edge:URL", 25).await.unwrap());
+        assert!(limiter.lower_cap("other", "edge:URL", 80).await.unwrap());
+        let caps = limiter.learned_caps("acct").await.unwrap();
+        assert_eq!(caps, BTreeMap::from([("edge:URL".to_owned(), 25)]));
+        limiter.forget_cap("acct", "edge:URL").await.unwrap();
+        assert!(limiter.learned_caps("acct").await.unwrap().is_empty());
+        assert_eq!(limiter.learned_caps("other").await.unwrap().len(), 1);
+    }
 }
