@@ -1,15 +1,18 @@
 //! One provider's shared budgets: waiting for the call rates the limiter keeps for every
-//! replica, charging and giving back the documented daily target quotas, and re-reading the
-//! quota the provider reports.
+//! replica (and for a pause a provider asked for), charging and giving back the documented
+//! daily target quotas, re-reading the quota the provider reports, and the per-call caps
+//! learned from "batch too large" refusals, shared by every replica.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use backon::{BackoffBuilder, ExponentialBuilder};
 use tokio_util::sync::CancellationToken;
 
 use crate::limiter::{Charge, Decision, Limit, Limiter, Rate};
 use crate::model::PurgeKind;
-use crate::providers::{CallBudget, ProviderError, ProviderHandle};
+use crate::providers::{Batch, CallBudget, KindQuota, ProviderError, ProviderHandle};
 
 /// What waiting for budget ended with.
 pub(super) enum Grant {
@@ -62,8 +65,122 @@ impl Budget {
             .collect()
     }
 
-    fn submit_charges(&self) -> Vec<Charge> {
-        self.charges("submit", &self.0.provider.caps.submit_rates)
+    /// One submit call's charges for a batch of `kind`: the API's rates, and the rates of that
+    /// kind only (kept under their own keys, so other kinds do not pay them).
+    fn submit_charges(&self, kind: PurgeKind) -> Vec<Charge> {
+        let caps = &self.0.provider.caps;
+        let rates = &caps.submit_rates;
+        let mut charges = if rates.is_empty() {
+            // No rate to keep, but a shared pause (a provider's 429) must still hold every
+            // replica: a charge of nothing in the submit group checks it.
+            vec![Charge {
+                key: format!("{}:submit:0", self.0.provider.budget),
+                limit: Limit::Window(Rate::new(u32::MAX, Duration::from_secs(1))),
+                cost: 0,
+            }]
+        } else {
+            self.charges("submit", rates)
+        };
+        if let Some(rates) = caps.kind_submit_rates.get(&kind) {
+            charges.extend(self.charges(&format!("submit-{}", kind.as_str()), rates));
+        }
+        charges
+    }
+
+    /// The budget group every submit charge of this provider is in.
+    fn submit_group(&self) -> String {
+        format!("{}:submit", self.0.provider.budget)
+    }
+
+    /// The provider asked for no call before `wait` from now: every replica's submits wait.
+    pub(super) async fn pause_submits(&self, wait: Duration) {
+        tracing::info!(provider = self.name(), wait = ?wait, "provider asked to wait; pausing submits on every replica");
+        if let Err(e) = self.0.limiter.pause(&self.submit_group(), wait).await {
+            tracing::warn!(provider = self.name(), error = %e, "cannot share the provider's wait");
+        }
+    }
+
+    /// A batch of `sent` targets of `kind` was refused as too large: later batches of that
+    /// kind, on every replica, carry at most half of it, until a quota read says otherwise.
+    pub(super) async fn batch_too_large(&self, kind: PurgeKind, sent: usize) {
+        let provider = &self.0.provider;
+        let cap = sent.div_ceil(2).max(1);
+        if provider.max_per_call(kind) <= cap {
+            return;
+        }
+        provider.learn_cap(kind, cap);
+        match self
+            .0
+            .limiter
+            .lower_cap(&provider.budget, &provider.cap_lane(kind), cap)
+            .await
+        {
+            Ok(true) => tracing::warn!(
+                provider = self.name(),
+                %kind,
+                refused = sent,
+                cap,
+                "batch refused as too large; later batches of this kind carry at most the cap"
+            ),
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(provider = self.name(), error = %e, "cannot share a learned batch cap")
+            }
+        }
+    }
+
+    /// Takes the caps every replica learned into this replica's copy.
+    async fn load_learned_caps(&self) {
+        let provider = &self.0.provider;
+        let shared = match self.0.limiter.learned_caps(&provider.budget).await {
+            Ok(shared) => shared,
+            Err(e) => {
+                tracing::debug!(provider = self.name(), error = %e, "cannot read learned batch caps");
+                return;
+            }
+        };
+        let caps = provider
+            .caps
+            .kinds()
+            .into_iter()
+            .filter_map(|kind| Some((kind, *shared.get(&provider.cap_lane(kind))?)))
+            .collect();
+        provider.set_learned_caps(caps);
+    }
+
+    /// Re-reads the shared learned caps every `every` (one small read per provider, never one
+    /// per batch), until stopped.
+    pub(super) async fn refresh_learned_caps(self, every: Duration) {
+        loop {
+            self.load_learned_caps().await;
+            if !self.pause(every).await {
+                return;
+            }
+        }
+    }
+
+    /// A quota read reported per-call caps: a learned cap below a reported one is forgotten.
+    async fn quota_read(&self, quota: &BTreeMap<PurgeKind, KindQuota>) {
+        let provider = &self.0.provider;
+        for (kind, q) in quota {
+            let (Some(reported), Some(learned)) = (q.per_call, provider.learned_cap(*kind)) else {
+                continue;
+            };
+            if reported <= learned {
+                continue;
+            }
+            tracing::info!(provider = self.name(), %kind, learned, reported, "the provider reports a larger batch cap; forgetting the learned one");
+            if let Err(e) = self
+                .0
+                .limiter
+                .forget_cap(&provider.budget, &provider.cap_lane(*kind))
+                .await
+            {
+                tracing::warn!(provider = self.name(), error = %e, "cannot forget a learned batch cap");
+                continue;
+            }
+        }
+        self.load_learned_caps().await;
     }
 
     fn status_charges(&self) -> Vec<Charge> {
@@ -90,9 +207,9 @@ impl Budget {
             .collect()
     }
 
-    /// Waits for one submit call's budget.
-    pub(super) async fn submit(&self) -> Grant {
-        self.wait(&self.submit_charges()).await
+    /// Waits for one submit call's budget, for a batch of `kind`.
+    pub(super) async fn submit(&self, kind: PurgeKind) -> Grant {
+        self.wait(&self.submit_charges(kind)).await
     }
 
     /// Waits for one status call's budget (a poll, a lookup, a quota read).
@@ -100,9 +217,29 @@ impl Budget {
         self.wait(&self.status_charges()).await
     }
 
+    /// Waits until every replica together may send `batch`'s targets under the provider's
+    /// per-target budget (Akamai's object buckets), when it has one.
+    pub(super) async fn items_or_stop(&self, batch: &Batch) -> Result<(), ProviderError> {
+        let Some(items) = self.0.provider.client.item_budget(batch) else {
+            return Ok(());
+        };
+        let rate = Rate {
+            count: items.rate.count,
+            per: items.rate.per.mul_f64(1.0 + self.0.rate_margin.max(0.0)),
+        };
+        let charge = Charge {
+            key: format!("{}:items-{}:0", self.0.provider.budget, items.bucket),
+            // Paced at the refill rate: the bucket's burst is not counted on, since what other
+            // clients of the account took from it cannot be seen.
+            limit: Limit::Gcra { rate, burst: 1 },
+            cost: items.cost,
+        };
+        self.or_stop(&[charge]).await
+    }
+
     /// [`Budget::submit`] as a provider call's error when not granted.
-    pub(super) async fn submit_or_stop(&self) -> Result<(), ProviderError> {
-        self.or_stop(&self.submit_charges()).await
+    pub(super) async fn submit_or_stop(&self, kind: PurgeKind) -> Result<(), ProviderError> {
+        self.or_stop(&self.submit_charges(kind)).await
     }
 
     /// [`Budget::status`] as a provider call's error when not granted.
@@ -127,9 +264,6 @@ impl Budget {
     async fn wait(&self, charges: &[Charge]) -> Grant {
         if self.0.stop.is_cancelled() {
             return Grant::Stopped;
-        }
-        if charges.is_empty() {
-            return Grant::Granted;
         }
         loop {
             let wait = match self.0.limiter.acquire(charges).await {
@@ -229,29 +363,47 @@ impl Budget {
         }
     }
 
-    /// Reads the provider's quota every `every`, so batches and fail-fast checks follow it.
+    /// Reads the provider's quota every `every`, so batches and fail-fast checks follow it. A
+    /// read that fails (at start, say, before the provider can be reached) is tried again with
+    /// backoff until it succeeds, not only at the next `every`.
     pub(super) async fn refresh_quota(self, every: Duration) {
+        loop {
+            if !self.read_quota(every).await || !self.pause(every).await {
+                return;
+            }
+        }
+    }
+
+    /// One successful quota read, however many tries it takes; false when stopped.
+    async fn read_quota(&self, every: Duration) -> bool {
+        let mut backoff = ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(500))
+            .with_max_delay(Duration::from_secs(30).min(every))
+            .with_jitter()
+            .without_max_times()
+            .build();
         loop {
             // A quota read is a call to the provider's API like a status poll, paid alike.
             match self.status().await {
                 Grant::Granted => {}
-                Grant::Stopped => return,
-                Grant::Exhausted => {
-                    if !self.pause(every).await {
-                        return;
-                    }
-                    continue;
-                }
+                Grant::Stopped => return false,
+                Grant::Exhausted => return true,
             }
             match self.0.provider.client.quota().await {
-                Ok(q) if !q.is_empty() => self.0.provider.set_quota(q),
-                Ok(_) => {}
-                Err(e) => {
-                    tracing::warn!(provider = self.name(), error = %e, "cannot read provider quota")
+                Ok(q) => {
+                    if !q.is_empty() {
+                        self.quota_read(&q).await;
+                        self.0.provider.set_quota(q);
+                    }
+                    return true;
                 }
-            }
-            if !self.pause(every).await {
-                return;
+                Err(e) => {
+                    let wait = backoff.next().unwrap_or(Duration::from_secs(30));
+                    tracing::warn!(provider = self.name(), error = %e, retry_in = ?wait, "cannot read provider quota; trying again");
+                    if !self.pause(wait).await {
+                        return false;
+                    }
+                }
             }
         }
     }
@@ -264,5 +416,60 @@ pub(super) struct StatusCalls<'a>(&'a Budget);
 impl CallBudget for StatusCalls<'_> {
     async fn acquire(&self) -> Result<(), ProviderError> {
         self.0.status_or_stop().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::limiter::memory::MemoryLimiter;
+    use crate::providers::Provider;
+    use crate::providers::sandbox::Sandbox;
+
+    /// A provider without submit rates but with 2 ALL calls an hour (Fastly's shape).
+    fn budget(limiter: &MemoryLimiter) -> Budget {
+        let sandbox = Sandbox::new(Default::default()).unwrap();
+        let mut caps = sandbox.capabilities();
+        caps.submit_rates.clear();
+        caps.kind_submit_rates = BTreeMap::from([(
+            PurgeKind::All,
+            vec![Rate::new(2, Duration::from_secs(3_600))],
+        )]);
+        let handle = ProviderHandle::new("s".into(), Arc::new(sandbox), caps);
+        Budget::new(
+            handle,
+            Arc::new(limiter.clone()),
+            0.0,
+            CancellationToken::new(),
+        )
+    }
+
+    #[tokio::test]
+    async fn a_kinds_own_rate_is_charged_for_that_kind_only() {
+        let limiter = MemoryLimiter::default();
+        let budget = budget(&limiter);
+        let all = budget.submit_charges(PurgeKind::All);
+        for _ in 0..2 {
+            assert_eq!(limiter.acquire(&all).await.unwrap(), Decision::Granted);
+        }
+        assert!(matches!(
+            limiter.acquire(&all).await.unwrap(),
+            Decision::Wait(_)
+        ));
+        let url = budget.submit_charges(PurgeKind::Url);
+        assert_eq!(limiter.acquire(&url).await.unwrap(), Decision::Granted);
+    }
+
+    #[tokio::test]
+    async fn a_pause_holds_a_provider_without_submit_rates() {
+        let limiter = MemoryLimiter::default();
+        let budget = budget(&limiter);
+        let url = budget.submit_charges(PurgeKind::Url);
+        assert_eq!(limiter.acquire(&url).await.unwrap(), Decision::Granted);
+        budget.pause_submits(Duration::from_secs(60)).await;
+        assert!(matches!(
+            limiter.acquire(&url).await.unwrap(),
+            Decision::Wait(d) if d > Duration::from_secs(50)
+        ));
     }
 }

@@ -74,7 +74,7 @@ impl Flusher {
                 self.records.quota_refused(key.kind, &taken).await;
                 continue;
             }
-            match self.budget.submit().await {
+            match self.budget.submit(key.kind).await {
                 Grant::Granted => {}
                 Grant::Stopped => return,
                 Grant::Exhausted => {

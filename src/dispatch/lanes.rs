@@ -4,6 +4,8 @@
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
+use sha2::{Digest, Sha256};
+
 use crate::model::{Action, PurgeKind, PurgeSpec};
 use crate::providers::Batch;
 
@@ -26,11 +28,38 @@ impl LaneKey {
         }
     }
 
-    pub fn batch(&self, targets: Vec<String>) -> Batch {
+    /// The batch carrying `taken`, its id derived from this lane and the sorted (purge id,
+    /// target) pairs, so the same packing gives the same id on any replica.
+    pub fn batch(&self, taken: &Taken) -> Batch {
+        let mut pairs: Vec<(&str, &str)> = taken
+            .credits
+            .iter()
+            .flat_map(|(t, purges)| purges.iter().map(move |p| (p.as_str(), t.as_str())))
+            .collect();
+        pairs.sort_unstable();
+        let mut h = Sha256::new();
+        let mut part = |s: &str| {
+            h.update(s.as_bytes());
+            h.update([0]);
+        };
+        part(self.kind.as_str());
+        part(self.action.as_str());
+        self.hosts.iter().for_each(|host| part(host));
+        part("");
+        for (name, value) in &self.headers {
+            part(name);
+            part(value);
+        }
+        part("");
+        for (purge, target) in pairs {
+            part(purge);
+            part(target);
+        }
         Batch {
+            id: hex::encode(h.finalize()),
             kind: self.kind,
             action: self.action,
-            targets,
+            targets: taken.targets.clone(),
             hosts: self.hosts.clone(),
             headers: self.headers.clone(),
         }
@@ -215,6 +244,33 @@ mod tests {
         assert_eq!(taken.credits["https://a/1"], ["p1", "p2"]);
         assert_eq!(taken.by_purge()["p2"].len(), 2);
         assert!(lanes.is_empty());
+    }
+
+    #[test]
+    fn a_batch_id_names_the_packed_purges_and_targets_whatever_their_order() {
+        let taken = |pairs: &[(&str, &str)]| {
+            let mut lanes = Lanes::default();
+            for (target, purge) in pairs {
+                lanes.push(&key(), target, purge);
+            }
+            lanes.take(&key(), 10)
+        };
+        let a = key().batch(&taken(&[("u1", "p1"), ("u2", "p2"), ("u1", "p3")]));
+        let b = key().batch(&taken(&[("u2", "p2"), ("u1", "p3"), ("u1", "p1")]));
+        assert_eq!(a.id, b.id, "another replica re-packing the same work");
+        assert_ne!(a.targets, b.targets);
+        let c = key().batch(&taken(&[("u1", "p1"), ("u2", "p2")]));
+        assert_ne!(a.id, c.id, "one purge fewer");
+        let d = key().batch(&taken(&[("u1", "p1"), ("u2", "p2"), ("u1", "p4")]));
+        assert_ne!(a.id, d.id, "another purge");
+        let mut other = key();
+        other.action = Action::Delete;
+        assert_ne!(
+            other
+                .batch(&taken(&[("u1", "p1"), ("u2", "p2"), ("u1", "p3")]))
+                .id,
+            a.id
+        );
     }
 
     #[test]

@@ -37,6 +37,9 @@ use poll::Poller;
 use records::Records;
 use submit::Submitter;
 
+/// How often each replica re-reads the per-call caps every replica learned from refusals.
+const LEARNED_CAPS_REFRESH: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Starts one dispatcher per provider; they stop when `stop` is cancelled.
 #[allow(clippy::too_many_arguments)] // the backends, the providers, and how to run them
 pub fn spawn(
@@ -162,6 +165,11 @@ impl Dispatcher {
         set.spawn(self.intake.run());
         set.spawn(self.flusher.run());
         set.spawn(self.poller.run());
+        set.spawn(
+            self.budget
+                .clone()
+                .refresh_learned_caps(LEARNED_CAPS_REFRESH),
+        );
         set.spawn(self.budget.refresh_quota(self.quota_refresh));
     }
 }

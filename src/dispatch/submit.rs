@@ -82,20 +82,30 @@ impl Submitter {
         };
         let mut parts = vec![(taken, true)];
         while let Some((part, granted)) = parts.pop() {
-            let batch = key.batch(part.targets.clone());
+            let batch = key.batch(&part);
             let (result, maybe_sent) = self.send(&batch, granted).await;
             match result {
                 Ok(sub) => self.submitted(&key, part, sub).await,
                 Err(ProviderError::BatchTooLarge { message }) if part.targets.len() > 1 => {
+                    let sent = part.targets.len();
                     tracing::info!(
                         provider = self.name(),
-                        targets = part.targets.len(),
+                        targets = sent,
                         message,
                         "batch too large; splitting"
                     );
-                    let (a, b) = part.split();
-                    parts.push((b, false));
-                    parts.push((a, false));
+                    budget.batch_too_large(key.kind, sent).await;
+                    // Pieces of the cap now known (at most half), first piece sent first.
+                    let cap = self.0.provider.max_per_call(key.kind).min(sent.div_ceil(2));
+                    let mut pieces = Vec::new();
+                    let mut rest = part;
+                    while rest.targets.len() > cap {
+                        let (piece, tail) = rest.split_at(cap);
+                        pieces.push((piece, false));
+                        rest = tail;
+                    }
+                    pieces.push((rest, false));
+                    parts.extend(pieces.into_iter().rev());
                 }
                 Err(e) if e.is_retryable() && self.0.stop.is_cancelled() => {
                     // Stopping, not failing: the targets stay pending and the unacknowledged
@@ -152,12 +162,18 @@ impl Submitter {
                 }
             }
             if n > 0 || !granted {
-                self.0.budget.submit_or_stop().await?;
+                self.0.budget.submit_or_stop(batch.kind).await?;
             }
+            self.0.budget.items_or_stop(batch).await?;
             let span = tracing::info_span!("provider_call", provider = self.name(), kind = %batch.kind, targets = batch.targets.len(), attempt = n + 1);
             let result = self.0.provider.client.submit(batch).instrument(span).await;
-            if let Err(ProviderError::Ambiguous { .. }) = &result {
-                maybe_sent.store(true, Ordering::Relaxed);
+            match &result {
+                Err(ProviderError::Ambiguous { .. }) => maybe_sent.store(true, Ordering::Relaxed),
+                Err(ProviderError::Throttled {
+                    retry_after: Some(wait),
+                    ..
+                }) => self.0.budget.pause_submits(*wait).await,
+                _ => {}
             }
             result
         };

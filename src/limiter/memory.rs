@@ -1,12 +1,14 @@
 //! In-process limiter for a single replica.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
 
-use super::{Charge, Decision, Limiter, RuleState, budget_group, evaluate, now_ms, refunded};
+use super::{
+    Charge, Decision, LEARNED_CAP_TTL, Limiter, RuleState, budget_group, evaluate, now_ms, refunded,
+};
 use crate::backend::BackendError;
 
 #[derive(Clone, Default)]
@@ -14,7 +16,12 @@ pub struct MemoryLimiter {
     rules: Arc<Mutex<HashMap<String, RuleState>>>,
     /// Budget group -> paused until (ms since the epoch).
     pauses: Arc<Mutex<HashMap<String, u64>>>,
+    /// (budget, lane) -> learned per-call cap and when it was last lowered (ms).
+    caps: Arc<Mutex<HashMap<(String, String), LearnedCap>>>,
 }
+
+/// A learned per-call cap and when it was last lowered (ms since the epoch).
+type LearnedCap = (usize, u64);
 
 impl MemoryLimiter {
     /// Decides at an explicit time; the trait method uses the clock.
@@ -78,6 +85,39 @@ impl Limiter for MemoryLimiter {
         self.pause_at(group, wait, now_ms());
         Ok(())
     }
+
+    async fn learned_caps(&self, budget: &str) -> Result<BTreeMap<String, usize>, BackendError> {
+        let now = now_ms();
+        let mut caps = self.caps.lock().expect("limiter lock");
+        caps.retain(|_, (_, at)| now.saturating_sub(*at) < LEARNED_CAP_TTL.as_millis() as u64);
+        Ok(caps
+            .iter()
+            .filter(|((b, _), _)| b == budget)
+            .map(|((_, lane), (cap, _))| (lane.clone(), *cap))
+            .collect())
+    }
+
+    async fn lower_cap(&self, budget: &str, lane: &str, cap: usize) -> Result<bool, BackendError> {
+        let now = now_ms();
+        let mut caps = self.caps.lock().expect("limiter lock");
+        let key = (budget.to_owned(), lane.to_owned());
+        let fresh = |at: u64| now.saturating_sub(at) < LEARNED_CAP_TTL.as_millis() as u64;
+        match caps.get(&key) {
+            Some(&(known, at)) if known <= cap && fresh(at) => Ok(false),
+            _ => {
+                caps.insert(key, (cap, now));
+                Ok(true)
+            }
+        }
+    }
+
+    async fn forget_cap(&self, budget: &str, lane: &str) -> Result<(), BackendError> {
+        self.caps
+            .lock()
+            .expect("limiter lock")
+            .remove(&(budget.to_owned(), lane.to_owned()));
+        Ok(())
+    }
 }
 
 impl MemoryLimiter {
@@ -123,5 +163,20 @@ mod tests {
         assert_eq!(limiter.acquire_at(&both, 11_500), Decision::Granted);
         let rules = limiter.rules.lock().unwrap();
         assert!(matches!(&rules["cf:submit:0"], RuleState::Window { grants } if grants.len() == 1));
+    }
+
+    #[tokio::test]
+    async fn a_learned_cap_only_goes_down_until_forgotten() {
+        let limiter = MemoryLimiter::default();
+        assert!(limiter.lower_cap("acct", "edge:URL", 50).await.unwrap());
+        assert!(!limiter.lower_cap("acct", "edge:URL", 60).await.unwrap());
+        assert!(!limiter.lower_cap("acct", "edge:URL", 50).await.unwrap());
+        assert!(limiter.lower_cap("acct", "edge:URL", 25).await.unwrap());
+        assert!(limiter.lower_cap("other", "edge:URL", 80).await.unwrap());
+        let caps = limiter.learned_caps("acct").await.unwrap();
+        assert_eq!(caps, BTreeMap::from([("edge:URL".to_owned(), 25)]));
+        limiter.forget_cap("acct", "edge:URL").await.unwrap();
+        assert!(limiter.learned_caps("acct").await.unwrap().is_empty());
+        assert_eq!(limiter.learned_caps("other").await.unwrap().len(), 1);
     }
 }

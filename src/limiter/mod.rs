@@ -4,6 +4,7 @@
 pub mod memory;
 pub mod redis;
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -89,7 +90,23 @@ pub trait Limiter: Send + Sync + 'static {
     /// `Retry-After` becomes `pause("<budget>:submit", retry_after)`, so no replica calls before
     /// the time the provider named. A shorter pause never cuts a longer one short.
     async fn pause(&self, group: &str, wait: Duration) -> Result<(), BackendError>;
+
+    /// The per-call caps learned from "batch too large" refusals under the budget `budget`
+    /// (a provider's account), by lane key (`<provider>:<KIND>`), shared by every replica.
+    async fn learned_caps(&self, budget: &str) -> Result<BTreeMap<String, usize>, BackendError>;
+
+    /// Lowers the learned cap of `lane` under `budget` to `cap` unless it is already at most
+    /// that; true when this call lowered it (so the change is logged once, by one replica).
+    /// A learned cap is kept for [`LEARNED_CAP_TTL`] after its last lowering.
+    async fn lower_cap(&self, budget: &str, lane: &str, cap: usize) -> Result<bool, BackendError>;
+
+    /// Forgets the learned cap of `lane` (a quota read reported a larger one).
+    async fn forget_cap(&self, budget: &str, lane: &str) -> Result<(), BackendError>;
 }
+
+/// How long a learned per-call cap holds after its last lowering, for providers without a
+/// quota API that could say otherwise (a raised account limit is noticed the next day).
+pub const LEARNED_CAP_TTL: Duration = Duration::from_secs(24 * 3600);
 
 /// The budget a charge key belongs to: the key without a trailing `:<number>` (the index of
 /// one rule among a provider API's rules), e.g. `acct:submit:1` -> `acct:submit`.

@@ -5,10 +5,12 @@
 
 use std::sync::{Arc, LazyLock};
 
-use ::redis::Script;
+use std::collections::BTreeMap;
+
+use ::redis::{AsyncCommands, Script};
 use async_trait::async_trait;
 
-use super::{Charge, Decision, Limit, Limiter, budget_group, gcra_interval_ms};
+use super::{Charge, Decision, LEARNED_CAP_TTL, Limit, Limiter, budget_group, gcra_interval_ms};
 use crate::backend::BackendError;
 use crate::redis_state::Shared;
 
@@ -149,6 +151,21 @@ return 0
     )
 });
 
+/// KEYS: the learned caps hash. ARGV: lane, cap, ttl ms. Lowers the lane's cap unless it is
+/// already at most `cap`; returns 1 when lowered. The hash expires `ttl` after a lowering.
+static LOWER_CAP: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local cur = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0')
+local cap = tonumber(ARGV[2])
+if cur > 0 and cur <= cap then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return 1
+",
+    )
+});
+
 #[derive(Clone)]
 pub struct RedisLimiter {
     shared: Arc<Shared>,
@@ -163,6 +180,14 @@ impl RedisLimiter {
     /// one acquire still touches one cluster slot).
     fn pause_key(&self, group: &str) -> String {
         format!("{}:pause", self.shared.keys.limit(&format!("{group}:0")))
+    }
+
+    /// The hash of per-call caps learned under `budget`, beside its submit budget.
+    fn caps_key(&self, budget: &str) -> String {
+        format!(
+            "{}:caps",
+            self.shared.keys.limit(&format!("{budget}:submit:0"))
+        )
     }
 }
 
@@ -248,6 +273,38 @@ impl Limiter for RedisLimiter {
         let _: i64 = self
             .shared
             .with(|mut conn| async move { call.invoke_async(&mut conn).await })
+            .await?;
+        Ok(())
+    }
+
+    async fn learned_caps(&self, budget: &str) -> Result<BTreeMap<String, usize>, BackendError> {
+        let key = self.caps_key(budget);
+        self.shared
+            .with(|mut conn| async move { conn.hgetall(key).await })
+            .await
+    }
+
+    async fn lower_cap(&self, budget: &str, lane: &str, cap: usize) -> Result<bool, BackendError> {
+        let mut call = LOWER_CAP.prepare_invoke();
+        call.key(self.caps_key(budget))
+            .arg(lane)
+            .arg(cap.max(1) as u64)
+            .arg(LEARNED_CAP_TTL.as_millis() as u64);
+        let lowered: i64 = self
+            .shared
+            .with(|mut conn| async move { call.invoke_async(&mut conn).await })
+            .await?;
+        Ok(lowered == 1)
+    }
+
+    async fn forget_cap(&self, budget: &str, lane: &str) -> Result<(), BackendError> {
+        let key = self.caps_key(budget);
+        let _: i64 = self
+            .shared
+            .with(|mut conn| {
+                let lane = lane.to_owned();
+                async move { conn.hdel(key, lane).await }
+            })
             .await?;
         Ok(())
     }

@@ -400,4 +400,25 @@ impl Limiter for MeteredLimiter {
         backend(&self.metrics, "limiter.pause", start, &r);
         r
     }
+
+    async fn learned_caps(&self, budget: &str) -> Result<BTreeMap<String, usize>, BackendError> {
+        let start = Instant::now();
+        let r = self.inner.learned_caps(budget).await;
+        backend(&self.metrics, "limiter.learned_caps", start, &r);
+        r
+    }
+
+    async fn lower_cap(&self, budget: &str, lane: &str, cap: usize) -> Result<bool, BackendError> {
+        let start = Instant::now();
+        let r = self.inner.lower_cap(budget, lane, cap).await;
+        backend(&self.metrics, "limiter.lower_cap", start, &r);
+        r
+    }
+
+    async fn forget_cap(&self, budget: &str, lane: &str) -> Result<(), BackendError> {
+        let start = Instant::now();
+        let r = self.inner.forget_cap(budget, lane).await;
+        backend(&self.metrics, "limiter.forget_cap", start, &r);
+        r
+    }
 }

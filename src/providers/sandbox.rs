@@ -190,6 +190,7 @@ impl Provider for Sandbox {
             status_rates: Vec::new(),
             daily: Vec::new(),
             poll_batch: 1000,
+            kind_submit_rates: Default::default(),
         }
     }
 

@@ -200,6 +200,7 @@ async fn cloudflare_client_reads_retry_after_and_ratelimit_from_a_429() {
     .unwrap();
     let client = Cloudflare::new(&settings, reqwest::Client::new()).unwrap();
     let batch = Batch {
+        id: "test-batch".into(),
         kind: purge_service::model::PurgeKind::Host,
         action: purge_service::model::Action::Delete,
         targets: vec!["www.example.com".into()],

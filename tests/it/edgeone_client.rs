@@ -42,6 +42,7 @@ fn one_url() -> Batch {
 
 fn batch(kind: PurgeKind, action: Action, targets: &[&str]) -> Batch {
     Batch {
+        id: "test-batch".into(),
         kind,
         action,
         targets: targets.iter().map(|t| t.to_string()).collect(),

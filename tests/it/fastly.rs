@@ -178,6 +178,7 @@ async fn fastly_client_reads_the_hourly_budget_headers_of_a_429() {
     .unwrap();
     let client = Fastly::new(&settings, reqwest::Client::new()).unwrap();
     let all = Batch {
+        id: "test-batch".into(),
         kind: purge_service::model::PurgeKind::All,
         action: purge_service::model::Action::Delete,
         targets: vec![],
@@ -199,6 +200,7 @@ async fn fastly_client_reads_the_hourly_budget_headers_of_a_429() {
     }
     // Only purge_all counts: URL purges still go through.
     let url = Batch {
+        id: "test-batch".into(),
         kind: purge_service::model::PurgeKind::Url,
         targets: vec!["https://www.example.com/x".into()],
         ..all

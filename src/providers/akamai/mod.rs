@@ -19,7 +19,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::{
-    Batch, CallBudget, Capabilities, Provider, ProviderError, Submission, TaskProgress, TaskQuery,
+    Batch, CallBudget, Capabilities, ItemBudget, Provider, ProviderError, Submission, TaskProgress,
+    TaskQuery,
 };
 use crate::limiter::Rate;
 use crate::model::{Action, PurgeKind};
@@ -93,6 +94,8 @@ struct Inner {
     max_body: usize,
     /// When each purge submitted here is done (submit time + `estimatedSeconds`).
     done_at: Mutex<HashMap<String, DateTime<Utc>>>,
+    /// Object bucket (`url`, `tag`, `cpcode`) -> its refill per second, as last answered.
+    refills: Mutex<HashMap<&'static str, f64>>,
 }
 
 fn credentials(s: &AkamaiSettings) -> Result<EdgeGridCredentials, ConfigError> {
@@ -161,26 +164,36 @@ impl Akamai {
                 cp_codes: settings.cp_codes.clone(),
                 max_body: settings.max_body_bytes,
                 done_at: Mutex::new(HashMap::new()),
+                refills: Mutex::new(HashMap::new()),
             }),
         })
     }
 
     /// The request path and body of `batch`.
+    /// The object bucket a batch of `kind` is paid from.
+    fn bucket(kind: PurgeKind) -> Option<&'static str> {
+        match kind {
+            PurgeKind::Url => Some("url"),
+            PurgeKind::Tag => Some("tag"),
+            PurgeKind::All => Some("cpcode"),
+            _ => None,
+        }
+    }
+
     fn request(&self, batch: &Batch) -> Result<(String, Vec<u8>, usize), ProviderError> {
         let action = match batch.action {
             Action::Invalidate => "invalidate",
             Action::Delete => "delete",
         };
-        let (kind, objects) = match batch.kind {
-            PurgeKind::Url => ("url", json!(batch.targets)),
-            PurgeKind::Tag => ("tag", json!(batch.targets)),
-            PurgeKind::All => ("cpcode", json!(self.inner.cp_codes)),
-            other => {
-                return Err(ProviderError::Rejected {
-                    code: "Unsupported".into(),
-                    message: format!("Akamai Fast Purge cannot purge {other}"),
-                });
-            }
+        let objects = match batch.kind {
+            PurgeKind::All => json!(self.inner.cp_codes),
+            _ => json!(batch.targets),
+        };
+        let Some(kind) = Akamai::bucket(batch.kind) else {
+            return Err(ProviderError::Rejected {
+                code: "Unsupported".into(),
+                message: format!("Akamai Fast Purge cannot purge {}", batch.kind),
+            });
         };
         let count = objects.as_array().map_or(0, Vec::len);
         let network = match self.inner.network {
@@ -248,6 +261,7 @@ impl Provider for Akamai {
             status_rates: vec![Rate::new(50, Duration::from_secs(1))],
             daily: Vec::new(),
             poll_batch: 1000,
+            kind_submit_rates: Default::default(),
         }
     }
 
@@ -259,6 +273,27 @@ impl Provider for Akamai {
             ))),
             _ => Ok(()),
         }
+    }
+
+    /// Once an answer gave the bucket's refill rate: the batch's objects (its targets, or the
+    /// CP codes of an ALL) at that rate, so replicas sharing the account never outrun it.
+    fn item_budget(&self, batch: &Batch) -> Option<ItemBudget> {
+        let bucket = Akamai::bucket(batch.kind)?;
+        let refill = *self
+            .inner
+            .refills
+            .lock()
+            .expect("refills lock")
+            .get(bucket)?;
+        let cost = match batch.kind {
+            PurgeKind::All => self.inner.cp_codes.len(),
+            _ => batch.targets.len(),
+        };
+        Some(ItemBudget {
+            bucket: bucket.to_owned(),
+            rate: Rate::new(1, Duration::from_secs_f64(1.0 / refill)),
+            cost: cost as u32,
+        })
     }
 
     /// A body over `max_body_bytes` is refused before sending (the dispatcher splits it).
@@ -275,6 +310,18 @@ impl Provider for Akamai {
         }
         let submitted = Utc::now();
         let reply = self.inner.client.post(&path, &body).await?;
+        if let (Some(bucket), Some(refill)) = (
+            Akamai::bucket(batch.kind),
+            reply.limits.limit_per_second_objects,
+        ) && refill.is_finite()
+            && refill > 0.0
+        {
+            self.inner
+                .refills
+                .lock()
+                .expect("refills lock")
+                .insert(bucket, refill);
+        }
         if !(200..300).contains(&reply.status) {
             return Err(classify(&reply, objects));
         }

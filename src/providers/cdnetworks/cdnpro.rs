@@ -223,6 +223,7 @@ impl Provider for CdnPro {
             status_rates: vec![Rate::new(150, window)],
             daily: Vec::new(),
             poll_batch: 1,
+            kind_submit_rates: Default::default(),
         }
     }
 

@@ -274,6 +274,7 @@ impl Provider for ContentManagement {
                 utc_offset_secs: UTC_PLUS_8,
             }],
             poll_batch: 1,
+            kind_submit_rates: Default::default(),
         }
     }
 

@@ -195,6 +195,7 @@ mod tests {
 
     fn batch(kind: PurgeKind, targets: &[&str]) -> Batch {
         Batch {
+            id: "test-batch".into(),
             kind,
             action: Action::Delete,
             targets: targets.iter().map(|t| t.to_string()).collect(),

@@ -297,6 +297,7 @@ impl Provider for Cloudflare {
             status_rates: Vec::new(),
             daily: Vec::new(),
             poll_batch: 1_000,
+            kind_submit_rates: Default::default(),
         }
     }
 

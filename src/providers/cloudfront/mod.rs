@@ -264,6 +264,7 @@ impl Provider for CloudFront {
             status_rates: vec![Rate::new(5, Duration::from_secs(1))],
             daily: Vec::new(),
             poll_batch: 1,
+            kind_submit_rates: Default::default(),
         }
     }
 
@@ -293,7 +294,7 @@ impl Provider for CloudFront {
         paths.sort();
         paths.dedup();
         let refs = &self.inner.references;
-        let identity = References::identity(&self.inner.distribution_id, batch.kind, &paths);
+        let identity = References::identity(&self.inner.distribution_id, &batch.id);
         let reference = refs.reference(&identity);
         let body = api::invalidation_batch(&paths, &reference);
         let path = format!(
@@ -308,7 +309,6 @@ impl Provider for CloudFront {
             .await
         {
             Ok(reply) => {
-                refs.close(&identity);
                 let inv: api::Invalidation = api::parse("CreateInvalidation", &reply.text)?;
                 tracing::debug!(status = reply.status, invalidation = %inv.id, reference, "invalidation created");
                 Ok(Submission {
@@ -321,7 +321,7 @@ impl Provider for CloudFront {
                 if api::is_reference_conflict(&code, &message) =>
             {
                 // The reference names another batch: the next send takes a new one.
-                refs.close(&identity);
+                refs.renew(&identity);
                 Err(ProviderError::Transient {
                     message: format!(
                         "caller reference {reference} was used for other paths ({code}); sending again under a new one"
@@ -330,12 +330,8 @@ impl Provider for CloudFront {
                 })
             }
             Err(failure) => {
-                let e = self.classify(failure);
-                // May have reached CloudFront, or will be sent again: keep the reference.
-                if !e.is_retryable() {
-                    refs.close(&identity);
-                }
-                Err(e)
+                // May have reached CloudFront, or will be sent again: the reference stays.
+                Err(self.classify(failure))
             }
         }
     }

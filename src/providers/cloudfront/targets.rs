@@ -76,54 +76,52 @@ pub fn path_of(
     }
 }
 
-/// How long a caller reference is reused for a batch that may have reached CloudFront.
+/// How long a reference that replaced a conflicting one is kept for its batch.
 pub const REFERENCE_TTL: Duration = Duration::from_secs(15 * 60);
 
-/// Caller references of batches not yet answered for sure, by the batch's identity
-/// (distribution, kind and sorted paths). A resend of the same batch reuses its reference, so
-/// CloudFront answers the invalidation it already made; an answered batch forgets it, so a
-/// later purge of the same paths is a new invalidation.
+/// Caller references, derived from the distribution and the dispatcher's batch id (the same
+/// purges' targets packed the same way, on any replica): a batch sent again after a timeout or
+/// a lost connection, or by another replica that took the work over, carries the same
+/// reference, and CloudFront answers the invalidation it already made instead of making a
+/// second. A reference CloudFront says was used for other paths is replaced, for that batch.
 #[derive(Debug, Default)]
 pub struct References {
-    open: Mutex<HashMap<String, (String, Instant)>>,
+    renewed: Mutex<HashMap<String, (String, Instant)>>,
 }
 
 impl References {
-    /// The identity of a batch: sha256 over the distribution, the kind and the sorted paths.
-    pub fn identity(distribution: &str, kind: PurgeKind, paths: &[String]) -> String {
+    /// The identity of a batch: sha256 over the distribution and the batch id.
+    pub fn identity(distribution: &str, batch_id: &str) -> String {
         let mut h = Sha256::new();
-        for part in [distribution, kind.as_str()] {
+        for part in [distribution, batch_id] {
             h.update(part.as_bytes());
-            h.update([0]);
-        }
-        for p in paths {
-            h.update(p.as_bytes());
             h.update([0]);
         }
         hex::encode(h.finalize())
     }
 
-    /// The reference of the batch `identity`: the open one, or a new one derived from the
-    /// identity and the time of its first attempt.
+    /// The reference of the batch `identity`: derived from it alone, unless it was renewed.
     pub fn reference(&self, identity: &str) -> String {
-        let mut open = self.open.lock().expect("references lock");
-        open.retain(|_, (_, at)| at.elapsed() < REFERENCE_TTL);
-        open.entry(identity.to_owned())
-            .or_insert_with(|| {
-                let first = chrono::Utc::now().timestamp_nanos_opt().unwrap_or_default();
-                let digest = Sha256::digest(format!("{identity}/{first}").as_bytes());
-                (
-                    format!("purge-{}", &hex::encode(digest)[..40]),
-                    Instant::now(),
-                )
-            })
-            .0
-            .clone()
+        let mut renewed = self.renewed.lock().expect("references lock");
+        renewed.retain(|_, (_, at)| at.elapsed() < REFERENCE_TTL);
+        match renewed.get(identity) {
+            Some((reference, _)) => reference.clone(),
+            None => format!("purge-{}", &identity[..40]),
+        }
     }
 
-    /// The batch was answered for sure: its next send is a new invalidation.
-    pub fn close(&self, identity: &str) {
-        self.open.lock().expect("references lock").remove(identity);
+    /// CloudFront knows the reference for other paths: the batch takes a new one, derived
+    /// from its identity and the time.
+    pub fn renew(&self, identity: &str) {
+        let now = chrono::Utc::now().timestamp_nanos_opt().unwrap_or_default();
+        let digest = Sha256::digest(format!("{identity}/{now}").as_bytes());
+        self.renewed.lock().expect("references lock").insert(
+            identity.to_owned(),
+            (
+                format!("purge-{}", &hex::encode(digest)[..40]),
+                Instant::now(),
+            ),
+        );
     }
 }
 
@@ -177,14 +175,17 @@ mod tests {
     }
 
     #[test]
-    fn a_resent_batch_keeps_its_reference_until_answered() {
-        let refs = References::default();
-        let paths = vec!["/a".to_owned(), "/b".to_owned()];
-        let id = References::identity("E1", PurgeKind::Url, &paths);
-        assert_ne!(id, References::identity("E1", PurgeKind::Wildcard, &paths));
-        let first = refs.reference(&id);
-        assert_eq!(refs.reference(&id), first);
-        refs.close(&id);
-        assert_ne!(refs.reference(&id), first);
+    fn a_batch_has_one_reference_on_every_replica_until_renewed() {
+        let (here, there) = (References::default(), References::default());
+        let id = References::identity("E1", "batch-1");
+        assert_ne!(id, References::identity("E1", "batch-2"));
+        assert_ne!(id, References::identity("E2", "batch-1"));
+        let first = here.reference(&id);
+        assert_eq!(here.reference(&id), first);
+        assert_eq!(there.reference(&id), first, "another replica resending it");
+        here.renew(&id);
+        let renewed = here.reference(&id);
+        assert_ne!(renewed, first);
+        assert_eq!(here.reference(&id), renewed);
     }
 }

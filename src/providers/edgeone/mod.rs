@@ -159,6 +159,7 @@ impl Provider for EdgeOne {
             status_rates: per_second,
             daily: Vec::new(),
             poll_batch: api::POLL_TASKS,
+            kind_submit_rates: Default::default(),
         }
     }
 

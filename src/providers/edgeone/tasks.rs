@@ -462,6 +462,7 @@ mod tests {
     #[test]
     fn only_a_job_of_the_same_method_covering_every_target_is_credited() {
         let batch = Batch {
+            id: "test-batch".into(),
             kind: PurgeKind::Url,
             action: Action::Invalidate,
             targets: vec!["https://a.com/1".into(), "https://a.com/2".into()],

@@ -180,6 +180,7 @@ mod tests {
 
     fn batch(kind: PurgeKind, action: Action, targets: &[&str]) -> Batch {
         Batch {
+            id: "test-batch".into(),
             kind,
             action,
             targets: targets.iter().map(|t| t.to_string()).collect(),

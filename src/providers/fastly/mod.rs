@@ -197,6 +197,7 @@ impl Provider for Fastly {
             status_rates: Vec::new(),
             daily: Vec::new(),
             poll_batch: 1_000,
+            kind_submit_rates: BTreeMap::from([(PurgeKind::All, vec![PURGE_ALL_RATE])]),
         }
     }
 

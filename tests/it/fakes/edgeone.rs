@@ -77,6 +77,8 @@ struct Fake {
     clock_offset: i64,
     /// DescribePurgeTasks answers at most this many rows per page, whatever the `Limit`.
     page_cap: usize,
+    /// DescribeContentQuota calls with this `X-TC-Region` answer 503, as if unreachable.
+    quota_down_for: Option<String>,
 }
 
 impl Fake {
@@ -114,6 +116,7 @@ impl FakeEdgeOne {
             token: None,
             clock_offset: 0,
             page_cap: usize::MAX,
+            quota_down_for: None,
         }));
         let app = axum::Router::new()
             .route("/", axum::routing::post(handle))
@@ -151,6 +154,12 @@ impl FakeEdgeOne {
 
     pub fn set_page_cap(&self, rows: usize) {
         self.state.lock().unwrap().page_cap = rows;
+    }
+
+    /// Every DescribeContentQuota sent with `X-TC-Region: region` answers 503 (that client
+    /// cannot reach the quota API); other clients read it as usual.
+    pub fn refuse_quota_for_region(&self, region: &str) {
+        self.state.lock().unwrap().quota_down_for = Some(region.into());
     }
 
     pub fn fault(&self, action: &str, fault: Fault) {
@@ -347,6 +356,16 @@ fn answer(
         return err("RequestLimitExceeded", "too many requests");
     }
     window.push_back(now);
+    if action == "DescribeContentQuota"
+        && fake.quota_down_for.is_some()
+        && header(headers, "x-tc-region") == fake.quota_down_for
+    {
+        return (
+            (StatusCode::SERVICE_UNAVAILABLE, "cannot connect").into_response(),
+            Some("503".into()),
+            None,
+        );
+    }
     let mut delay = None;
     if let Some(i) = fake.faults.iter().position(|(a, _)| a == action) {
         match fake.faults.remove(i).unwrap().1 {

@@ -1,7 +1,6 @@
-//! PENDING (not in tests/it/main.rs until the dispatcher calls `Limiter::pause` on a
-//! `Throttled { retry_after }`): a Cloudflare 429 with `Retry-After` is honoured by three
-//! replicas on one Redis: no replica calls before the time it named, not only the one that
-//! got it. To enable: add `mod pending_cloudflare_throttle;` to tests/it/main.rs.
+//! A Cloudflare 429 with `Retry-After` is honoured by three replicas on one Redis: the
+//! dispatcher turns it into the limiter's shared pause, so no replica calls before the time it
+//! named, not only the one that got it.
 
 use std::time::Duration;
 
@@ -63,5 +62,8 @@ async fn a_cloudflare_429_makes_every_replica_wait_until_retry_after() {
         .into_iter()
         .filter(|c| c.at > throttled_at && c.at < until)
         .collect();
-    assert!(early.is_empty(), "calls before the Retry-After ended: {early:?}");
+    assert!(
+        early.is_empty(),
+        "calls before the Retry-After ended: {early:?}"
+    );
 }

@@ -1,8 +1,6 @@
-//! PENDING (not in `main.rs`): Akamai's token buckets shared by three replicas. It needs the
-//! limiter's shared `pause` (another branch): after the first 429 every replica must wait out
-//! the refill the answer's `X-Ratelimit-*` headers give, so no second request is refused for
-//! tokens. Add `mod akamai_shared_bucket_pending;` to `tests/it/main.rs` once that lands and
-//! the Akamai provider reports its 429 wait to it.
+//! Akamai's token buckets shared by three replicas: after the first 429 the dispatcher turns
+//! the refill wait the answer's `X-Ratelimit-*` headers give into the limiter's shared pause,
+//! so every replica waits it out and no second request is refused for tokens.
 
 use std::time::Duration;
 
@@ -54,5 +52,8 @@ async fn three_replicas_exhaust_the_bucket_and_only_the_first_429_is_refused() {
     }
     let statuses: Vec<u16> = fake.calls().iter().map(|c| c.status).collect();
     let refused = statuses.iter().filter(|s| **s == 429).count();
-    assert!(refused <= 1, "refused for tokens after the first 429: {statuses:?}");
+    assert!(
+        refused <= 1,
+        "refused for tokens after the first 429: {statuses:?}"
+    );
 }
