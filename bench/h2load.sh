@@ -40,6 +40,7 @@ load() {
   if [[ "${PERF:-0}" == 1 ]]; then
     perf record -g -o "$OUT/$name.perf.data" -p "$pid" >/dev/null 2>&1 & perf_pid=$!
   fi
+  rm -f "$OUT/$name.log.tsv" # h2load appends to its log
   h2load -n "$N" -c "$C" -m "$M" -t 1 -d "$OUT/body.bin" --log-file="$OUT/$name.log.tsv" \
     -H 'content-type: application/grpc' -H 'te: trailers' \
     "http://127.0.0.1:$port/purge.v1.PurgeService/CreatePurge" > "$OUT/$name.h2load.txt"
