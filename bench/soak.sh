@@ -88,6 +88,7 @@ run_redis() {
 listen = "127.0.0.1:$PORT"
 max_concurrent_requests = 4096
 record_retention = "10s"
+idempotency_retention = "10s"
 [store]
 backend = "redis"
 url = "redis://127.0.0.1:$rport"
