@@ -17,7 +17,7 @@ mkdir -p "$OUT"
 if ! command -v h2load >/dev/null; then
   apt-get install -y nghttp2-client || { apt-get update && apt-get install -y nghttp2-client; }
 fi
-cargo build --release --bin purge-service --bin bare-grpc
+[[ -n "${NOBUILD:-}" ]] || cargo build --release --bin purge-service --bin bare-grpc
 
 # One gRPC frame (0x00, 4-byte big-endian length, protobuf) of a CreatePurgeRequest:
 # provider "sandbox" (field 1), kind URL (field 2 = 1), two fixed URLs (field 3).
