@@ -17,7 +17,7 @@ mkdir -p "$OUT"
 if ! command -v h2load >/dev/null; then
   apt-get install -y nghttp2-client || { apt-get update && apt-get install -y nghttp2-client; }
 fi
-cargo build --release --bin purge-service --bin bare-grpc
+[[ -n "${NOBUILD:-}" ]] || cargo build --release --bin purge-service --bin bare-grpc
 
 # One gRPC frame (0x00, 4-byte big-endian length, protobuf) of a CreatePurgeRequest:
 # provider "sandbox" (field 1), kind URL (field 2 = 1), two fixed URLs (field 3).
@@ -40,6 +40,7 @@ load() {
   if [[ "${PERF:-0}" == 1 ]]; then
     perf record -g -o "$OUT/$name.perf.data" -p "$pid" >/dev/null 2>&1 & perf_pid=$!
   fi
+  rm -f "$OUT/$name.log.tsv" # h2load appends to its log
   h2load -n "$N" -c "$C" -m "$M" -t 1 -d "$OUT/body.bin" --log-file="$OUT/$name.log.tsv" \
     -H 'content-type: application/grpc' -H 'te: trailers' \
     "http://127.0.0.1:$port/purge.v1.PurgeService/CreatePurge" > "$OUT/$name.h2load.txt"

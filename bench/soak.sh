@@ -21,7 +21,7 @@ cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -r
 trap cleanup EXIT
 
 python3 -c 'import matplotlib' 2>/dev/null || python3 -m pip install --quiet matplotlib
-cargo build --release --bin purge-service --bin purge-soak
+[[ -n "${NOBUILD:-}" ]] || cargo build --release --bin purge-service --bin purge-soak
 BIN=target/release/purge-service
 SOAK=target/release/purge-soak
 
@@ -88,6 +88,7 @@ run_redis() {
 listen = "127.0.0.1:$PORT"
 max_concurrent_requests = 4096
 record_retention = "10s"
+idempotency_retention = "10s"
 [store]
 backend = "redis"
 url = "redis://127.0.0.1:$rport"

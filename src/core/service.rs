@@ -282,31 +282,30 @@ impl PurgeCore {
         let first = self.get(caller, &id).await?;
         let state = WatchState {
             core: self.clone(),
-            id,
             changes,
             last: first.version,
             done: false,
-            first: Some(first),
+            first: Some(Box::new(first)),
         };
         Ok(futures::stream::unfold(state, WatchState::next))
     }
 }
 
-/// Where one watch is: what it last sent, whether it is over.
+/// Where one watch is: what it last sent, whether it is over. Kept small, one per open
+/// stream: the id is the subscription's, the first record boxed until it is sent.
 struct WatchState {
     core: PurgeCore,
-    id: String,
     changes: Subscription,
     last: u64,
     done: bool,
-    first: Option<PurgeRecord>,
+    first: Option<Box<PurgeRecord>>,
 }
 
 impl WatchState {
     async fn next(mut self) -> Option<(Result<PurgeRecord, Error>, WatchState)> {
         if let Some(first) = self.first.take() {
             self.done = first.state.is_terminal();
-            return Some((Ok(first), self));
+            return Some((Ok(*first), self));
         }
         let resync = self.core.inner.settings.watch_resync;
         while !self.done {
@@ -318,7 +317,7 @@ impl WatchState {
                 _ = self.changes.changed() => {}
                 _ = tokio::time::sleep(resync) => {}
             }
-            match self.core.inner.store.get(&self.id).await {
+            match self.core.inner.store.get(self.changes.id()).await {
                 Ok(Some(r)) if r.version > self.last => {
                     self.last = r.version;
                     self.done = r.state.is_terminal();
@@ -328,11 +327,11 @@ impl WatchState {
                 Ok(None) => {
                     // Expired or removed while watched.
                     self.done = true;
-                    let id = self.id.clone();
+                    let id = self.changes.id().to_owned();
                     return Some((Err(self.core.not_found(id)), self));
                 }
                 Err(e) => {
-                    tracing::warn!(purge_id = %self.id, error = %e, "watch re-read failed; retrying")
+                    tracing::warn!(purge_id = %self.changes.id(), error = %e, "watch re-read failed; retrying")
                 }
             }
         }

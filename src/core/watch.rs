@@ -78,6 +78,11 @@ pub struct Subscription {
 }
 
 impl Subscription {
+    /// The purge watched.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
     /// Resolves at the next wake-up.
     pub async fn changed(&mut self) {
         // The sender lives in the hub for as long as a receiver does; an error cannot happen

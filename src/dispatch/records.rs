@@ -141,8 +141,11 @@ impl Records {
             request_id: sub.request_id.as_deref(),
             rejected: &rejected,
         };
-        for (purge_id, targets) in part.by_purge() {
-            tracing::info!(purge_id = %purge_id, provider = self.name(), task = %sub.task_id, targets = targets.len(), "targets submitted");
+        let by_purge = part.by_purge();
+        // One line a call; a call can carry a target for hundreds of purges.
+        tracing::info!(provider = self.name(), task = %sub.task_id, targets = part.targets.len(), purges = by_purge.len(), "targets submitted");
+        for (purge_id, targets) in by_purge {
+            tracing::debug!(purge_id = %purge_id, provider = self.name(), task = %sub.task_id, targets = targets.len(), "targets submitted for a purge");
             let targets: HashSet<&str> = targets.iter().map(String::as_str).collect();
             self.update(&purge_id, &|r| r.submitted(&submitted, &targets, now))
                 .await;

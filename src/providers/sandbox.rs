@@ -101,8 +101,11 @@ fn account_state(name: &str) -> Arc<Mutex<State>> {
 #[derive(Default)]
 struct State {
     next_id: u64,
-    tasks: HashMap<String, SimTask>,
+    /// By the number in the task id (`sbx-N`).
+    tasks: HashMap<u64, SimTask>,
     calls: Vec<SandboxCall>,
+    /// Targets carried by the calls in `calls`.
+    call_targets: usize,
     recent: VecDeque<SystemTime>,
     polls: u64,
 }
@@ -110,12 +113,34 @@ struct State {
 /// How long a finished task can still be polled.
 const TASK_MEMORY: Duration = Duration::from_secs(600);
 
-/// Calls remembered for `calls()`; older ones are forgotten so a long run stays small.
-const CALL_HISTORY: usize = 100_000;
+/// Targets of the calls remembered for `calls()`: past twice this the oldest calls are
+/// forgotten, down to this, so a sidecar running on the sandbox for months stays small.
+const CALL_HISTORY_TARGETS: usize = 20_000;
 
+/// A task as remembered: only what a poll answers (its failed targets are decided at submit,
+/// the fail pattern being fixed), not every target it carried.
 struct SimTask {
-    targets: Vec<String>,
+    failed: Vec<(String, String)>,
     done_at: SystemTime,
+}
+
+impl State {
+    fn record_call(&mut self, call: SandboxCall) {
+        self.call_targets += call.targets.len();
+        self.calls.push(call);
+        if self.call_targets <= 2 * CALL_HISTORY_TARGETS {
+            return;
+        }
+        let mut forget = 0;
+        for c in &self.calls {
+            if self.call_targets <= CALL_HISTORY_TARGETS || forget + 1 == self.calls.len() {
+                break;
+            }
+            self.call_targets -= c.targets.len();
+            forget += 1;
+        }
+        self.calls.drain(..forget);
+    }
 }
 
 impl super::ProviderFactory for SandboxSettings {
@@ -153,7 +178,8 @@ impl Sandbox {
         })
     }
 
-    /// Every submit call so far, throttled ones included.
+    /// The submit calls so far, throttled ones included; in a long run only the latest
+    /// (at least `CALL_HISTORY_TARGETS` targets' worth).
     pub fn calls(&self) -> Vec<SandboxCall> {
         self.inner.state.lock().expect("sandbox lock").calls.clone()
     }
@@ -213,7 +239,7 @@ impl Provider for Sandbox {
             }
             if state.recent.len() >= rate.count as usize {
                 call.throttled = true;
-                state.calls.push(call);
+                state.record_call(call);
                 return Err(ProviderError::Throttled {
                     message: format!("more than {} calls per {:?}", rate.count, rate.per),
                     retry_after: None,
@@ -221,10 +247,7 @@ impl Provider for Sandbox {
             }
             state.recent.push_back(now);
         }
-        if state.calls.len() >= CALL_HISTORY {
-            state.calls.drain(..CALL_HISTORY / 2);
-        }
-        state.calls.push(call);
+        state.record_call(call);
         if batch.targets.len() > self.inner.settings.max_per_call {
             return Err(ProviderError::BatchTooLarge {
                 message: format!(
@@ -242,16 +265,21 @@ impl Provider for Sandbox {
                 .retain(|_, t| now.duration_since(t.done_at).unwrap_or_default() < TASK_MEMORY);
         }
         state.next_id += 1;
-        let task_id = format!("sbx-{}", state.next_id);
+        let number = state.next_id;
+        let failed = batch
+            .targets
+            .iter()
+            .filter_map(|tg| self.failure(tg).map(|r| (tg.clone(), r)))
+            .collect();
         state.tasks.insert(
-            task_id.clone(),
+            number,
             SimTask {
-                targets: batch.targets.clone(),
+                failed,
                 done_at: now + self.inner.settings.delay,
             },
         );
         Ok(Submission {
-            task_id,
+            task_id: format!("sbx-{number}"),
             request_id: None,
             rejected: Vec::new(),
         })
@@ -267,17 +295,18 @@ impl Provider for Sandbox {
         state.polls += 1;
         let mut out = Vec::new();
         for q in tasks {
-            let progress = match state.tasks.get(&q.task_id) {
+            let task = q
+                .task_id
+                .strip_prefix("sbx-")
+                .and_then(|n| n.parse::<u64>().ok())
+                .and_then(|n| state.tasks.get(&n));
+            let progress = match task {
                 None => TaskProgress::Failed {
                     reason: format!("sandbox: unknown task {}", q.task_id),
                 },
                 Some(t) if t.done_at > now => TaskProgress::Running,
                 Some(t) => TaskProgress::Finished {
-                    failed: t
-                        .targets
-                        .iter()
-                        .filter_map(|tg| self.failure(tg).map(|r| (tg.clone(), r)))
-                        .collect(),
+                    failed: t.failed.clone(),
                 },
             };
             out.push((q.task_id.clone(), progress));

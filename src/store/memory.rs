@@ -73,9 +73,21 @@ enum Slot {
 impl Slot {
     fn of(record: PurgeRecord) -> Slot {
         if record.state.is_terminal() {
-            Slot::Done(codec::encode(&record, false).into_boxed_slice())
+            Slot::encoded(&record)
         } else {
             Slot::Live(Box::new(record))
+        }
+    }
+
+    fn encoded(record: &PurgeRecord) -> Slot {
+        Slot::Done(codec::encode(record, false).into_boxed_slice())
+    }
+
+    /// The record itself, without a copy when it is kept live.
+    fn into_record(self, id: &str) -> Result<PurgeRecord, BackendError> {
+        match self {
+            Slot::Live(r) => Ok(*r),
+            done @ Slot::Done(_) => done.record(id),
         }
     }
 
@@ -91,6 +103,13 @@ impl Slot {
     fn is_done(&self) -> bool {
         matches!(self, Slot::Done(_))
     }
+}
+
+/// How an update moved a purge between the unfinished and the finished.
+enum Moved {
+    Changed,
+    Finished,
+    Reopened,
 }
 
 struct KeyEntry {
@@ -370,37 +389,50 @@ impl Store for MemoryStore {
             return Ok(None);
         };
         let mut state = self.inner.state.lock().expect("store lock");
-        let (changed, after) = match state.purges.get_mut(&key) {
-            None => return Ok(None),
-            Some(Slot::Live(record)) => {
-                let changed = record.apply(change, chrono::Utc::now());
-                (changed, (**record).clone())
+        let Some(slot) = state.purges.get_mut(&key) else {
+            return Ok(None);
+        };
+        let now = chrono::Utc::now();
+        // What the slot holds changes only when the record did; a record that finishes is
+        // encoded from where it lies and handed back without a copy.
+        let (after, moved) = match slot {
+            Slot::Live(record) => {
+                if !record.apply(change, now) {
+                    return Ok(Some((**record).clone()));
+                }
+                if record.state.is_terminal() {
+                    let done = Slot::encoded(record);
+                    let live = std::mem::replace(slot, done);
+                    (live.into_record(id)?, Moved::Finished)
+                } else {
+                    ((**record).clone(), Moved::Changed)
+                }
             }
-            Some(done @ Slot::Done(_)) => {
-                let mut record = done.record(id)?;
-                let changed = record.apply(change, chrono::Utc::now());
-                (changed, record)
+            Slot::Done(_) => {
+                let mut record = slot.record(id)?;
+                if !record.apply(change, now) {
+                    return Ok(Some(record));
+                }
+                if record.state.is_terminal() {
+                    // Finished before: keeps its place in the finished order.
+                    *slot = Slot::encoded(&record);
+                    (record, Moved::Changed)
+                } else {
+                    *slot = Slot::Live(Box::new(record.clone()));
+                    (record, Moved::Reopened)
+                }
             }
         };
-        if changed {
-            let was_done = state.purges.get(&key).is_some_and(Slot::is_done);
-            match (was_done, after.state.is_terminal()) {
-                // Finished before: keeps its place in the finished order.
-                (true, true) => {
-                    state.purges.insert(key, Slot::of(after.clone()));
-                }
-                (true, false) => {
-                    state.purges.insert(key, Slot::of(after.clone()));
-                    state.unfinished += 1;
-                }
-                (false, true) => state.put(key, after.clone(), Instant::now()),
-                (false, false) => {}
+        match moved {
+            Moved::Changed => {}
+            Moved::Finished => {
+                state.unfinished -= 1;
+                state.finished.push_back((Instant::now(), key));
             }
+            Moved::Reopened => state.unfinished += 1,
         }
         drop(state);
-        if changed {
-            self.notify(id);
-        }
+        self.notify(id);
         Ok(Some(after))
     }
 
