@@ -15,15 +15,18 @@ use crate::backend::BackendError;
 use crate::limiter::{Charge, Decision, Limiter, budget_group};
 use crate::model::{Action, PurgeKind, PurgeRecord, PurgeState, WorkItem};
 use crate::providers::{
-    Batch, CallBudget, Capabilities, KindQuota, Provider, ProviderError, Refused, Submission,
-    TaskProgress, TaskQuery,
+    Batch, CallBudget, Capabilities, ItemBudget, KindQuota, Provider, ProviderError, Refused,
+    Submission, TaskProgress, TaskQuery,
 };
 use crate::queue::{Delivery, Queue};
 use crate::store::{
     Change, CreateOutcome, IdempotencyClaim, ListPage, ListQuery, Store, created_ms, now_ms,
 };
 
-/// A provider client whose calls are counted by operation and outcome, and timed.
+/// A provider client whose calls are counted by operation and outcome, and timed. It forwards
+/// every `Provider` method, those with a default too: a method added to the trait must be
+/// forwarded here, or the decorator silently answers with the default (the Akamai per-item
+/// budget was lost that way).
 pub struct MeteredProvider {
     name: String,
     inner: Arc<dyn Provider>,
@@ -127,6 +130,10 @@ impl Provider for MeteredProvider {
             }
         }
         r
+    }
+
+    fn item_budget(&self, batch: &Batch) -> Option<ItemBudget> {
+        self.inner.item_budget(batch)
     }
 
     fn finds_submitted(&self) -> bool {
