@@ -256,6 +256,27 @@ pub trait ProviderFactory {
     ) -> Result<Arc<dyn Provider>, crate::settings::ConfigError>;
 }
 
+/// The [`ProviderFactory`] of a settings type whose provider is built by
+/// `Client::new(&settings, http)`, as most are: `factory_from_new!(EdgeOneSettings => EdgeOne);`.
+macro_rules! factory_from_new {
+    ($settings:ty => $client:ty) => {
+        impl $crate::providers::ProviderFactory for $settings {
+            fn build(
+                &self,
+                _name: &str,
+                http: &reqwest::Client,
+                _registry: &mut $crate::providers::Registry,
+            ) -> Result<
+                std::sync::Arc<dyn $crate::providers::Provider>,
+                $crate::settings::ConfigError,
+            > {
+                Ok(std::sync::Arc::new(<$client>::new(self, http.clone())?))
+            }
+        }
+    };
+}
+pub(crate) use factory_from_new;
+
 /// A CDN purge API.
 #[async_trait]
 pub trait Provider: Send + Sync + 'static {

@@ -375,16 +375,7 @@ impl Provider for Akamai {
     }
 }
 
-impl super::ProviderFactory for AkamaiSettings {
-    fn build(
-        &self,
-        _name: &str,
-        http: &reqwest::Client,
-        _registry: &mut super::Registry,
-    ) -> Result<std::sync::Arc<dyn super::Provider>, ConfigError> {
-        Ok(std::sync::Arc::new(Akamai::new(self, http.clone())?))
-    }
-}
+super::factory_from_new!(AkamaiSettings => Akamai);
 
 #[cfg(test)]
 mod tests {

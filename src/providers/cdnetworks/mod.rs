@@ -419,27 +419,6 @@ where
 fn age(submitted_at: chrono::DateTime<Utc>) -> Duration {
     (Utc::now() - submitted_at).to_std().unwrap_or_default()
 }
-impl super::ProviderFactory for CdnProSettings {
-    fn build(
-        &self,
-        _name: &str,
-        http: &reqwest::Client,
-        _registry: &mut super::Registry,
-    ) -> Result<std::sync::Arc<dyn super::Provider>, ConfigError> {
-        Ok(std::sync::Arc::new(CdnPro::new(self, http.clone())?))
-    }
-}
 
-impl super::ProviderFactory for ContentSettings {
-    fn build(
-        &self,
-        _name: &str,
-        http: &reqwest::Client,
-        _registry: &mut super::Registry,
-    ) -> Result<std::sync::Arc<dyn super::Provider>, ConfigError> {
-        Ok(std::sync::Arc::new(ContentManagement::new(
-            self,
-            http.clone(),
-        )?))
-    }
-}
+super::factory_from_new!(CdnProSettings => CdnPro);
+super::factory_from_new!(ContentSettings => ContentManagement);

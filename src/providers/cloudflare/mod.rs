@@ -319,16 +319,7 @@ impl Provider for Cloudflare {
     }
 }
 
-impl super::ProviderFactory for CloudflareSettings {
-    fn build(
-        &self,
-        _name: &str,
-        http: &reqwest::Client,
-        _registry: &mut super::Registry,
-    ) -> Result<std::sync::Arc<dyn super::Provider>, ConfigError> {
-        Ok(std::sync::Arc::new(Cloudflare::new(self, http.clone())?))
-    }
-}
+super::factory_from_new!(CloudflareSettings => Cloudflare);
 
 #[cfg(test)]
 mod tests {

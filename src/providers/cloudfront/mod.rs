@@ -356,13 +356,4 @@ impl Provider for CloudFront {
     }
 }
 
-impl super::ProviderFactory for CloudFrontSettings {
-    fn build(
-        &self,
-        _name: &str,
-        http: &reqwest::Client,
-        _registry: &mut super::Registry,
-    ) -> Result<std::sync::Arc<dyn super::Provider>, ConfigError> {
-        Ok(std::sync::Arc::new(CloudFront::new(self, http.clone())?))
-    }
-}
+super::factory_from_new!(CloudFrontSettings => CloudFront);

@@ -80,16 +80,7 @@ struct Inner {
     task_timeout: Duration,
 }
 
-impl super::ProviderFactory for EdgeOneSettings {
-    fn build(
-        &self,
-        _name: &str,
-        http: &reqwest::Client,
-        _registry: &mut super::Registry,
-    ) -> Result<Arc<dyn super::Provider>, ConfigError> {
-        Ok(Arc::new(EdgeOne::new(self, http.clone())?))
-    }
-}
+super::factory_from_new!(EdgeOneSettings => EdgeOne);
 
 impl EdgeOne {
     pub fn new(settings: &EdgeOneSettings, http: reqwest::Client) -> Result<EdgeOne, ConfigError> {

@@ -224,16 +224,7 @@ impl Provider for Fastly {
     }
 }
 
-impl super::ProviderFactory for FastlySettings {
-    fn build(
-        &self,
-        _name: &str,
-        http: &reqwest::Client,
-        _registry: &mut super::Registry,
-    ) -> Result<std::sync::Arc<dyn super::Provider>, ConfigError> {
-        Ok(std::sync::Arc::new(Fastly::new(self, http.clone())?))
-    }
-}
+super::factory_from_new!(FastlySettings => Fastly);
 
 #[cfg(test)]
 mod tests {
