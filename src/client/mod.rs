@@ -99,10 +99,15 @@ pub struct CreateArgs {
     pub targets: Vec<String>,
 }
 
-fn parse_label(s: &str) -> Result<(String, String), String> {
+/// A `--label` that is not `key=value`.
+#[derive(Debug, thiserror::Error)]
+#[error("label {0:?} is not key=value")]
+pub struct NotKeyValue(String);
+
+fn parse_label(s: &str) -> Result<(String, String), NotKeyValue> {
     s.split_once('=')
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .ok_or_else(|| format!("label {s:?} is not key=value"))
+        .ok_or_else(|| NotKeyValue(s.to_owned()))
 }
 
 /// Why a command did not get its answer.

@@ -100,10 +100,10 @@ pub fn certificates(
 /// The rustls config the files of `tls` describe, and what its leaf certificate says.
 pub fn server_config(tls: &ServerTlsConfig) -> Result<(rustls::ServerConfig, CertInfo), TlsError> {
     let chain = certificates("server.tls.cert_file", &tls.cert_file)?;
-    let info = info(&chain[0]).map_err(|reason| TlsError::Certificate {
+    let info = info(&chain[0]).map_err(|e| TlsError::Certificate {
         field: "server.tls.cert_file",
         path: tls.cert_file.clone(),
-        reason,
+        reason: e.to_string(),
     })?;
     let key_pem = read("server.tls.key_file", &tls.key_file)?;
     let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|source| TlsError::Pem {
@@ -155,8 +155,10 @@ pub fn server_config(tls: &ServerTlsConfig) -> Result<(rustls::ServerConfig, Cer
 }
 
 /// Serial, expiry and subject of a DER certificate.
-pub fn info(cert: &CertificateDer<'_>) -> Result<CertInfo, String> {
-    let (_, x509) = x509_parser::parse_x509_certificate(cert).map_err(|e| e.to_string())?;
+pub fn info(
+    cert: &CertificateDer<'_>,
+) -> Result<CertInfo, x509_parser::nom::Err<x509_parser::error::X509Error>> {
+    let (_, x509) = x509_parser::parse_x509_certificate(cert)?;
     let not_after = x509.validity().not_after.timestamp();
     let not_after = chrono::DateTime::from_timestamp(not_after, 0)
         .map(|t| t.to_rfc3339())
