@@ -200,6 +200,10 @@ impl App {
             Some(settings) => Some(crate::tls::Reloading::load(settings)?),
             None => None,
         };
+        if let Some(tls) = &tls {
+            let tls = tls.clone();
+            metrics.observe_certificate_expiry(move || tls.not_after_unix());
+        }
         let settings = CoreSettings {
             limits: Limits {
                 max_targets: config.server.max_targets,

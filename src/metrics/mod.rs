@@ -153,6 +153,19 @@ impl Metrics {
         }))
     }
 
+    /// Exports `read()`, when the served TLS certificate expires (seconds since the epoch), as
+    /// the gauge `purge.tls.certificate.expiry`, read at each collection (so rotations show).
+    pub fn observe_certificate_expiry(&self, read: impl Fn() -> i64 + Send + Sync + 'static) {
+        self.0
+            .provider
+            .meter("purge-service")
+            .i64_observable_gauge("purge.tls.certificate.expiry")
+            .with_description("When the served TLS certificate expires, in seconds since the epoch")
+            .with_unit("s")
+            .with_callback(move |o| o.observe(read(), &[]))
+            .build();
+    }
+
     pub(crate) fn i(&self) -> &Instruments {
         &self.0.i
     }

@@ -59,6 +59,8 @@ pub struct CertInfo {
     pub serial: String,
     /// RFC 3339.
     pub not_after: String,
+    /// The same instant in seconds since the epoch, for the expiry gauge.
+    pub not_after_unix: i64,
     pub subject: String,
 }
 
@@ -159,13 +161,14 @@ pub fn info(
     cert: &CertificateDer<'_>,
 ) -> Result<CertInfo, x509_parser::nom::Err<x509_parser::error::X509Error>> {
     let (_, x509) = x509_parser::parse_x509_certificate(cert)?;
-    let not_after = x509.validity().not_after.timestamp();
-    let not_after = chrono::DateTime::from_timestamp(not_after, 0)
+    let not_after_unix = x509.validity().not_after.timestamp();
+    let not_after = chrono::DateTime::from_timestamp(not_after_unix, 0)
         .map(|t| t.to_rfc3339())
-        .unwrap_or_else(|| format!("{not_after} (unix seconds)"));
+        .unwrap_or_else(|| format!("{not_after_unix} (unix seconds)"));
     Ok(CertInfo {
         serial: x509.raw_serial_as_string().replace(':', ""),
         not_after,
+        not_after_unix,
         subject: x509.subject().to_string(),
     })
 }

@@ -3,6 +3,7 @@
 //! A new set that cannot be used keeps the old one and logs an error once.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 
 use arc_swap::ArcSwap;
 use sha2::{Digest, Sha256};
@@ -20,6 +21,8 @@ pub struct Reloading {
 struct Inner {
     settings: ServerTlsConfig,
     current: ArcSwap<rustls::ServerConfig>,
+    /// When the served certificate expires, in seconds since the epoch.
+    not_after: AtomicI64,
 }
 
 impl Reloading {
@@ -31,6 +34,7 @@ impl Reloading {
             inner: Arc::new(Inner {
                 settings: settings.clone(),
                 current: ArcSwap::from_pointee(config),
+                not_after: AtomicI64::new(info.not_after_unix),
             }),
         })
     }
@@ -38,6 +42,11 @@ impl Reloading {
     /// The config for the next handshake.
     pub fn current(&self) -> Arc<rustls::ServerConfig> {
         self.inner.current.load_full()
+    }
+
+    /// When the certificate served now expires, in seconds since the epoch (the expiry gauge).
+    pub fn not_after_unix(&self) -> i64 {
+        self.inner.not_after.load(Ordering::Relaxed)
     }
 
     pub fn handshake_timeout(&self) -> std::time::Duration {
@@ -65,6 +74,9 @@ impl Reloading {
             match certs::server_config(settings) {
                 Ok((config, info)) => {
                     self.inner.current.store(Arc::new(config));
+                    self.inner
+                        .not_after
+                        .store(info.not_after_unix, Ordering::Relaxed);
                     log_loaded("rotated TLS certificate", settings, &info);
                 }
                 Err(e) => {

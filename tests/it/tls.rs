@@ -455,3 +455,35 @@ async fn slow_handshakes_are_cut_and_large_messages_refused() {
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::OutOfRange, "{err:?}");
 }
+
+/// The served certificate's expiry, read from the PEM with x509-parser.
+fn not_after(pem: &str) -> i64 {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+    let der = CertificateDer::from_pem_slice(pem.as_bytes()).expect("pem");
+    let (_, cert) = x509_parser::parse_x509_certificate(&der).expect("x509");
+    cert.validity().not_after.timestamp()
+}
+
+#[tokio::test]
+async fn the_certificate_expiry_is_a_gauge_on_the_admin_port() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("test CA");
+    let server = ca.server(0x4004);
+    let cert = write(dir.path(), "tls.crt", &server.cert);
+    let key = write(dir.path(), "tls.key", &server.key);
+    let app = App::build(config(&format!(
+        "[admin]\nlisten = \"127.0.0.1:0\"\n[server.tls]\ncert_file = {cert:?}\nkey_file = {key:?}\n"
+    )))
+    .await
+    .expect("app builds");
+    let admin = app.admin_addr().expect("admin listener");
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let (_stop, rx) = oneshot::channel::<()>();
+    tokio::spawn(app.run(listener, async {
+        let _ = rx.await;
+    }));
+    let scrape = crate::metrics::scrape(admin).await;
+    let expiry = crate::metrics::value(&scrape, "purge_tls_certificate_expiry_seconds", &[]);
+    assert_eq!(expiry as i64, not_after(&server.cert));
+}
