@@ -12,6 +12,7 @@ pub mod http;
 mod registry;
 pub mod sandbox;
 pub mod settings;
+pub mod signing;
 
 pub use registry::Registry;
 

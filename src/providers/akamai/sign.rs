@@ -4,15 +4,12 @@
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 
-type HmacSha256 = Hmac<Sha256>;
+use crate::providers::signing::hmac_sha256;
 
 fn hmac_b64(key: &[u8], data: &[u8]) -> String {
-    let mut mac = HmacSha256::new_from_slice(key).expect("HMAC takes any key length");
-    mac.update(data);
-    STANDARD.encode(mac.finalize().into_bytes())
+    STANDARD.encode(hmac_sha256(key, data))
 }
 
 /// What one signature covers.

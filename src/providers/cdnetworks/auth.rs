@@ -7,6 +7,8 @@ use hmac::{Hmac, Mac};
 use sha1::Sha1;
 use sha2::{Digest, Sha256};
 
+use crate::providers::signing::hmac_sha256;
+
 /// The Basic password of the API key scheme: base64(HMAC-SHA1(api key, Date header value)).
 pub fn api_key_password(api_key: &str, date: &str) -> String {
     let mut mac = Hmac::<Sha1>::new_from_slice(api_key.as_bytes()).expect("any key length");
@@ -71,10 +73,7 @@ pub fn aksk_signature(input: &AkSkInput<'_>) -> String {
         input.timestamp,
         hex::encode(Sha256::digest(canonical.as_bytes()))
     );
-    let mut mac =
-        Hmac::<Sha256>::new_from_slice(input.secret_key.as_bytes()).expect("any key length");
-    mac.update(to_sign.as_bytes());
-    hex::encode(mac.finalize().into_bytes())
+    hex::encode(hmac_sha256(input.secret_key.as_bytes(), to_sign.as_bytes()))
 }
 
 /// The `Authorization` header of the AK/SK scheme.

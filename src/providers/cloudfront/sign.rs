@@ -1,16 +1,9 @@
 //! AWS Signature Version 4, generic over service and region: the canonical request, the string
 //! to sign, the derived key and the `Authorization` header, for exactly the headers sent.
 
-use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 
-type HmacSha256 = Hmac<Sha256>;
-
-fn hmac(key: &[u8], data: &[u8]) -> Vec<u8> {
-    let mut mac = HmacSha256::new_from_slice(key).expect("HMAC takes any key length");
-    mac.update(data);
-    mac.finalize().into_bytes().to_vec()
-}
+use crate::providers::signing::hmac_sha256 as hmac;
 
 /// What one signature covers. `headers` are the signed headers as sent (names in any case);
 /// `host` and `x-amz-date` must be among them.

@@ -1,15 +1,8 @@
 //! TC3-HMAC-SHA256 request signing for Tencent Cloud APIs (EdgeOne is service `teo`).
 
-use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 
-type HmacSha256 = Hmac<Sha256>;
-
-fn hmac(key: &[u8], data: &[u8]) -> Vec<u8> {
-    let mut mac = HmacSha256::new_from_slice(key).expect("HMAC takes any key length");
-    mac.update(data);
-    mac.finalize().into_bytes().to_vec()
-}
+use crate::providers::signing::hmac_sha256 as hmac;
 
 /// What one signature covers.
 pub struct SignInput<'a> {
