@@ -1,14 +1,12 @@
 //! Akamai Fast Purge end to end: gRPC in, the fake CCU v3 out (real HTTP, EdgeGrid checked by
 //! the fake's own code, token buckets, body cap).
 
-use std::time::Duration;
-
-use purge_service::pb::{self, PurgeAction, PurgeKind, PurgeState};
+use purge_service::pb::{PurgeAction, PurgeKind, PurgeState};
 use serde_json::json;
 use tempfile::TempDir;
 
 use crate::fakes::akamai::{ACCESS_TOKEN, Bucket, CLIENT_SECRET, CLIENT_TOKEN, FakeAkamai};
-use crate::support::{TestApp, config, request, spawn_app, violations, wait_terminal};
+use crate::support::{TestApp, config, create, request, spawn_app, violations};
 
 /// The service with one Akamai provider `aka`, credentials from files; `extra` is appended.
 async fn service(fake: &FakeAkamai, extra: &str) -> (TestApp, TempDir) {
@@ -26,17 +24,6 @@ async fn service(fake: &FakeAkamai, extra: &str) -> (TestApp, TempDir) {
         fake.endpoint()
     );
     (spawn_app(config(&toml)).await, dir)
-}
-
-async fn create(app: &TestApp, req: pb::CreatePurgeRequest) -> pb::Purge {
-    let created = app
-        .client
-        .clone()
-        .create_purge(req)
-        .await
-        .unwrap()
-        .into_inner();
-    wait_terminal(&app.client, &created.id, Duration::from_secs(30)).await
 }
 
 #[tokio::test]

@@ -3,14 +3,14 @@
 
 use std::time::Duration;
 
-use purge_service::pb::{self, PurgeAction, PurgeKind, PurgeState};
+use purge_service::pb::{PurgeAction, PurgeKind, PurgeState};
 use purge_service::providers::cloudflare::{Cloudflare, CloudflareSettings};
 use purge_service::providers::{Batch, Provider, ProviderError};
 use serde_json::json;
 use tempfile::TempDir;
 
 use crate::fakes::cloudflare::{EMAIL, FakeCloudflare, GLOBAL_KEY, TOKEN, ZONE};
-use crate::support::{TestApp, config, request, spawn_app, wait_terminal};
+use crate::support::{TestApp, config, create, request, spawn_app};
 
 /// Provider settings (a TOML fragment) of a Cloudflare provider `name` at `fake` with the
 /// secret files it names written to `dir`.
@@ -30,17 +30,6 @@ async fn service(fake: &FakeCloudflare, token: &str) -> (TestApp, TempDir) {
         provider_toml(fake, "cf", &dir, token)
     );
     (spawn_app(config(&toml)).await, dir)
-}
-
-async fn create(app: &TestApp, req: pb::CreatePurgeRequest) -> pb::Purge {
-    let created = app
-        .client
-        .clone()
-        .create_purge(req)
-        .await
-        .unwrap()
-        .into_inner();
-    wait_terminal(&app.client, &created.id, Duration::from_secs(30)).await
 }
 
 fn fast() -> (usize, Duration) {

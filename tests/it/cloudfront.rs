@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use purge_service::pb::{self, PurgeAction, PurgeKind, PurgeState};
+use purge_service::pb::{PurgeAction, PurgeKind, PurgeState};
 use tempfile::TempDir;
 use tonic::Code;
 
@@ -11,7 +11,7 @@ use crate::fakes::cloudfront::{
     ACCESS_KEY_ID, DISTRIBUTION, FakeCloudFront, Fault, SECRET_ACCESS_KEY,
 };
 use crate::fakes::sts::{FakeSts, ROLE_ARN};
-use crate::support::{TestApp, config, request, spawn_app, violations, wait_terminal};
+use crate::support::{TestApp, config, create, request, spawn_app, violations};
 
 const HOSTS: &str = "hosts = [\"www.example.com\", \"d111.cloudfront.net\"]\ntags = true\n";
 
@@ -27,17 +27,6 @@ async fn service(fake: &FakeCloudFront, extra: &str) -> (TestApp, TempDir) {
         fake.endpoint()
     );
     (spawn_app(config(&toml)).await, dir)
-}
-
-async fn create(app: &TestApp, req: pb::CreatePurgeRequest) -> pb::Purge {
-    let created = app
-        .client
-        .clone()
-        .create_purge(req)
-        .await
-        .unwrap()
-        .into_inner();
-    wait_terminal(&app.client, &created.id, Duration::from_secs(30)).await
 }
 
 fn posts(fake: &FakeCloudFront) -> Vec<crate::fakes::cloudfront::Call> {

@@ -8,8 +8,7 @@ use tempfile::TempDir;
 
 use crate::fakes::edgeone::{FakeEdgeOne, Fault, SECRET_ID, SECRET_KEY, ZONE};
 use crate::support::{
-    TestApp, assert_failed_with, config, eventually, max_in_window, request, spawn_app,
-    wait_terminal,
+    TestApp, assert_failed_with, config, create, eventually, max_in_window, request, spawn_app,
 };
 
 /// The provider table of one EdgeOne provider `edge` pointed at `fake`, its secrets in files
@@ -34,12 +33,6 @@ async fn service(fake: &FakeEdgeOne, secret_key: &str, extra: &str) -> (TestApp,
         provider_toml(fake, secret_key, extra, dir.path())
     );
     (spawn_app(config(&toml)).await, dir)
-}
-
-async fn create(app: &TestApp, req: pb::CreatePurgeRequest) -> pb::Purge {
-    let mut client = app.client.clone();
-    let created = client.create_purge(req).await.unwrap().into_inner();
-    wait_terminal(&app.client, &created.id, Duration::from_secs(30)).await
 }
 
 #[tokio::test]

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use purge_service::pb::{self, PurgeAction, PurgeKind, PurgeState};
+use purge_service::pb::{PurgeAction, PurgeKind, PurgeState};
 use purge_service::providers::fastly::{Fastly, FastlySettings};
 use purge_service::providers::{Batch, Provider, ProviderError};
 use tempfile::TempDir;
@@ -12,7 +12,7 @@ use tonic::Code;
 use crate::fakes::cloudflare::{FakeCloudflare, TOKEN as CF_TOKEN};
 use crate::fakes::edgeone::{FakeEdgeOne, SECRET_ID, SECRET_KEY, ZONE as EDGE_ZONE};
 use crate::fakes::fastly::{FakeFastly, SERVICE, TOKEN};
-use crate::support::{TestApp, config, request, spawn_app, violations, wait_terminal};
+use crate::support::{TestApp, config, create, request, spawn_app, violations};
 
 fn provider_toml(fake: &FakeFastly, dir: &TempDir, token: &str) -> String {
     let file = dir.path().join("fastly-token");
@@ -30,17 +30,6 @@ async fn service(fake: &FakeFastly, token: &str) -> (TestApp, TempDir) {
         provider_toml(fake, &dir, token)
     );
     (spawn_app(config(&toml)).await, dir)
-}
-
-async fn create(app: &TestApp, req: pb::CreatePurgeRequest) -> pb::Purge {
-    let created = app
-        .client
-        .clone()
-        .create_purge(req)
-        .await
-        .unwrap()
-        .into_inner();
-    wait_terminal(&app.client, &created.id, Duration::from_secs(30)).await
 }
 
 #[tokio::test]

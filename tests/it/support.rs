@@ -172,6 +172,18 @@ pub fn assert_failed_with(p: &pb::Purge, suffix: &str, says: &str) {
 }
 
 /// Polls CreatePurge with `req` until it is refused (by what the service learns in the
+/// Creates `req` on `app` and waits (30 s at most) for the purge's terminal state.
+pub async fn create(app: &TestApp, req: pb::CreatePurgeRequest) -> pb::Purge {
+    let created = app
+        .client
+        .clone()
+        .create_purge(req)
+        .await
+        .unwrap()
+        .into_inner();
+    wait_terminal(&app.client, &created.id, Duration::from_secs(30)).await
+}
+
 /// background, such as a provider's quota), and answers the refusal.
 pub async fn refused_eventually(client: &Client, req: CreatePurgeRequest) -> tonic::Status {
     eventually(Duration::from_secs(10), "CreatePurge fails fast", || {

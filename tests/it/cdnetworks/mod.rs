@@ -5,13 +5,11 @@ mod cdnpro;
 mod content;
 
 use std::path::Path;
-use std::time::Duration;
 
-use purge_service::pb;
 use tempfile::TempDir;
 
 use crate::fakes::cdnetworks::{ACCESS_KEY, API_KEY, SECRET_KEY, USERNAME};
-use crate::support::{TestApp, config, spawn_app, wait_terminal};
+use crate::support::{TestApp, config, spawn_app};
 
 #[derive(Clone, Copy, Debug)]
 pub enum Scheme {
@@ -70,11 +68,7 @@ pub fn provider_toml(
 }
 
 /// Creates a purge and waits until it is terminal.
-pub async fn create(app: &TestApp, req: pb::CreatePurgeRequest) -> pb::Purge {
-    let mut client = app.client.clone();
-    let created = client.create_purge(req).await.unwrap().into_inner();
-    wait_terminal(&app.client, &created.id, Duration::from_secs(30)).await
-}
+pub use crate::support::create;
 
 /// Debug output of either product never shows a secret.
 #[test]
