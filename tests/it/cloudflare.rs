@@ -10,7 +10,7 @@ use serde_json::json;
 use tempfile::TempDir;
 
 use crate::fakes::cloudflare::{EMAIL, FakeCloudflare, GLOBAL_KEY, TOKEN, ZONE};
-use crate::support::{TestApp, config, create, request, spawn_app};
+use crate::support::{TestApp, check_config_error, config, create, request, spawn_app};
 
 /// Provider settings (a TOML fragment) of a Cloudflare provider `name` at `fake` with the
 /// secret files it names written to `dir`.
@@ -213,15 +213,7 @@ async fn cloudflare_client_reads_retry_after_and_ratelimit_from_a_429() {
 
 #[test]
 fn cloudflare_check_config_names_the_missing_field() {
-    let load = |toml: &str| {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("c.toml");
-        std::fs::write(&path, toml).unwrap();
-        purge_service::config::Config::load(Some(&path), std::iter::empty())
-            .and_then(|c| purge_service::providers::build::check_secrets(&c.providers))
-            .unwrap_err()
-            .to_string()
-    };
+    let load = check_config_error;
     let err = load("[[providers]]\nname = \"cf\"\ntype = \"cloudflare\"\napi_token_env = \"X\"\n");
     assert!(err.contains("zone_id"), "{err}");
     let err = load(&format!(

@@ -12,7 +12,7 @@ use tonic::Code;
 use crate::fakes::cloudflare::{FakeCloudflare, TOKEN as CF_TOKEN};
 use crate::fakes::edgeone::{FakeEdgeOne, SECRET_ID, SECRET_KEY, ZONE as EDGE_ZONE};
 use crate::fakes::fastly::{FakeFastly, SERVICE, TOKEN};
-use crate::support::{TestApp, config, create, request, spawn_app, violations};
+use crate::support::{TestApp, check_config_error, config, create, request, spawn_app, violations};
 
 fn provider_toml(fake: &FakeFastly, dir: &TempDir, token: &str) -> String {
     let file = dir.path().join("fastly-token");
@@ -256,15 +256,7 @@ async fn a_group_of_cloudflare_fastly_and_edgeone_ends_with_a_status_per_provide
 
 #[test]
 fn fastly_check_config_names_the_missing_field() {
-    let load = |toml: &str| {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("c.toml");
-        std::fs::write(&path, toml).unwrap();
-        purge_service::config::Config::load(Some(&path), std::iter::empty())
-            .and_then(|c| purge_service::providers::build::check_secrets(&c.providers))
-            .unwrap_err()
-            .to_string()
-    };
+    let load = check_config_error;
     let err = load("[[providers]]\nname = \"f\"\ntype = \"fastly\"\napi_token_env = \"X\"\n");
     assert!(err.contains("service_id"), "{err}");
     let err = load(&format!(

@@ -172,6 +172,18 @@ pub fn assert_failed_with(p: &pb::Purge, suffix: &str, says: &str) {
 }
 
 /// Polls CreatePurge with `req` until it is refused (by what the service learns in the
+/// What `check-config` answers for a config file holding `toml`: loading, then the providers'
+/// secrets; the error as text (the config must be refused).
+pub fn check_config_error(toml: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.toml");
+    std::fs::write(&path, toml).unwrap();
+    Config::load(Some(&path), std::iter::empty())
+        .and_then(|c| purge_service::providers::build::check_secrets(&c.providers))
+        .unwrap_err()
+        .to_string()
+}
+
 /// Creates `req` on `app` and waits (30 s at most) for the purge's terminal state.
 pub async fn create(app: &TestApp, req: pb::CreatePurgeRequest) -> pb::Purge {
     let created = app
