@@ -113,14 +113,20 @@ impl Intake {
     }
 
     async fn adopt_all(&self, deliveries: Vec<Delivery>) {
-        for d in deliveries {
-            // A record we cannot read now is left unacknowledged; upkeep reclaims it later.
-            match self.store.get(&d.item.purge_id).await {
-                Ok(Some(record)) => self.adopt(d, &record).await,
-                Ok(None) => self.records.ack(&d.id).await,
-                Err(e) => {
-                    tracing::warn!(purge_id = %d.item.purge_id, error = %e, "cannot read claimed purge")
-                }
+        // One read for the whole claim: a claim can hold hundreds of purges.
+        let ids: Vec<&str> = deliveries.iter().map(|d| d.item.purge_id.as_str()).collect();
+        let records = match self.store.get_many(&ids).await {
+            Ok(records) => records,
+            Err(e) => {
+                // Left unacknowledged; upkeep reclaims them later.
+                tracing::warn!(provider = self.name(), purges = ids.len(), error = %e, "cannot read claimed purges");
+                return;
+            }
+        };
+        for (d, record) in deliveries.into_iter().zip(records) {
+            match record {
+                Some(record) => self.adopt(d, &record).await,
+                None => self.records.ack(&d.id).await,
             }
         }
     }

@@ -75,11 +75,11 @@ pub struct Taken {
 
 impl Taken {
     /// Purge id -> its targets in this batch.
-    pub fn by_purge(&self) -> HashMap<String, Vec<String>> {
-        let mut out: HashMap<String, Vec<String>> = HashMap::new();
+    pub fn by_purge(&self) -> HashMap<&str, HashSet<&str>> {
+        let mut out: HashMap<&str, HashSet<&str>> = HashMap::new();
         for (target, purges) in &self.credits {
             for p in purges {
-                out.entry(p.clone()).or_default().push(target.clone());
+                out.entry(p).or_default().insert(target);
             }
         }
         out

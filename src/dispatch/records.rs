@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::inflight::InFlight;
 use super::lanes::Taken;
-use crate::model::{PurgeKind, PurgeRecord, Submitted, quota_reason};
+use crate::model::{PurgeKind, PurgeRecord, PurgeState, Submitted, quota_reason};
 use crate::providers::Submission;
 use crate::queue::Queue;
 use crate::store::{Change, Store};
@@ -96,21 +96,37 @@ impl Records {
     /// purge whose unit is now `Sending`. Units CancelPurge withdrew meanwhile drop out, so a
     /// target is either sent or cancelled, never both, whichever replica holds it.
     pub(super) async fn claim(&self, taken: Taken) -> Taken {
-        let mut keep: HashMap<String, HashSet<String>> = HashMap::new();
-        for (purge_id, targets) in taken.by_purge() {
-            let set: HashSet<&str> = targets.iter().map(String::as_str).collect();
-            let refs: Vec<&str> = targets.iter().map(String::as_str).collect();
-            let Some(record) = self
-                .update(&purge_id, &|r| r.claim(self.name(), &set))
-                .await
-            else {
-                continue;
-            };
-            let sendable = record.sendable(self.name(), &refs);
-            if sendable.len() < refs.len() {
-                tracing::info!(purge_id = %purge_id, provider = self.name(), withdrawn = refs.len() - sendable.len(), "cancelled targets not sent");
+        // Purges whose record could not be claimed, and targets withdrawn from the others:
+        // both usually empty.
+        let mut lost: HashSet<String> = HashSet::new();
+        let mut withdrawn: HashSet<(String, String)> = HashSet::new();
+        {
+            let by_purge = taken.by_purge();
+            let ids: Vec<&str> = by_purge.keys().copied().collect();
+            let records = self
+                .update_each(&ids, &|r| {
+                    by_purge
+                        .get(r.id.as_str())
+                        .is_some_and(|set| r.claim(self.name(), set))
+                })
+                .await;
+            for (purge_id, record) in ids.iter().zip(records) {
+                let Some(record) = record else {
+                    lost.insert((*purge_id).to_owned());
+                    continue;
+                };
+                let refs: Vec<&str> = by_purge[purge_id].iter().copied().collect();
+                let sendable: HashSet<&str> =
+                    record.sendable(self.name(), &refs).into_iter().collect();
+                if sendable.len() < refs.len() {
+                    tracing::info!(purge_id = %purge_id, provider = self.name(), withdrawn = refs.len() - sendable.len(), "cancelled targets not sent");
+                    withdrawn.extend(
+                        refs.iter()
+                            .filter(|t| !sendable.contains(*t))
+                            .map(|t| ((*purge_id).to_owned(), (*t).to_owned())),
+                    );
+                }
             }
-            keep.insert(purge_id, sendable.into_iter().map(str::to_owned).collect());
         }
         let mut credits = taken.credits;
         let targets = taken
@@ -120,7 +136,11 @@ impl Records {
                 let Some(purges) = credits.get_mut(t) else {
                     return false;
                 };
-                purges.retain(|p| keep.get(p).is_some_and(|k| k.contains(t)));
+                if !lost.is_empty() || !withdrawn.is_empty() {
+                    purges.retain(|p| {
+                        !lost.contains(p) && !withdrawn.contains(&(p.clone(), t.clone()))
+                    });
+                }
                 !purges.is_empty()
             })
             .collect::<Vec<_>>();
@@ -142,14 +162,15 @@ impl Records {
             rejected: &rejected,
         };
         let by_purge = part.by_purge();
-        // One line a call; a call can carry a target for hundreds of purges.
+        // One line a call; a call can carry a target for thousands of purges.
         tracing::info!(provider = self.name(), task = %sub.task_id, targets = part.targets.len(), purges = by_purge.len(), "targets submitted");
-        for (purge_id, targets) in by_purge {
-            tracing::debug!(purge_id = %purge_id, provider = self.name(), task = %sub.task_id, targets = targets.len(), "targets submitted for a purge");
-            let targets: HashSet<&str> = targets.iter().map(String::as_str).collect();
-            self.update(&purge_id, &|r| r.submitted(&submitted, &targets, now))
-                .await;
-        }
+        let ids: Vec<&str> = by_purge.keys().copied().collect();
+        self.update_each(&ids, &|r| {
+            by_purge
+                .get(r.id.as_str())
+                .is_some_and(|targets| r.submitted(&submitted, targets, now))
+        })
+        .await;
     }
 
     /// Records the end of the polled part `done` of a task on every purge it carried targets
@@ -162,81 +183,125 @@ impl Records {
             }
         }
         let task_id = &done.query.task_id;
-        for (purge_id, targets) in by_purge {
-            self.update(purge_id, &|r| {
-                r.task_finished(self.name(), task_id, &targets, failed)
-            })
-            .await;
-        }
+        let ids: Vec<&str> = by_purge.keys().copied().collect();
+        self.update_each(&ids, &|r| {
+            by_purge
+                .get(r.id.as_str())
+                .is_some_and(|targets| r.task_finished(self.name(), task_id, targets, failed))
+        })
+        .await;
     }
 
     /// Fails the given units (purge id -> targets) with `reason`.
     pub(super) async fn targets_failed(
         &self,
-        by_purge: &HashMap<String, Vec<String>>,
+        by_purge: &HashMap<&str, HashSet<&str>>,
         reason: &str,
     ) {
         for (purge_id, targets) in by_purge {
             tracing::warn!(purge_id = %purge_id, provider = self.name(), targets = targets.len(), reason, "targets failed");
-            let targets: HashSet<&str> = targets.iter().map(String::as_str).collect();
-            self.update(purge_id, &|r| {
-                r.targets_failed(self.name(), &targets, reason)
-            })
-            .await;
         }
+        let ids: Vec<&str> = by_purge.keys().copied().collect();
+        self.update_each(&ids, &|r| {
+            by_purge
+                .get(r.id.as_str())
+                .is_some_and(|targets| r.targets_failed(self.name(), targets, reason))
+        })
+        .await;
     }
 
     /// Fails `taken` because the day's quota for `kind` is gone.
     pub(super) async fn quota_refused(&self, kind: PurgeKind, taken: &Taken) {
         let reason = quota_reason(kind, self.name());
-        for (purge_id, targets) in taken.by_purge() {
+        let by_purge = taken.by_purge();
+        for (purge_id, targets) in &by_purge {
             tracing::warn!(purge_id = %purge_id, provider = self.name(), targets = targets.len(), reason, "targets failed");
-            let targets: HashSet<&str> = targets.iter().map(String::as_str).collect();
-            self.update(&purge_id, &|r| r.quota_refused(self.name(), &targets))
-                .await;
         }
+        let ids: Vec<&str> = by_purge.keys().copied().collect();
+        self.update_each(&ids, &|r| {
+            by_purge
+                .get(r.id.as_str())
+                .is_some_and(|targets| r.quota_refused(self.name(), targets))
+        })
+        .await;
     }
 
-    /// Applies a change, retrying while the store is unavailable, and acknowledges the work
-    /// once this provider is done with the purge. The record after the change, if it was
-    /// written and the purge still exists.
-    async fn update(&self, purge_id: &str, change: Change<'_>) -> Option<PurgeRecord> {
+    /// Applies a change to each of `ids` (one store call for all), retrying those the store
+    /// cannot write now, and acknowledges, in one call, the work of every purge this provider
+    /// is now done with. The records after the change, in order: `None` for a purge that is
+    /// gone or could not be written.
+    async fn update_each(&self, ids: &[&str], change: Change<'_>) -> Vec<Option<Arc<PurgeRecord>>> {
+        let mut after: Vec<Option<Arc<PurgeRecord>>> = vec![None; ids.len()];
+        // Whether each purge's change was written (or the purge is gone).
+        let mut written = vec![false; ids.len()];
+        let mut pending: Vec<usize> = (0..ids.len()).collect();
         let mut delay = Duration::from_millis(100);
-        let record = loop {
-            match self.0.store.update(purge_id, change).await {
-                Ok(r) => break r,
-                Err(e) if e.is_retryable() && !self.0.stop.is_cancelled() => {
-                    tracing::warn!(purge_id, error = %e, "cannot record progress; retrying");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(5));
-                }
-                Err(e) => {
-                    tracing::error!(purge_id, error = %e, "cannot record progress; the work stays queued");
-                    return None;
+        while !pending.is_empty() {
+            let batch: Vec<&str> = pending.iter().map(|&i| ids[i]).collect();
+            let results = self.0.store.update_many(&batch, change).await;
+            let mut retry = Vec::new();
+            for (&i, result) in pending.iter().zip(results) {
+                match result {
+                    Ok(record) => {
+                        after[i] = record;
+                        written[i] = true;
+                    }
+                    Err(e) if e.is_retryable() && !self.0.stop.is_cancelled() => {
+                        if retry.is_empty() {
+                            tracing::warn!(purge_id = ids[i], error = %e, "cannot record progress; retrying");
+                        }
+                        retry.push(i);
+                    }
+                    Err(e) => {
+                        tracing::error!(purge_id = ids[i], error = %e, "cannot record progress; the work stays queued");
+                    }
                 }
             }
-        };
-        let done = record.as_ref().is_none_or(|r| r.provider_done(self.name()));
-        if let Some(r) = record.as_ref().filter(|r| r.state.is_terminal()) {
-            tracing::info!(purge_id, state = ?r.state, "purge finished");
+            if !retry.is_empty() {
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            pending = retry;
         }
-        if done {
-            let delivery = self.held().remove(purge_id);
-            if let Some(id) = delivery {
-                self.ack(&id).await;
+        let mut acks = Vec::new();
+        {
+            let mut held = self.held();
+            for (i, purge_id) in ids.iter().enumerate() {
+                if !written[i] {
+                    continue;
+                }
+                let record = after[i].as_deref();
+                if let Some(r) = record.filter(|r| r.state.is_terminal()) {
+                    // Per purge: DEBUG when it succeeded (the call it rode on is logged at
+                    // INFO), INFO otherwise.
+                    if r.state == PurgeState::Succeeded {
+                        tracing::debug!(purge_id, state = ?r.state, "purge finished");
+                    } else {
+                        tracing::info!(purge_id, state = ?r.state, "purge finished");
+                    }
+                }
+                if record.is_none_or(|r| r.provider_done(self.name()))
+                    && let Some(delivery) = held.remove(*purge_id)
+                {
+                    acks.push(delivery);
+                }
             }
         }
-        record
+        self.ack_all(&acks).await;
+        after
     }
 
     /// Acknowledges a delivery; one that fails is reclaimed later and found done.
     pub(super) async fn ack(&self, delivery_id: &str) {
-        if let Err(e) = self
-            .0
-            .queue
-            .ack(self.name(), &[delivery_id.to_owned()])
-            .await
-        {
+        self.ack_all(&[delivery_id.to_owned()]).await;
+    }
+
+    /// Acknowledges deliveries; one that fails is reclaimed later and found done.
+    async fn ack_all(&self, delivery_ids: &[String]) {
+        if delivery_ids.is_empty() {
+            return;
+        }
+        if let Err(e) = self.0.queue.ack(self.name(), delivery_ids).await {
             tracing::warn!(provider = self.name(), error = %e, "cannot acknowledge work; it will be reclaimed and found done");
         }
     }

@@ -1,7 +1,7 @@
 //! Measuring wrappers around the provider, store, queue and limiter traits: the dispatcher and
 //! the core call them as before, and every call is counted and timed on the way through.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -155,22 +155,73 @@ impl Provider for MeteredProvider {
 
 /// Times one state-backend call and counts it when it fails.
 fn backend<T>(m: &Metrics, operation: &'static str, start: Instant, r: &Result<T, BackendError>) {
-    let outcome = if r.is_ok() { "success" } else { "error" };
+    backend_outcome(m, operation, start, r.is_ok());
+}
+
+fn backend_outcome(m: &Metrics, operation: &'static str, start: Instant, ok: bool) {
+    let outcome = if ok { "success" } else { "error" };
     let i = m.i();
     let op = KeyValue::new("operation", operation);
     i.backend_duration.record(
         start.elapsed().as_secs_f64(),
         &[op.clone(), KeyValue::new("outcome", outcome)],
     );
-    if r.is_err() {
+    if !ok {
         i.backend_errors.add(1, &[op]);
     }
 }
 
-/// A store whose calls are timed, and whose record changes count purges created and finished.
+/// The purges already finished before the last application of a change (a backend may apply
+/// it again after a conflict): a purge finishes once, where its state turns terminal. Kept for
+/// the rare finished ones only, so watching costs nothing per unfinished purge.
+#[derive(Default)]
+struct StatesBefore(Mutex<HashSet<String>>);
+
+impl StatesBefore {
+    fn watch<'a>(
+        &'a self,
+        change: Change<'a>,
+    ) -> impl Fn(&mut PurgeRecord) -> bool + Send + Sync + 'a {
+        move |rec: &mut PurgeRecord| {
+            if rec.state.is_terminal() {
+                self.0.lock().expect("state lock").insert(rec.id.clone());
+            } else {
+                let mut finished = self.0.lock().expect("state lock");
+                if !finished.is_empty() {
+                    finished.remove(&rec.id);
+                }
+            }
+            change(rec)
+        }
+    }
+
+    fn finished_now(&self, rec: &PurgeRecord) -> bool {
+        rec.state.is_terminal() && !self.0.lock().expect("state lock").contains(&rec.id)
+    }
+}
+
 pub struct MeteredStore {
     pub inner: Arc<dyn Store>,
     pub metrics: Metrics,
+}
+
+impl MeteredStore {
+    /// Counts `rec` as finished, with its time from create, if the change just finished it.
+    fn count_finished(&self, before: &StatesBefore, rec: &PurgeRecord) {
+        if !before.finished_now(rec) {
+            return;
+        }
+        let i = self.metrics.i();
+        let attrs = [
+            KeyValue::new("state", state_label(rec.state)),
+            KeyValue::new("kind", rec.spec.kind.as_str()),
+        ];
+        i.purges_finished.add(1, &attrs);
+        if let Some(created) = created_ms(&rec.id) {
+            let seconds = now_ms().saturating_sub(created) as f64 / 1000.0;
+            i.purge_duration.record(seconds, &attrs);
+        }
+    }
 }
 
 #[async_trait]
@@ -218,38 +269,47 @@ impl Store for MeteredStore {
         self.inner.aged_out(id)
     }
 
+    async fn get_many(
+        &self,
+        ids: &[&str],
+    ) -> Result<Vec<Option<Arc<PurgeRecord>>>, BackendError> {
+        let start = Instant::now();
+        let r = self.inner.get_many(ids).await;
+        backend(&self.metrics, "store.get_many", start, &r);
+        r
+    }
+
     async fn update(
         &self,
         id: &str,
         change: Change<'_>,
     ) -> Result<Option<PurgeRecord>, BackendError> {
-        // The state before the last application of `change` (a backend may apply it again
-        // after a conflict): a purge finishes once, where its state turns terminal.
-        let before: Mutex<Option<PurgeState>> = Mutex::new(None);
-        let watched = |rec: &mut PurgeRecord| {
-            *before.lock().expect("state lock") = Some(rec.state);
-            change(rec)
-        };
+        let before = StatesBefore::default();
+        let watched = before.watch(change);
         let start = Instant::now();
         let r = self.inner.update(id, &watched).await;
         backend(&self.metrics, "store.update", start, &r);
-        let was = *before.lock().expect("state lock");
-        if let (Ok(Some(rec)), Some(was)) = (&r, was)
-            && rec.state.is_terminal()
-            && !was.is_terminal()
-        {
-            let i = self.metrics.i();
-            let attrs = [
-                KeyValue::new("state", state_label(rec.state)),
-                KeyValue::new("kind", rec.spec.kind.as_str()),
-            ];
-            i.purges_finished.add(1, &attrs);
-            if let Some(created) = created_ms(&rec.id) {
-                let seconds = now_ms().saturating_sub(created) as f64 / 1000.0;
-                i.purge_duration.record(seconds, &attrs);
-            }
+        if let Ok(Some(rec)) = &r {
+            self.count_finished(&before, rec);
         }
         r
+    }
+
+    async fn update_many(
+        &self,
+        ids: &[&str],
+        change: Change<'_>,
+    ) -> Vec<Result<Option<Arc<PurgeRecord>>, BackendError>> {
+        let before = StatesBefore::default();
+        let watched = before.watch(change);
+        let start = Instant::now();
+        let results = self.inner.update_many(ids, &watched).await;
+        let ok = results.iter().all(Result::is_ok);
+        backend_outcome(&self.metrics, "store.update_many", start, ok);
+        for rec in results.iter().flatten().flatten() {
+            self.count_finished(&before, rec);
+        }
+        results
     }
 
     async fn list(&self, query: ListQuery<'_>) -> Result<ListPage, BackendError> {

@@ -64,18 +64,20 @@ struct Inner {
     limits: MemoryLimits,
 }
 
-/// A purge as kept: unfinished ones as the record (they change often), finished ones encoded.
+/// A purge as kept: unfinished ones as the record (they change often), shared with the readers
+/// that asked for it (the dispatcher reads and changes thousands a second: no copy each time);
+/// finished ones encoded.
 enum Slot {
-    Live(Box<PurgeRecord>),
+    Live(Arc<PurgeRecord>),
     Done(Box<[u8]>),
 }
 
 impl Slot {
-    fn of(record: PurgeRecord) -> Slot {
+    fn of(record: Arc<PurgeRecord>) -> Slot {
         if record.state.is_terminal() {
             Slot::encoded(&record)
         } else {
-            Slot::Live(Box::new(record))
+            Slot::Live(record)
         }
     }
 
@@ -83,20 +85,12 @@ impl Slot {
         Slot::Done(codec::encode(record, false).into_boxed_slice())
     }
 
-    /// The record itself, without a copy when it is kept live.
-    fn into_record(self, id: &str) -> Result<PurgeRecord, BackendError> {
+    fn shared(&self, id: &str) -> Result<Arc<PurgeRecord>, BackendError> {
         match self {
-            Slot::Live(r) => Ok(*r),
-            done @ Slot::Done(_) => done.record(id),
-        }
-    }
-
-    fn record(&self, id: &str) -> Result<PurgeRecord, BackendError> {
-        match self {
-            Slot::Live(r) => Ok((**r).clone()),
-            Slot::Done(bytes) => {
-                codec::decode(bytes, id).map_err(|e| BackendError::Corrupt(e.to_string()))
-            }
+            Slot::Live(r) => Ok(r.clone()),
+            Slot::Done(bytes) => codec::decode(bytes, id)
+                .map(Arc::new)
+                .map_err(|e| BackendError::Corrupt(e.to_string())),
         }
     }
 
@@ -153,11 +147,68 @@ impl State {
         }
     }
 
-    fn get(&self, id: &str) -> Result<Option<PurgeRecord>, BackendError> {
+    fn get(&self, id: &str) -> Result<Option<Arc<PurgeRecord>>, BackendError> {
         let Some(slot) = key_of(id).and_then(|k| self.purges.get(&k)) else {
             return Ok(None);
         };
-        slot.record(id).map(Some)
+        slot.shared(id).map(Some)
+    }
+
+    /// Applies `change` to the purge `id`; the record after it, unless there is no such purge.
+    fn update(
+        &mut self,
+        id: &str,
+        change: Change<'_>,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Option<(Arc<PurgeRecord>, bool)>, BackendError> {
+        let Some(key) = key_of(id) else {
+            return Ok(None);
+        };
+        let Some(slot) = self.purges.get_mut(&key) else {
+            return Ok(None);
+        };
+        // What the slot holds changes only when the record did; a record that finishes is
+        // encoded from where it lies.
+        let (after, moved) = match slot {
+            Slot::Live(shared) => {
+                // A copy only while a reader still holds the record.
+                let record = Arc::make_mut(shared);
+                if !record.apply(change, now) {
+                    return Ok(Some((shared.clone(), false)));
+                }
+                let after = shared.clone();
+                if after.state.is_terminal() {
+                    *slot = Slot::encoded(&after);
+                    (after, Moved::Finished)
+                } else {
+                    (after, Moved::Changed)
+                }
+            }
+            Slot::Done(_) => {
+                let mut record = Arc::unwrap_or_clone(slot.shared(id)?);
+                if !record.apply(change, now) {
+                    return Ok(Some((Arc::new(record), false)));
+                }
+                let after = Arc::new(record);
+                if after.state.is_terminal() {
+                    // Finished before: keeps its place in the finished order.
+                    *slot = Slot::encoded(&after);
+                    (after, Moved::Changed)
+                } else {
+                    *slot = Slot::Live(after.clone());
+                    (after, Moved::Reopened)
+                }
+            }
+        };
+        match moved {
+            Moved::Changed => {}
+            Moved::Finished => {
+                self.unfinished -= 1;
+                self.finished.push_back((Instant::now(), key));
+            }
+            Moved::Reopened => self.unfinished += 1,
+        }
+        Ok(Some((after, true)))
     }
 
     /// What a request already made under `claim`'s key gets: its purge, or a conflict.
@@ -178,11 +229,13 @@ impl State {
             return Ok(Some(CreateOutcome::Conflict { existing_id: id }));
         }
         // A key whose purge was forgotten is as good as unused: the request makes a new one.
-        Ok(self.get(&id)?.map(CreateOutcome::Existing))
+        Ok(self
+            .get(&id)?
+            .map(|r| CreateOutcome::Existing(Arc::unwrap_or_clone(r))))
     }
 
     /// Stores `record` under `key`, keeping the counts and the finished order.
-    fn put(&mut self, key: u128, record: PurgeRecord, now: Instant) {
+    fn put(&mut self, key: u128, record: Arc<PurgeRecord>, now: Instant) {
         let slot = Slot::of(record);
         let done = slot.is_done();
         match self.purges.insert(key, slot) {
@@ -352,11 +405,12 @@ impl Store for MemoryStore {
         if let Some(claim) = &idempotency {
             state.remember_key(claim, key, now, limits.max_idempotency_keys);
         }
+        let record = Arc::new(record);
         state.put(key, record.clone(), now);
         state.report(now);
         drop(state);
         (self.inner.enqueue)(work);
-        Ok(CreateOutcome::Created(record))
+        Ok(CreateOutcome::Created(Arc::unwrap_or_clone(record)))
     }
 
     async fn replay(
@@ -368,7 +422,16 @@ impl Store for MemoryStore {
     }
 
     async fn get(&self, id: &str) -> Result<Option<PurgeRecord>, BackendError> {
-        self.inner.state.lock().expect("store lock").get(id)
+        let shared = self.inner.state.lock().expect("store lock").get(id)?;
+        Ok(shared.map(Arc::unwrap_or_clone))
+    }
+
+    async fn get_many(
+        &self,
+        ids: &[&str],
+    ) -> Result<Vec<Option<Arc<PurgeRecord>>>, BackendError> {
+        let state = self.inner.state.lock().expect("store lock");
+        ids.iter().map(|id| state.get(id)).collect()
     }
 
     fn aged_out(&self, id: &str) -> bool {
@@ -385,55 +448,32 @@ impl Store for MemoryStore {
         id: &str,
         change: Change<'_>,
     ) -> Result<Option<PurgeRecord>, BackendError> {
-        let Some(key) = key_of(id) else {
-            return Ok(None);
-        };
-        let mut state = self.inner.state.lock().expect("store lock");
-        let Some(slot) = state.purges.get_mut(&key) else {
-            return Ok(None);
-        };
+        let after = self.update_many(&[id], change).await.pop();
+        Ok(after.transpose()?.flatten().map(Arc::unwrap_or_clone))
+    }
+
+    async fn update_many(
+        &self,
+        ids: &[&str],
+        change: Change<'_>,
+    ) -> Vec<Result<Option<Arc<PurgeRecord>>, BackendError>> {
         let now = chrono::Utc::now();
-        // What the slot holds changes only when the record did; a record that finishes is
-        // encoded from where it lies and handed back without a copy.
-        let (after, moved) = match slot {
-            Slot::Live(record) => {
-                if !record.apply(change, now) {
-                    return Ok(Some((**record).clone()));
+        let mut after = Vec::with_capacity(ids.len());
+        let mut changed = Vec::new();
+        {
+            let mut state = self.inner.state.lock().expect("store lock");
+            for id in ids {
+                let updated = state.update(id, change, now);
+                if let Ok(Some((_, true))) = &updated {
+                    changed.push(*id);
                 }
-                if record.state.is_terminal() {
-                    let done = Slot::encoded(record);
-                    let live = std::mem::replace(slot, done);
-                    (live.into_record(id)?, Moved::Finished)
-                } else {
-                    ((**record).clone(), Moved::Changed)
-                }
+                after.push(updated.map(|u| u.map(|(r, _)| r)));
             }
-            Slot::Done(_) => {
-                let mut record = slot.record(id)?;
-                if !record.apply(change, now) {
-                    return Ok(Some(record));
-                }
-                if record.state.is_terminal() {
-                    // Finished before: keeps its place in the finished order.
-                    *slot = Slot::encoded(&record);
-                    (record, Moved::Changed)
-                } else {
-                    *slot = Slot::Live(Box::new(record.clone()));
-                    (record, Moved::Reopened)
-                }
-            }
-        };
-        match moved {
-            Moved::Changed => {}
-            Moved::Finished => {
-                state.unfinished -= 1;
-                state.finished.push_back((Instant::now(), key));
-            }
-            Moved::Reopened => state.unfinished += 1,
         }
-        drop(state);
-        self.notify(id);
-        Ok(Some(after))
+        for id in changed {
+            self.notify(id);
+        }
+        after
     }
 
     async fn list(&self, query: ListQuery<'_>) -> Result<ListPage, BackendError> {
@@ -444,7 +484,7 @@ impl Store for MemoryStore {
         let state = self.inner.state.lock().expect("store lock");
         let mut page = ListPage::default();
         for (key, slot) in state.purges.range(..below).rev() {
-            let record = slot.record(&id_of(*key))?;
+            let record = Arc::unwrap_or_clone(slot.shared(&id_of(*key))?);
             if query.caller.is_some_and(|c| record.caller != c) || !(query.keep)(&record) {
                 continue;
             }

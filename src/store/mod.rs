@@ -6,6 +6,7 @@ pub mod memory;
 pub mod redis;
 mod redis_list;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -90,6 +91,33 @@ pub trait Store: Send + Sync + 'static {
         id: &str,
         change: Change<'_>,
     ) -> Result<Option<PurgeRecord>, BackendError>;
+
+    /// `get` of each of `ids`, in order: the dispatcher reads the purges of a claim at once.
+    /// The memory backend hands out the record it keeps, without a copy; by default the
+    /// reads run concurrently (a multiplexed connection pipelines them).
+    async fn get_many(
+        &self,
+        ids: &[&str],
+    ) -> Result<Vec<Option<Arc<PurgeRecord>>>, BackendError> {
+        let reads = ids.iter().map(|id| self.get(id));
+        let records = futures::future::try_join_all(reads).await?;
+        Ok(records.into_iter().map(|r| r.map(Arc::new)).collect())
+    }
+
+    /// `update` of each of `ids` with one change (which tells the purges apart by their id):
+    /// atomic per purge, not over the set; one answer per id, in order. The dispatcher records
+    /// a provider call on every purge it carried targets for at once. By default the updates
+    /// run concurrently.
+    async fn update_many(
+        &self,
+        ids: &[&str],
+        change: Change<'_>,
+    ) -> Vec<Result<Option<Arc<PurgeRecord>>, BackendError>> {
+        let updates = ids.iter().map(|id| async move {
+            self.update(id, change).await.map(|r| r.map(Arc::new))
+        });
+        futures::future::join_all(updates).await
+    }
 
     /// A page of purges, newest first (ids are UUIDv7s: their order is creation order).
     async fn list(&self, query: ListQuery<'_>) -> Result<ListPage, BackendError>;
