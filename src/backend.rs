@@ -14,4 +14,14 @@ impl BackendError {
     pub fn is_retryable(&self) -> bool {
         matches!(self, BackendError::Unavailable(_))
     }
+
+    /// The same error again, for each of several operations one failed call answered for.
+    pub fn again(&self) -> BackendError {
+        match self {
+            BackendError::Unavailable(source) => {
+                BackendError::Unavailable(source.to_string().into())
+            }
+            BackendError::Corrupt(what) => BackendError::Corrupt(what.clone()),
+        }
+    }
 }

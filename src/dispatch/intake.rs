@@ -114,7 +114,10 @@ impl Intake {
 
     async fn adopt_all(&self, deliveries: Vec<Delivery>) {
         // One read for the whole claim: a claim can hold hundreds of purges.
-        let ids: Vec<&str> = deliveries.iter().map(|d| d.item.purge_id.as_str()).collect();
+        let ids: Vec<&str> = deliveries
+            .iter()
+            .map(|d| d.item.purge_id.as_str())
+            .collect();
         let records = match self.store.get_many(&ids).await {
             Ok(records) => records,
             Err(e) => {

@@ -269,10 +269,7 @@ impl Store for MeteredStore {
         self.inner.aged_out(id)
     }
 
-    async fn get_many(
-        &self,
-        ids: &[&str],
-    ) -> Result<Vec<Option<Arc<PurgeRecord>>>, BackendError> {
+    async fn get_many(&self, ids: &[&str]) -> Result<Vec<Option<Arc<PurgeRecord>>>, BackendError> {
         let start = Instant::now();
         let r = self.inner.get_many(ids).await;
         backend(&self.metrics, "store.get_many", start, &r);

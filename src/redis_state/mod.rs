@@ -428,7 +428,10 @@ async fn subscribe(
                     };
                     let channel = msg.get_channel_name();
                     if channel == events_channel {
-                        let _ = events.send(payload);
+                        // One id, or several separated by spaces (a batch of updates).
+                        for id in payload.split(' ').filter(|id| !id.is_empty()) {
+                            let _ = events.send(id.to_owned());
+                        }
                     } else if channel == work_channel {
                         work.on_message(&payload);
                     }

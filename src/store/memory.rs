@@ -426,10 +426,7 @@ impl Store for MemoryStore {
         Ok(shared.map(Arc::unwrap_or_clone))
     }
 
-    async fn get_many(
-        &self,
-        ids: &[&str],
-    ) -> Result<Vec<Option<Arc<PurgeRecord>>>, BackendError> {
+    async fn get_many(&self, ids: &[&str]) -> Result<Vec<Option<Arc<PurgeRecord>>>, BackendError> {
         let state = self.inner.state.lock().expect("store lock");
         ids.iter().map(|id| state.get(id)).collect()
     }

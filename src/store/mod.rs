@@ -95,10 +95,7 @@ pub trait Store: Send + Sync + 'static {
     /// `get` of each of `ids`, in order: the dispatcher reads the purges of a claim at once.
     /// The memory backend hands out the record it keeps, without a copy; by default the
     /// reads run concurrently (a multiplexed connection pipelines them).
-    async fn get_many(
-        &self,
-        ids: &[&str],
-    ) -> Result<Vec<Option<Arc<PurgeRecord>>>, BackendError> {
+    async fn get_many(&self, ids: &[&str]) -> Result<Vec<Option<Arc<PurgeRecord>>>, BackendError> {
         let reads = ids.iter().map(|id| self.get(id));
         let records = futures::future::try_join_all(reads).await?;
         Ok(records.into_iter().map(|r| r.map(Arc::new)).collect())
@@ -113,9 +110,9 @@ pub trait Store: Send + Sync + 'static {
         ids: &[&str],
         change: Change<'_>,
     ) -> Vec<Result<Option<Arc<PurgeRecord>>, BackendError>> {
-        let updates = ids.iter().map(|id| async move {
-            self.update(id, change).await.map(|r| r.map(Arc::new))
-        });
+        let updates = ids
+            .iter()
+            .map(|id| async move { self.update(id, change).await.map(|r| r.map(Arc::new)) });
         futures::future::join_all(updates).await
     }
 
