@@ -102,6 +102,7 @@ impl Dispatcher {
             backends.limiter.clone(),
             settings.rate_margin,
             stop.clone(),
+            metrics,
         );
         let records = Records::new(
             provider.name.clone(),

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use tokio_util::sync::CancellationToken;
 
-use super::budget::{Budget, Grant};
+use super::budget::{Budget, Grant, Op};
 use super::inflight::{InFlight, Tasks};
 use super::records::Records;
 use crate::providers::{ProviderHandle, TaskProgress, TaskQuery};
@@ -49,7 +49,7 @@ impl Poller {
         {
             let tasks = self.tasks.due(Instant::now());
             for group in tasks.chunks(chunk) {
-                match self.budget.status().await {
+                match self.budget.status(Op::Poll).await {
                     Grant::Granted => {}
                     Grant::Stopped => return,
                     Grant::Exhausted => break,
@@ -68,7 +68,7 @@ impl Poller {
             provider = self.name(),
             tasks = queries.len()
         );
-        let budget = self.budget.status_calls();
+        let budget = self.budget.status_calls(Op::Poll);
         let answer =
             tracing::Instrument::instrument(self.provider.client.poll(&queries, &budget), span)
                 .await;

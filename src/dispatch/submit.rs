@@ -12,7 +12,7 @@ use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use super::budget::Budget;
+use super::budget::{Budget, Op};
 use super::inflight::{InFlight, Tasks};
 use super::lanes::{LaneKey, Taken};
 use super::records::Records;
@@ -156,7 +156,7 @@ impl Submitter {
                 });
             }
             if maybe_sent.load(Ordering::Relaxed) && self.0.provider.client.finds_submitted() {
-                self.0.budget.status_or_stop().await?;
+                self.0.budget.status_or_stop(Op::Lookup).await?;
                 if let Some(found) = self.look_up(batch, started).await? {
                     return Ok(found);
                 }
@@ -205,7 +205,7 @@ impl Submitter {
             && maybe_sent
             && self.0.stop.is_cancelled()
             && self.0.provider.client.finds_submitted()
-            && self.0.budget.status_now().await
+            && self.0.budget.status_now(Op::Lookup).await
             && let Ok(Some(found)) = self.look_up(batch, started).await
         {
             return (Ok(found), maybe_sent);
@@ -221,7 +221,7 @@ impl Submitter {
     ) -> Result<Option<Submission>, ProviderError> {
         // Whole seconds: providers' task times have no finer resolution.
         let since = started - chrono::Duration::seconds(2);
-        let budget = self.0.budget.status_calls();
+        let budget = self.0.budget.status_calls(Op::Lookup);
         let found = self
             .0
             .provider

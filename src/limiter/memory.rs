@@ -7,7 +7,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use super::{
-    Charge, Decision, LEARNED_CAP_TTL, Limiter, RuleState, budget_group, evaluate, now_ms, refunded,
+    Charge, Decision, LEARNED_CAP_TTL, Limiter, RuleState, Snapshot, budget_group, evaluate,
+    now_ms, refunded,
 };
 use crate::backend::BackendError;
 
@@ -118,6 +119,17 @@ impl Limiter for MemoryLimiter {
             .remove(&(budget.to_owned(), lane.to_owned()));
         Ok(())
     }
+
+    async fn snapshot(&self, charges: &[Charge]) -> Result<Snapshot, BackendError> {
+        let rules = self.rules.lock().expect("limiter lock");
+        Ok(Snapshot {
+            now_ms: now_ms(),
+            states: charges
+                .iter()
+                .map(|c| rules.get(&c.key).cloned().unwrap_or_default())
+                .collect(),
+        })
+    }
 }
 
 impl MemoryLimiter {
@@ -163,6 +175,28 @@ mod tests {
         assert_eq!(limiter.acquire_at(&both, 11_500), Decision::Granted);
         let rules = limiter.rules.lock().unwrap();
         assert!(matches!(&rules["cf:submit:0"], RuleState::Window { grants } if grants.len() == 1));
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_tells_what_is_left_and_charges_nothing() {
+        let limiter = MemoryLimiter::default();
+        let daily = Charge {
+            key: "cdn:daily:0".into(),
+            limit: Limit::Daily {
+                max: 10,
+                utc_offset_secs: 0,
+            },
+            cost: 1,
+        };
+        let window = charge("cdn:submit:0");
+        for _ in 0..3 {
+            let both = [daily.clone(), window.clone()];
+            assert_eq!(limiter.acquire(&both).await.unwrap(), Decision::Granted);
+        }
+        let both = [daily, window, charge("cdn:submit:1")];
+        let read = limiter.snapshot(&both).await.unwrap();
+        assert_eq!(read.remaining(&both), vec![7, 97, 100]);
+        assert_eq!(limiter.snapshot(&both).await.unwrap().states, read.states);
     }
 
     #[tokio::test]

@@ -102,6 +102,67 @@ pub trait Limiter: Send + Sync + 'static {
 
     /// Forgets the learned cap of `lane` (a quota read reported a larger one).
     async fn forget_cap(&self, budget: &str, lane: &str) -> Result<(), BackendError>;
+
+    /// Reads the state of each charge's rule, charging nothing (`cost` is not used), with the
+    /// limiter's clock, so what is left of a budget can be told (see [`Snapshot::remaining`]).
+    /// The charges must be of one slot, as for `acquire`. A pause is not part of it.
+    async fn snapshot(&self, charges: &[Charge]) -> Result<Snapshot, BackendError>;
+}
+
+/// Rule states as the limiter read them, one per charge asked about, and its clock then.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Snapshot {
+    /// Milliseconds since the Unix epoch by the limiter's clock (Redis `TIME` on Redis).
+    pub now_ms: u64,
+    pub states: Vec<RuleState>,
+}
+
+impl Snapshot {
+    /// What each of `charges` (those the snapshot was read for) had left when it was read.
+    pub fn remaining(&self, charges: &[Charge]) -> Vec<u64> {
+        charges
+            .iter()
+            .zip(&self.states)
+            .map(|(c, s)| remaining(s, &c.limit, self.now_ms))
+            .collect()
+    }
+}
+
+/// The units `limit` would still grant at `now_ms` from `state`, one at a time, charging
+/// nothing: GCRA tokens left of its burst (`burst - ceil((tat - now) / interval)`, at least 0),
+/// a window's count less the units granted within the last `per`, a daily quota less what
+/// today used. Pure, so both limiters (and a gauge computed later from a read) agree with
+/// [`evaluate`].
+pub fn remaining(state: &RuleState, limit: &Limit, now_ms: u64) -> u64 {
+    match *limit {
+        Limit::Gcra { rate, burst } => {
+            let ahead = match state {
+                RuleState::Gcra { tat } => tat.saturating_sub(now_ms),
+                _ => 0,
+            };
+            u64::from(burst).saturating_sub(ahead.div_ceil(gcra_interval_ms(rate)))
+        }
+        Limit::Window(rate) => {
+            let per = rate.per.as_millis() as u64;
+            let used = match state {
+                RuleState::Window { grants } => {
+                    grants.iter().filter(|&&t| t + per > now_ms).count() as u64
+                }
+                _ => 0,
+            };
+            u64::from(rate.count).saturating_sub(used)
+        }
+        Limit::Daily {
+            max,
+            utc_offset_secs,
+        } => {
+            let day = (now_ms as i64 + utc_offset_secs as i64 * 1000).div_euclid(DAY_MS);
+            match *state {
+                RuleState::Daily { day: d, used } if d == day => max.saturating_sub(used),
+                _ => max,
+            }
+        }
+    }
 }
 
 /// How long a learned per-call cap holds after its last lowering, for providers without a
@@ -307,6 +368,62 @@ mod tests {
             burst: 1,
         };
         assert_eq!(refunded(&s, &gcra, 1, 3_000), None);
+    }
+
+    /// Units granted one at a time at `now` until refused: what `remaining` must say.
+    fn granted_now(mut state: RuleState, limit: &Limit, now: u64) -> u64 {
+        let mut n = 0;
+        while let Ok(next) = evaluate(&state, limit, 1, now) {
+            state = next;
+            n += 1;
+            assert!(n < 10_000, "{limit:?} never refuses");
+        }
+        n
+    }
+
+    #[test]
+    fn remaining_is_what_the_rule_would_grant_now() {
+        let limits = [
+            Limit::Gcra {
+                rate: Rate::new(7, Duration::from_secs(1)),
+                burst: 1,
+            },
+            Limit::Gcra {
+                rate: Rate::new(10, Duration::from_secs(1)),
+                burst: 5,
+            },
+            Limit::Window(Rate::new(10, Duration::from_secs(300))),
+            Limit::Daily {
+                max: 10,
+                utc_offset_secs: 8 * 3600,
+            },
+        ];
+        for limit in &limits {
+            assert_eq!(
+                remaining(&RuleState::Fresh, limit, 5_000),
+                granted_now(RuleState::Fresh, limit, 5_000),
+                "{limit:?} fresh"
+            );
+            // Charges of several costs over time, then reads at later times.
+            let mut state = RuleState::Fresh;
+            for (t, cost) in [(5_000, 1), (5_010, 2), (5_120, 1), (5_300, 3)] {
+                if let Ok(next) = evaluate(&state, limit, cost, t) {
+                    state = next;
+                }
+                for later in [t, t + 1, t + 99, t + 100, t + 1_000, t + 300_000] {
+                    assert_eq!(
+                        remaining(&state, limit, later),
+                        granted_now(state.clone(), limit, later),
+                        "{limit:?} at {later} from {state:?}"
+                    );
+                }
+            }
+        }
+        // A daily quota is whole again on the provider's next day.
+        let daily = limits[3];
+        let used = evaluate(&RuleState::Fresh, &daily, 3, 1_000).unwrap();
+        assert_eq!(remaining(&used, &daily, 1_000), 7);
+        assert_eq!(remaining(&used, &daily, DAY_MS as u64 + 1_000), 10);
     }
 
     #[test]

@@ -10,7 +10,10 @@ use std::collections::BTreeMap;
 use ::redis::{AsyncCommands, Script};
 use async_trait::async_trait;
 
-use super::{Charge, Decision, LEARNED_CAP_TTL, Limit, Limiter, budget_group, gcra_interval_ms};
+use super::{
+    Charge, Decision, LEARNED_CAP_TTL, Limit, Limiter, RuleState, Snapshot, budget_group,
+    gcra_interval_ms,
+};
 use crate::backend::BackendError;
 use crate::redis_state::Shared;
 
@@ -166,6 +169,34 @@ return 1
     )
 });
 
+/// KEYS: rule keys (of one slot). ARGV: the kind of each (`g`, `w`, `d`, as for `ACQUIRE`).
+/// Reads only: returns {now ms by Redis `TIME`, {state of each key}}, a state being {tat} (GCRA),
+/// the grant times in the list (window), {day, used} (daily), or {} when the key is not set.
+static SNAPSHOT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local states = {}
+for i, key in ipairs(KEYS) do
+  local kind = ARGV[i]
+  local s = {}
+  if kind == 'g' then
+    local tat = redis.call('GET', key)
+    if tat then s = {tonumber(tat)} end
+  elseif kind == 'w' then
+    for j, g in ipairs(redis.call('LRANGE', key, 0, -1)) do s[j] = tonumber(g) end
+  else
+    local d = redis.call('HMGET', key, 'day', 'used')
+    if d[1] then s = {tonumber(d[1]), tonumber(d[2] or '0')} end
+  end
+  states[i] = s
+end
+return {now, states}
+",
+    )
+});
+
 #[derive(Clone)]
 pub struct RedisLimiter {
     shared: Arc<Shared>,
@@ -204,6 +235,22 @@ fn rule_args(limit: &Limit) -> (&'static str, i64, i64) {
             max,
             utc_offset_secs,
         } => ("d", max as i64, utc_offset_secs as i64 * 1000),
+    }
+}
+
+/// A rule's state from what `SNAPSHOT` read of its key.
+fn rule_state(limit: &Limit, read: &[u64]) -> RuleState {
+    match (limit, read) {
+        (_, []) => RuleState::Fresh,
+        (Limit::Gcra { .. }, [tat, ..]) => RuleState::Gcra { tat: *tat },
+        (Limit::Window(_), grants) => RuleState::Window {
+            grants: grants.iter().copied().collect(),
+        },
+        (Limit::Daily { .. }, [day, used, ..]) => RuleState::Daily {
+            day: *day as i64,
+            used: *used,
+        },
+        (Limit::Daily { .. }, [_]) => RuleState::Fresh,
     }
 }
 
@@ -295,6 +342,30 @@ impl Limiter for RedisLimiter {
             .with(|mut conn| async move { call.invoke_async(&mut conn).await })
             .await?;
         Ok(lowered == 1)
+    }
+
+    async fn snapshot(&self, charges: &[Charge]) -> Result<Snapshot, BackendError> {
+        if charges.is_empty() {
+            return Ok(Snapshot {
+                now_ms: super::now_ms(),
+                states: Vec::new(),
+            });
+        }
+        let mut call = SNAPSHOT.prepare_invoke();
+        for c in charges {
+            call.key(self.shared.keys.limit(&c.key))
+                .arg(rule_args(&c.limit).0);
+        }
+        let (now_ms, read): (u64, Vec<Vec<u64>>) = self
+            .shared
+            .with(|mut conn| async move { call.invoke_async(&mut conn).await })
+            .await?;
+        let states = charges
+            .iter()
+            .zip(read)
+            .map(|(c, s)| rule_state(&c.limit, &s))
+            .collect();
+        Ok(Snapshot { now_ms, states })
     }
 
     async fn forget_cap(&self, budget: &str, lane: &str) -> Result<(), BackendError> {

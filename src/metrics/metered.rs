@@ -12,7 +12,7 @@ use tokio::sync::broadcast;
 
 use super::{Metrics, outcome};
 use crate::backend::BackendError;
-use crate::limiter::{Charge, Decision, Limiter, budget_group};
+use crate::limiter::{Charge, Decision, Limiter, Snapshot, budget_group};
 use crate::model::{Action, PurgeKind, PurgeRecord, PurgeState, WorkItem};
 use crate::providers::{
     Batch, CallBudget, Capabilities, ItemBudget, KindQuota, Provider, ProviderError, Refused,
@@ -422,7 +422,9 @@ impl Queue for MeteredQueue {
     }
 }
 
-/// A limiter whose calls are timed, and whose answers say how long work waits for budget.
+/// A limiter whose calls are timed, and whose answers count daily quotas found used up. (The
+/// time work waits for budget is measured where it waits, from its first ask to the grant:
+/// `dispatch::budget`.)
 pub struct MeteredLimiter {
     pub inner: Arc<dyn Limiter>,
     pub metrics: Metrics,
@@ -434,19 +436,15 @@ impl Limiter for MeteredLimiter {
         let start = Instant::now();
         let r = self.inner.acquire(charges).await;
         backend(&self.metrics, "limiter.acquire", start, &r);
-        let budget = charges
-            .first()
-            .map_or("none", |c| budget_group(&c.key))
-            .to_owned();
-        let i = self.metrics.i();
-        match &r {
-            Ok(Decision::Wait(d)) => i
-                .budget_wait
-                .record(d.as_secs_f64(), &[KeyValue::new("budget", budget)]),
-            Ok(Decision::Exhausted(_)) => i
+        if let Ok(Decision::Exhausted(_)) = &r {
+            let budget = charges
+                .first()
+                .map_or("none", |c| budget_group(&c.key))
+                .to_owned();
+            self.metrics
+                .i()
                 .budget_exhausted
-                .add(1, &[KeyValue::new("budget", budget)]),
-            Ok(Decision::Granted) | Err(_) => {}
+                .add(1, &[KeyValue::new("budget", budget)]);
         }
         r
     }
@@ -483,6 +481,13 @@ impl Limiter for MeteredLimiter {
         let start = Instant::now();
         let r = self.inner.forget_cap(budget, lane).await;
         backend(&self.metrics, "limiter.forget_cap", start, &r);
+        r
+    }
+
+    async fn snapshot(&self, charges: &[Charge]) -> Result<Snapshot, BackendError> {
+        let start = Instant::now();
+        let r = self.inner.snapshot(charges).await;
+        backend(&self.metrics, "limiter.snapshot", start, &r);
         r
     }
 }

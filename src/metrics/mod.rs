@@ -3,6 +3,7 @@
 //! is the one cheap handle every recording site holds; labels are bounded (provider, kind,
 //! action, state, outcome, operation, caller name), never an id, URL, tag or token.
 
+pub mod budget;
 pub mod metered;
 pub mod rpc;
 
@@ -54,6 +55,10 @@ struct Inner {
     held: Arc<Mutex<HashMap<String, HashMap<String, u64>>>>,
     /// Per provider: how many targets wait in its dispatcher's lanes now.
     lanes: Arc<Mutex<HashMap<String, TargetCount>>>,
+    /// Per provider: the budget rules its dispatcher last read.
+    budgets: budget::Providers,
+    /// Whether any reader collects (else reads made only for metrics are skipped).
+    recording: bool,
     i: Instruments,
 }
 
@@ -90,6 +95,7 @@ impl Metrics {
             .build();
         let mut builder = SdkMeterProvider::builder().with_resource(resource);
         let mut registry = None;
+        let recording = config.admin.listen.is_some() || config.telemetry.otlp_endpoint.is_some();
         if config.admin.listen.is_some() {
             let r = prometheus::Registry::new();
             let exporter = opentelemetry_prometheus::exporter()
@@ -114,17 +120,18 @@ impl Metrics {
                 .build();
             builder = builder.with_reader(reader);
         }
-        Ok(Metrics::with_provider(builder.build(), registry))
+        Ok(Metrics::with_provider(builder.build(), registry, recording))
     }
 
     /// Records nothing: no reader is attached.
     pub fn disabled() -> Metrics {
-        Metrics::with_provider(SdkMeterProvider::builder().build(), None)
+        Metrics::with_provider(SdkMeterProvider::builder().build(), None, false)
     }
 
     fn with_provider(
         provider: SdkMeterProvider,
         registry: Option<prometheus::Registry>,
+        recording: bool,
     ) -> Metrics {
         let meter = provider.meter("purge-service");
         let held: Arc<Mutex<HashMap<String, HashMap<String, u64>>>> = Arc::default();
@@ -144,13 +151,22 @@ impl Metrics {
                 }
             })
             .build();
+        let budgets = budget::Providers::default();
+        budget::observe_remaining(&meter, budgets.clone());
         Metrics(Arc::new(Inner {
             i: Instruments::new(&meter),
             provider,
             registry,
             held,
             lanes,
+            budgets,
+            recording,
         }))
+    }
+
+    /// Whether a reader collects what is recorded (a Prometheus or an OTLP reader).
+    pub fn is_recording(&self) -> bool {
+        self.0.recording
     }
 
     /// Exports `read()`, when the served TLS certificate expires (seconds since the epoch), as
@@ -204,6 +220,36 @@ impl Metrics {
         ];
         self.0.i.provider_calls.add(1, &attrs);
         self.0.i.provider_duration.record(seconds, &attrs);
+    }
+
+    /// The budget rules `provider`'s dispatcher reads, exported as `purge.budget.remaining`.
+    pub(crate) fn known_budgets(&self, provider: &str) -> budget::KnownBudgets {
+        self.0
+            .budgets
+            .lock()
+            .expect("budgets lock")
+            .entry(provider.to_owned())
+            .or_default()
+            .clone()
+    }
+
+    /// Work of `provider` waited `seconds` from its first ask to the grant of `budget`
+    /// (`submit`, `status`, `items`) for `operation` (`submit`, `poll`, `quota`, `lookup`).
+    pub(crate) fn budget_waited(
+        &self,
+        provider: &str,
+        budget: &'static str,
+        operation: &'static str,
+        seconds: f64,
+    ) {
+        self.0.i.budget_wait.record(
+            seconds,
+            &[
+                KeyValue::new("provider", provider.to_owned()),
+                KeyValue::new("budget", budget),
+                KeyValue::new("operation", operation),
+            ],
+        );
     }
 
     /// Reads `provider`'s waiting targets with `count` at each collection.
@@ -374,8 +420,8 @@ impl Instruments {
                 .with_unit("{target}")
                 .build(),
             budget_wait: seconds(
-                "purge.budget.wait",
-                "Waits the rate budget asked for before a provider call",
+                "purge.budget.wait.duration",
+                "Time work waited for a provider budget, from its first ask to the grant (one per grant)",
                 CALL_SECONDS,
             ),
             budget_exhausted: m

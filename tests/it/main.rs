@@ -28,6 +28,7 @@ mod limiter_pause;
 mod list;
 mod memory_bounds;
 mod metrics;
+mod metrics_budget;
 mod otlp;
 mod plan;
 mod redis;

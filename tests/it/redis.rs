@@ -267,6 +267,53 @@ async fn limiter_rules(target: &RedisTarget) {
         Decision::Wait(d) => assert!(d > Duration::from_secs(55), "{d:?}"),
         other => panic!("GCRA must space calls, got {other:?}"),
     }
+    snapshot_reads_what_is_left(limiter.as_ref()).await;
+}
+
+/// A snapshot reads what is left of each rule with Redis time, as `limiter::remaining` says,
+/// and charges nothing.
+async fn snapshot_reads_what_is_left(limiter: &dyn purge_service::limiter::Limiter) {
+    let key = unique("left");
+    let charge = |i: usize, limit| Charge {
+        key: format!("{key}:{i}"),
+        limit,
+        cost: 1,
+    };
+    let rules = [
+        charge(0, Limit::Window(Rate::new(10, Duration::from_secs(300)))),
+        charge(
+            1,
+            Limit::Daily {
+                max: 10,
+                utc_offset_secs: 8 * 3600,
+            },
+        ),
+        charge(
+            2,
+            Limit::Gcra {
+                rate: Rate::new(1, Duration::from_secs(60)),
+                burst: 5,
+            },
+        ),
+        // Never charged.
+        charge(3, Limit::Window(Rate::new(4, Duration::from_secs(1)))),
+    ];
+    for _ in 0..3 {
+        assert_eq!(
+            limiter.acquire(&rules[..3]).await.unwrap(),
+            Decision::Granted
+        );
+    }
+    let read = limiter.snapshot(&rules).await.unwrap();
+    assert_eq!(read.remaining(&rules), [7, 7, 2, 4]);
+    let local = purge_service::limiter::now_ms();
+    assert!(read.now_ms.abs_diff(local) < 5_000, "Redis time {read:?}");
+    let again = limiter.snapshot(&rules).await.unwrap();
+    assert_eq!(
+        again.remaining(&rules),
+        [7, 7, 2, 4],
+        "a read charges nothing"
+    );
 }
 
 #[tokio::test]
