@@ -45,8 +45,6 @@ impl Flusher {
     async fn flush(&self, sending: &mut JoinSet<()>) {
         loop {
             while sending.try_join_next().is_some() {}
-            // For CreatePurge plans (validate_only): what waits here ahead of a new purge.
-            self.provider.note_waiting(self.outbox.waiting());
             let next = self
                 .outbox
                 .next_due(self.linger, |k| self.provider.max_per_call(k));

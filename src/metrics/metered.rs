@@ -363,6 +363,13 @@ impl Queue for MeteredQueue {
         self.metrics.release(provider, ids);
         r
     }
+
+    async fn backlog(&self, provider: &str) -> Result<u64, BackendError> {
+        let start = Instant::now();
+        let r = self.inner.backlog(provider).await;
+        backend(&self.metrics, "queue.backlog", start, &r);
+        r
+    }
 }
 
 /// A limiter whose calls are timed, and whose answers say how long work waits for budget.

@@ -20,6 +20,7 @@ mod cloudfront;
 mod dispatch;
 mod edgeone;
 mod edgeone_client;
+mod estimate;
 mod fastly;
 mod grpcurl;
 mod image;
