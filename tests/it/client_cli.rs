@@ -7,19 +7,29 @@ use std::time::Duration;
 
 use crate::support::{config, spawn_app, wait_terminal};
 
-async fn cli(addr: &str, args: &[&str]) -> Output {
+/// `purge-service purge <args>` with no `PURGE_*` variable from the test's environment.
+pub fn command(args: &[&str]) -> tokio::process::Command {
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_purge-service"));
-    cmd.arg("purge").arg("--addr").arg(addr).args(args);
+    cmd.arg("purge").args(args);
     for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("PURGE_")) {
         cmd.env_remove(k);
     }
-    tokio::time::timeout(Duration::from_secs(60), cmd.output())
+    cmd
+}
+
+/// Runs `purge-service purge <args>` to its end (a minute at most).
+pub async fn run(args: &[&str]) -> Output {
+    tokio::time::timeout(Duration::from_secs(60), command(args).output())
         .await
         .expect("the client finished within a minute")
         .unwrap()
 }
 
-fn json(out: &Output) -> serde_json::Value {
+async fn cli(addr: &str, args: &[&str]) -> Output {
+    run(&[&["--addr", addr][..], args].concat()).await
+}
+
+pub fn json(out: &Output) -> serde_json::Value {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let last = stdout.lines().last().unwrap_or_default();
     serde_json::from_str(last)

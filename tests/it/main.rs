@@ -14,6 +14,7 @@ mod cdnetworks;
 mod chart;
 mod cli;
 mod client_cli;
+mod client_tls;
 mod cloudflare;
 mod cloudflare_throttle;
 mod cloudfront;
