@@ -203,26 +203,23 @@ impl Session {
         F: FnMut(PurgeServiceClient<Channel>) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
-        let mut last = None;
-        for i in 0..self.addrs.len() {
-            let client = match self.client(i).await {
-                Ok(c) => c,
-                Err(e @ ClientError::Connect { .. }) => {
-                    last = Some(e);
-                    continue;
-                }
+        let mut i = 0;
+        loop {
+            let failed = match self.client(i).await {
+                Ok(client) => match f(client).await {
+                    Ok(r) => return Ok(r.into_inner()),
+                    Err(s) if s.code() == tonic::Code::Unavailable => ClientError::from(s),
+                    Err(s) => return Err(s.into()),
+                },
+                Err(e @ ClientError::Connect { .. }) => e,
                 Err(e) => return Err(e),
             };
-            match f(client).await {
-                Ok(r) => return Ok(r.into_inner()),
-                Err(s) if s.code() == tonic::Code::Unavailable => last = Some(s.into()),
-                Err(s) => return Err(s.into()),
+            i += 1;
+            if i == self.addrs.len() {
+                return Err(failed);
             }
-            if i + 1 < self.addrs.len() {
-                eprintln!("{} unavailable; trying the next address", self.addrs[i]);
-            }
+            eprintln!("{}; trying the next address", with_causes(&failed));
         }
-        Err(last.expect("at least one address"))
     }
 
     fn request<T>(&self, msg: T) -> tonic::Request<T> {

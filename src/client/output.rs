@@ -75,9 +75,10 @@ fn text(p: &pb::Purge) -> String {
         line.push_str(&format!(" error={:?}", p.error));
     }
     if p.estimated_start_time.is_some() {
+        let at = time(&p.estimated_start_time);
         line.push_str(&format!(
             " estimated_start={}",
-            time(&p.estimated_start_time)
+            at.as_str().unwrap_or_default()
         ));
     }
     if let Some(plan) = &p.plan {
