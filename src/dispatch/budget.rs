@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::limiter::{Charge, Decision, Limit, Limiter, Rate};
@@ -16,7 +17,8 @@ use crate::providers::{Batch, CallBudget, KindQuota, ProviderError, ProviderHand
 
 /// What waiting for budget ended with.
 pub(super) enum Grant {
-    Granted,
+    /// At this time by the limiter's clock (what giving it back takes).
+    Granted(u64),
     /// Gone for today.
     Exhausted,
     Stopped,
@@ -32,6 +34,9 @@ struct Inner {
     /// Fraction by which rate windows are stretched.
     rate_margin: f64,
     stop: CancellationToken,
+    /// Woken when this replica gives a submit grant back, so a wait for the slot it freed
+    /// ends at once instead of at its computed time.
+    given_back: Notify,
 }
 
 impl Budget {
@@ -46,6 +51,7 @@ impl Budget {
             limiter,
             rate_margin,
             stop,
+            given_back: Notify::new(),
         }))
     }
 
@@ -212,6 +218,28 @@ impl Budget {
         self.wait(&self.submit_charges(kind)).await
     }
 
+    /// Gives back the submit call granted at `at_ms` for a batch of `kind` that the claim
+    /// emptied (all of it cancelled meanwhile), when the limiter can without letting more
+    /// calls through than the rates allow (see `Limiter::unspend`); a wait on this replica for
+    /// the freed slot ends at once.
+    pub(super) async fn unspend_submit(&self, kind: PurgeKind, at_ms: u64) {
+        match self
+            .0
+            .limiter
+            .unspend(&self.submit_charges(kind), at_ms)
+            .await
+        {
+            Ok(true) => {
+                tracing::debug!(provider = self.name(), %kind, "a call granted for a wholly cancelled batch was given back");
+                self.0.given_back.notify_waiters();
+            }
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(provider = self.name(), error = %e, "cannot give back an unused call")
+            }
+        }
+    }
+
     /// Waits for one status call's budget (a poll, a lookup, a quota read).
     pub(super) async fn status(&self) -> Grant {
         self.wait(&self.status_charges()).await
@@ -266,16 +294,26 @@ impl Budget {
             return Grant::Stopped;
         }
         loop {
-            let wait = match self.0.limiter.acquire(charges).await {
-                Ok(Decision::Granted) => return Grant::Granted,
-                Ok(Decision::Exhausted(_)) => return Grant::Exhausted,
-                Ok(Decision::Wait(d)) => d,
+            // Registered before asking, so a grant given back meanwhile is not missed.
+            let given_back = self.0.given_back.notified();
+            tokio::pin!(given_back);
+            given_back.as_mut().enable();
+            let wait = match self.0.limiter.acquire_stamped(charges).await {
+                Ok(s) => match s.decision {
+                    Decision::Granted => return Grant::Granted(s.at_ms),
+                    Decision::Exhausted(_) => return Grant::Exhausted,
+                    Decision::Wait(d) => d,
+                },
                 Err(e) => {
                     tracing::warn!(provider = self.name(), error = %e, "limiter unavailable; waiting");
                     Duration::from_millis(500)
                 }
             };
-            if !self.pause(wait.min(Duration::from_secs(5))).await {
+            let slept = tokio::select! {
+                slept = self.pause(wait.min(Duration::from_secs(5))) => slept,
+                _ = given_back => true,
+            };
+            if !slept {
                 return Grant::Stopped;
             }
         }
@@ -283,7 +321,7 @@ impl Budget {
 
     async fn or_stop(&self, charges: &[Charge]) -> Result<(), ProviderError> {
         match self.wait(charges).await {
-            Grant::Granted => Ok(()),
+            Grant::Granted(_) => Ok(()),
             Grant::Exhausted => Err(ProviderError::QuotaExhausted {
                 message: format!(
                     "call budget of provider {:?} exhausted for today",
@@ -385,7 +423,7 @@ impl Budget {
         loop {
             // A quota read is a call to the provider's API like a status poll, paid alike.
             match self.status().await {
-                Grant::Granted => {}
+                Grant::Granted(_) => {}
                 Grant::Stopped => return false,
                 Grant::Exhausted => return true,
             }
@@ -420,56 +458,5 @@ impl CallBudget for StatusCalls<'_> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::limiter::memory::MemoryLimiter;
-    use crate::providers::Provider;
-    use crate::providers::sandbox::Sandbox;
-
-    /// A provider without submit rates but with 2 ALL calls an hour (Fastly's shape).
-    fn budget(limiter: &MemoryLimiter) -> Budget {
-        let sandbox = Sandbox::new(Default::default()).unwrap();
-        let mut caps = sandbox.capabilities();
-        caps.submit_rates.clear();
-        caps.kind_submit_rates = BTreeMap::from([(
-            PurgeKind::All,
-            vec![Rate::new(2, Duration::from_secs(3_600))],
-        )]);
-        let handle = ProviderHandle::new("s".into(), Arc::new(sandbox), caps);
-        Budget::new(
-            handle,
-            Arc::new(limiter.clone()),
-            0.0,
-            CancellationToken::new(),
-        )
-    }
-
-    #[tokio::test]
-    async fn a_kinds_own_rate_is_charged_for_that_kind_only() {
-        let limiter = MemoryLimiter::default();
-        let budget = budget(&limiter);
-        let all = budget.submit_charges(PurgeKind::All);
-        for _ in 0..2 {
-            assert_eq!(limiter.acquire(&all).await.unwrap(), Decision::Granted);
-        }
-        assert!(matches!(
-            limiter.acquire(&all).await.unwrap(),
-            Decision::Wait(_)
-        ));
-        let url = budget.submit_charges(PurgeKind::Url);
-        assert_eq!(limiter.acquire(&url).await.unwrap(), Decision::Granted);
-    }
-
-    #[tokio::test]
-    async fn a_pause_holds_a_provider_without_submit_rates() {
-        let limiter = MemoryLimiter::default();
-        let budget = budget(&limiter);
-        let url = budget.submit_charges(PurgeKind::Url);
-        assert_eq!(limiter.acquire(&url).await.unwrap(), Decision::Granted);
-        budget.pause_submits(Duration::from_secs(60)).await;
-        assert!(matches!(
-            limiter.acquire(&url).await.unwrap(),
-            Decision::Wait(d) if d > Duration::from_secs(50)
-        ));
-    }
-}
+#[path = "budget_tests.rs"]
+mod tests;

@@ -12,7 +12,7 @@ use tokio::sync::broadcast;
 
 use super::{Metrics, outcome};
 use crate::backend::BackendError;
-use crate::limiter::{Charge, Decision, Limiter, budget_group};
+use crate::limiter::{Charge, Decision, Limiter, Stamped, budget_group};
 use crate::model::{Action, PurgeKind, PurgeRecord, PurgeState, WorkItem};
 use crate::providers::{
     Batch, CallBudget, Capabilities, ItemBudget, KindQuota, Provider, ProviderError, Refused,
@@ -380,16 +380,16 @@ pub struct MeteredLimiter {
 
 #[async_trait]
 impl Limiter for MeteredLimiter {
-    async fn acquire(&self, charges: &[Charge]) -> Result<Decision, BackendError> {
+    async fn acquire_stamped(&self, charges: &[Charge]) -> Result<Stamped, BackendError> {
         let start = Instant::now();
-        let r = self.inner.acquire(charges).await;
+        let r = self.inner.acquire_stamped(charges).await;
         backend(&self.metrics, "limiter.acquire", start, &r);
         let budget = charges
             .first()
             .map_or("none", |c| budget_group(&c.key))
             .to_owned();
         let i = self.metrics.i();
-        match &r {
+        match r.as_ref().map(|s| s.decision) {
             Ok(Decision::Wait(d)) => i
                 .budget_wait
                 .record(d.as_secs_f64(), &[KeyValue::new("budget", budget)]),
@@ -398,6 +398,13 @@ impl Limiter for MeteredLimiter {
                 .add(1, &[KeyValue::new("budget", budget)]),
             Ok(Decision::Granted) | Err(_) => {}
         }
+        r
+    }
+
+    async fn unspend(&self, charges: &[Charge], at_ms: u64) -> Result<bool, BackendError> {
+        let start = Instant::now();
+        let r = self.inner.unspend(charges, at_ms).await;
+        backend(&self.metrics, "limiter.unspend", start, &r);
         r
     }
 
