@@ -22,7 +22,9 @@ const FRESH: Duration = Duration::from_secs(1);
 /// queue's (one constant-time read per stream, reused for [`FRESH`]).
 pub struct Backlogs {
     queue: Arc<dyn Queue>,
-    read: Mutex<HashMap<String, (Instant, u64)>>,
+    /// The last read per provider and when; a failed read is kept as long (`None`), so a
+    /// backend in trouble is not asked again on every answer.
+    read: Mutex<HashMap<String, (Instant, Option<u64>)>>,
 }
 
 impl Backlogs {
@@ -43,22 +45,21 @@ impl Backlogs {
             .get(provider)
             .filter(|(at, _)| at.elapsed() < FRESH)
             .map(|(_, n)| *n);
-        if cached.is_some() {
-            return cached;
+        if let Some(n) = cached {
+            return n;
         }
-        match self.queue.backlog(provider).await {
-            Ok(n) => {
-                self.read
-                    .lock()
-                    .expect("backlog lock")
-                    .insert(provider.to_owned(), (Instant::now(), n));
-                Some(n)
-            }
+        let n = match self.queue.backlog(provider).await {
+            Ok(n) => Some(n),
             Err(e) => {
                 tracing::debug!(provider, error = %e, "cannot read the queue backlog; estimating from this replica's work");
                 None
             }
-        }
+        };
+        self.read
+            .lock()
+            .expect("backlog lock")
+            .insert(provider.to_owned(), (Instant::now(), n));
+        n
     }
 
     /// Targets waiting for `h` on every replica: the targets in this replica's lanes, plus
