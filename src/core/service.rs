@@ -3,10 +3,9 @@
 pub use super::settings::CoreSettings;
 use std::sync::Arc;
 
+use chrono::{DateTime, Utc};
 use futures::Stream;
 use tokio_util::sync::CancellationToken;
-
-use chrono::{DateTime, Utc};
 
 use super::auth::{Caller, Callers};
 use super::error::{Error, FieldViolation};
