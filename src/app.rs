@@ -214,9 +214,11 @@ impl App {
             watch_resync: config.server.watch_resync,
             linger: config.dispatch.linger,
             poll_interval: config.dispatch.poll_interval,
+            rate_margin: config.dispatch.rate_margin,
         };
         let core = PurgeCore::new(
             backends.store.clone(),
+            backends.queue.clone(),
             backends.limiter.clone(),
             registry.clone(),
             hub.clone(),

@@ -2,7 +2,7 @@
 
 use chrono::{DateTime, Utc};
 
-use crate::core::CreateRequest;
+use crate::core::{CreateRequest, Seen};
 use crate::model::{Action, PurgeKind, PurgeRecord, PurgeState, TaskState};
 use crate::pb;
 
@@ -137,7 +137,15 @@ pub fn purge(r: &PurgeRecord) -> pb::Purge {
             .collect(),
         cancel_time: r.cancel_time.map(timestamp),
         plan: None,
+        estimated_start_time: None,
     }
+}
+
+/// A recorded purge as answered, with its estimated start while it has unsent targets.
+pub fn seen(s: &Seen) -> pb::Purge {
+    let mut p = purge(&s.record);
+    p.estimated_start_time = s.estimated_start.map(timestamp);
+    p
 }
 
 /// The answer to a `validate_only` create: the purge as it would be, with its plan.

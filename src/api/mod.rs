@@ -146,8 +146,8 @@ impl PurgeApi {
             .create(&caller, req)
             .await
             .map_err(status::from_error)?;
-        tracing::Span::current().record("purge_id", purge.id.as_str());
-        Ok(Response::new(convert::purge(&purge)))
+        tracing::Span::current().record("purge_id", purge.record.id.as_str());
+        Ok(Response::new(convert::seen(&purge)))
     }
 
     async fn get(
@@ -160,7 +160,7 @@ impl PurgeApi {
             .get(&caller, &request.get_ref().id)
             .await
             .map_err(status::from_error)?;
-        Ok(Response::new(convert::purge(&purge)))
+        Ok(Response::new(convert::seen(&purge)))
     }
 
     async fn cancel(
@@ -173,7 +173,7 @@ impl PurgeApi {
             .cancel(&caller, &request.get_ref().id)
             .await
             .map_err(status::from_error)?;
-        Ok(Response::new(convert::purge(&purge)))
+        Ok(Response::new(convert::seen(&purge)))
     }
 
     async fn list(
@@ -188,7 +188,7 @@ impl PurgeApi {
             .await
             .map_err(status::from_error)?;
         Ok(Response::new(pb::ListPurgesResponse {
-            purges: purges.iter().map(convert::purge).collect(),
+            purges: purges.iter().map(convert::seen).collect(),
             next_page_token: next.unwrap_or_default(),
         }))
     }
@@ -203,7 +203,7 @@ impl PurgeApi {
             .watch(&caller, &request.get_ref().id)
             .await
             .map_err(status::from_error)?;
-        let stream = updates.map(|u| u.map(|p| convert::purge(&p)).map_err(status::from_error));
+        let stream = updates.map(|u| u.map(|p| convert::seen(&p)).map_err(status::from_error));
         Ok(Response::new(Box::pin(stream)))
     }
 }

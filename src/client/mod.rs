@@ -4,6 +4,7 @@
 //! (INVALID_ARGUMENT, bad flags), 1 any other error.
 
 mod output;
+mod tls;
 
 use std::time::Duration;
 
@@ -15,12 +16,14 @@ use tonic::transport::Channel;
 use crate::pb::{self, PurgeState, purge_service_client::PurgeServiceClient};
 
 pub use output::Output;
+pub use tls::{TlsArgs, TlsError, Transport};
 
 /// Options shared by every `purge` subcommand.
 #[derive(Args, Debug)]
 pub struct PurgeArgs {
-    /// Server address (host:port or URL); repeat it to name replicas: a watch that loses its
-    /// server (UNAVAILABLE) follows the purge on the next one.
+    /// Server address (host:port, http:// or https:// URL); repeat it (or separate with
+    /// commas) to name replicas: a call that finds its server unavailable goes to the next,
+    /// and a watch that loses its server follows the purge on the next one.
     #[arg(
         long,
         env = "PURGE_ADDR",
@@ -33,6 +36,8 @@ pub struct PurgeArgs {
     pub token: Option<String>,
     #[arg(long, value_enum, default_value_t = Output::Text)]
     pub output: Output,
+    #[command(flatten)]
+    pub tls: TlsArgs,
     #[command(subcommand)]
     pub command: PurgeCommand,
 }
@@ -113,14 +118,14 @@ fn parse_label(s: &str) -> Result<(String, String), NotKeyValue> {
 /// Why a command did not get its answer.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("cannot connect to {addr}: {source}")]
+    #[error("cannot connect to {addr}")]
     Connect {
         addr: String,
         #[source]
         source: tonic::transport::Error,
     },
-    #[error("invalid --addr {0:?}")]
-    Address(String),
+    #[error(transparent)]
+    Transport(#[from] TlsError),
     #[error("the token is not valid header text")]
     Token,
     #[error("{}: {}", .0.code(), .0.message())]
@@ -134,7 +139,7 @@ impl ClientError {
     pub fn exit_code(&self) -> u8 {
         match self {
             ClientError::Rpc(s) if s.code() == tonic::Code::InvalidArgument => 2,
-            ClientError::Address(_) | ClientError::Token => 2,
+            ClientError::Transport(_) | ClientError::Token => 2,
             ClientError::Rpc(_) | ClientError::Connect { .. } | ClientError::WatchEnded => 1,
         }
     }
@@ -171,20 +176,16 @@ pub fn derived_key(c: &CreateArgs) -> String {
 
 struct Session {
     addrs: Vec<String>,
+    transport: Transport,
     token: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
 }
 
 impl Session {
     async fn client(&self, i: usize) -> Result<PurgeServiceClient<Channel>, ClientError> {
         let addr = &self.addrs[i % self.addrs.len()];
-        let url = if addr.contains("://") {
-            addr.clone()
-        } else {
-            format!("http://{addr}")
-        };
-        let endpoint = Channel::from_shared(url).map_err(|_| ClientError::Address(addr.clone()))?;
-        let channel = endpoint
-            .connect_timeout(Duration::from_secs(5))
+        let channel = self
+            .transport
+            .endpoint(addr)?
             .connect()
             .await
             .map_err(|source| ClientError::Connect {
@@ -192,6 +193,33 @@ impl Session {
                 source,
             })?;
         Ok(PurgeServiceClient::new(channel))
+    }
+
+    /// One unary call, on the first address that takes it: an address that cannot be
+    /// reached or answers UNAVAILABLE passes the call to the next (every call here is safe
+    /// to repeat: a create carries its idempotency key).
+    async fn call<T, F, Fut>(&self, mut f: F) -> Result<T, ClientError>
+    where
+        F: FnMut(PurgeServiceClient<Channel>) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let mut i = 0;
+        loop {
+            let failed = match self.client(i).await {
+                Ok(client) => match f(client).await {
+                    Ok(r) => return Ok(r.into_inner()),
+                    Err(s) if s.code() == tonic::Code::Unavailable => ClientError::from(s),
+                    Err(s) => return Err(s.into()),
+                },
+                Err(e @ ClientError::Connect { .. }) => e,
+                Err(e) => return Err(e),
+            };
+            i += 1;
+            if i == self.addrs.len() {
+                return Err(failed);
+            }
+            eprintln!("{}; trying the next address", with_causes(&failed));
+        }
     }
 
     fn request<T>(&self, msg: T) -> tonic::Request<T> {
@@ -227,7 +255,10 @@ impl Session {
                 Err(e) if retryable(&e) && failures < 20 => {
                     failures += 1;
                     i += 1;
-                    eprintln!("watch interrupted ({e}); following the purge again");
+                    eprintln!(
+                        "watch interrupted ({}); following the purge again",
+                        with_causes(&e)
+                    );
                     tokio::time::sleep(Duration::from_secs(1)).await;
                 }
                 Err(e) => return Err(e),
@@ -250,8 +281,27 @@ fn retryable(e: &ClientError) -> bool {
             tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Internal
         ),
         ClientError::Connect { .. } | ClientError::WatchEnded => true,
-        ClientError::Address(_) | ClientError::Token => false,
+        ClientError::Transport(_) | ClientError::Token => false,
     }
+}
+
+/// `e` and its causes, "outer: inner: ...", each said once (a TLS refusal is in the causes).
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        // A status is said as "code: message" already; its own text repeats its causes.
+        let said = match cause.downcast_ref::<tonic::Status>() {
+            Some(_) => String::new(),
+            None => cause.to_string(),
+        };
+        if !text.contains(&said) {
+            text.push_str(": ");
+            text.push_str(&said);
+        }
+        source = cause.source();
+    }
+    text
 }
 
 /// Runs a `purge` subcommand; the process exit code.
@@ -259,7 +309,7 @@ pub async fn run(args: PurgeArgs) -> u8 {
     match execute(args).await {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e}");
+            eprintln!("error: {}", with_causes(&e));
             e.exit_code()
         }
     }
@@ -274,12 +324,17 @@ async fn execute(args: PurgeArgs) -> Result<u8, ClientError> {
         ),
         None => None,
     };
+    let transport = args.tls.transport()?;
+    // Every address is checked against the TLS flags before any call.
+    for addr in &args.addr {
+        transport.endpoint(addr)?;
+    }
     let session = Session {
         addrs: args.addr,
+        transport,
         token,
     };
     let out = args.output;
-    let mut client = session.client(0).await?;
     match args.command {
         PurgeCommand::Create(c) => {
             let key = c.idempotency_key.clone().unwrap_or_else(|| derived_key(&c));
@@ -298,10 +353,12 @@ async fn execute(args: PurgeArgs) -> Result<u8, ClientError> {
                 targets: c.targets.clone(),
                 ..Default::default()
             };
-            let created = client
-                .create_purge(session.request(req))
-                .await?
-                .into_inner();
+            let created = session
+                .call(|mut client| {
+                    let req = session.request(req.clone());
+                    async move { client.create_purge(req).await }
+                })
+                .await?;
             if !c.wait || c.validate_only {
                 out.purge(&created);
                 return Ok(0);
@@ -311,10 +368,12 @@ async fn execute(args: PurgeArgs) -> Result<u8, ClientError> {
             Ok(state_code(&done))
         }
         PurgeCommand::Get { id } => {
-            let p = client
-                .get_purge(session.request(pb::GetPurgeRequest { id }))
-                .await?
-                .into_inner();
+            let p = session
+                .call(|mut client| {
+                    let req = session.request(pb::GetPurgeRequest { id: id.clone() });
+                    async move { client.get_purge(req).await }
+                })
+                .await?;
             out.purge(&p);
             Ok(0)
         }
@@ -328,22 +387,26 @@ async fn execute(args: PurgeArgs) -> Result<u8, ClientError> {
             page_size,
             page_token,
         } => {
-            let page = client
-                .list_purges(session.request(pb::ListPurgesRequest {
-                    filter,
-                    page_size,
-                    page_token,
-                }))
-                .await?
-                .into_inner();
+            let page = session
+                .call(|mut client| {
+                    let req = session.request(pb::ListPurgesRequest {
+                        filter: filter.clone(),
+                        page_size,
+                        page_token: page_token.clone(),
+                    });
+                    async move { client.list_purges(req).await }
+                })
+                .await?;
             out.list(&page);
             Ok(0)
         }
         PurgeCommand::Cancel { id } => {
-            let p = client
-                .cancel_purge(session.request(pb::CancelPurgeRequest { id }))
-                .await?
-                .into_inner();
+            let p = session
+                .call(|mut client| {
+                    let req = session.request(pb::CancelPurgeRequest { id: id.clone() });
+                    async move { client.cancel_purge(req).await }
+                })
+                .await?;
             out.purge(&p);
             Ok(0)
         }

@@ -41,6 +41,7 @@ pub fn purge_json(p: &pb::Purge) -> Value {
         "error": p.error,
         "create_time": time(&p.create_time),
         "finish_time": time(&p.finish_time),
+        "estimated_start_time": time(&p.estimated_start_time),
         "version": p.version,
         "plan": p.plan.as_ref().map(|plan| json!({
             "estimated_start_time": time(&plan.estimated_start_time),
@@ -72,6 +73,13 @@ fn text(p: &pb::Purge) -> String {
     );
     if !p.error.is_empty() {
         line.push_str(&format!(" error={:?}", p.error));
+    }
+    if p.estimated_start_time.is_some() {
+        let at = time(&p.estimated_start_time);
+        line.push_str(&format!(
+            " estimated_start={}",
+            at.as_str().unwrap_or_default()
+        ));
     }
     if let Some(plan) = &p.plan {
         for pp in &plan.providers {

@@ -2,6 +2,7 @@
 
 pub mod auth;
 pub mod error;
+pub mod estimate;
 pub mod list;
 pub mod plan;
 pub mod service;
@@ -13,5 +14,5 @@ pub mod watch;
 
 pub use auth::{Caller, Callers};
 pub use error::{Error, FieldViolation};
-pub use service::PurgeCore;
+pub use service::{PurgeCore, Seen};
 pub use validate::CreateRequest;

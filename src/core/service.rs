@@ -3,11 +3,13 @@
 pub use super::settings::CoreSettings;
 use std::sync::Arc;
 
+use chrono::{DateTime, Utc};
 use futures::Stream;
 use tokio_util::sync::CancellationToken;
 
 use super::auth::{Caller, Callers};
 use super::error::{Error, FieldViolation};
+use super::estimate::{Backlogs, queued_start};
 use super::list::{Filter, PageTokens};
 use super::validate::{CreateRequest, validate};
 use super::watch::{Subscription, WatchHub};
@@ -15,6 +17,7 @@ use crate::limiter::{Charge, Decision, Limit, Limiter};
 use crate::model::WorkItem;
 use crate::model::{PurgeRecord, PurgeSpec};
 use crate::providers::Registry;
+use crate::queue::Queue;
 use crate::store::{CreateOutcome, IdempotencyClaim, ListQuery, Store};
 
 /// A purge id as stored (lowercase, hyphenated), whichever UUID spelling the caller used.
@@ -43,6 +46,14 @@ fn answer(outcome: CreateOutcome, key: Option<String>) -> Result<PurgeRecord, Er
     }
 }
 
+/// A purge as answered: the record and, while some of its targets are not sent yet, when the
+/// next of them is estimated to go out (computed as the answer is made).
+#[derive(Clone, Debug)]
+pub struct Seen {
+    pub record: PurgeRecord,
+    pub estimated_start: Option<DateTime<Utc>>,
+}
+
 #[derive(Clone)]
 pub struct PurgeCore {
     inner: Arc<Inner>,
@@ -52,6 +63,8 @@ struct Inner {
     store: Arc<dyn Store>,
     limiter: Arc<dyn Limiter>,
     registry: Registry,
+    /// The providers' backlogs, for start estimates.
+    backlogs: Backlogs,
     hub: WatchHub,
     callers: Callers,
     settings: CoreSettings,
@@ -62,8 +75,10 @@ struct Inner {
 }
 
 impl PurgeCore {
+    #[allow(clippy::too_many_arguments)] // the backends, the providers, and how to serve
     pub fn new(
         store: Arc<dyn Store>,
+        queue: Arc<dyn Queue>,
         limiter: Arc<dyn Limiter>,
         registry: Registry,
         hub: WatchHub,
@@ -76,6 +91,7 @@ impl PurgeCore {
                 store,
                 limiter,
                 registry,
+                backlogs: Backlogs::new(queue),
                 hub,
                 callers,
                 settings,
@@ -98,8 +114,30 @@ impl PurgeCore {
         self.inner.callers.identify(authorization, cert_sans)
     }
 
+    /// `record` as answered now: with its estimated start while it has unsent targets.
+    async fn seen(&self, record: PurgeRecord) -> Seen {
+        let inner = &self.inner;
+        let estimated_start = queued_start(
+            &record,
+            &inner.registry,
+            &inner.backlogs,
+            &inner.settings,
+            Utc::now(),
+        )
+        .await;
+        Seen {
+            record,
+            estimated_start,
+        }
+    }
+
     /// Validates, checks quotas and the caller's rate, then records and enqueues in one step.
-    pub async fn create(&self, caller: &Caller, req: CreateRequest) -> Result<PurgeRecord, Error> {
+    pub async fn create(&self, caller: &Caller, req: CreateRequest) -> Result<Seen, Error> {
+        let record = self.record(caller, req).await?;
+        Ok(self.seen(record).await)
+    }
+
+    async fn record(&self, caller: &Caller, req: CreateRequest) -> Result<PurgeRecord, Error> {
         let inner = &self.inner;
         let spec = validate(req, &inner.registry, inner.settings.limits)?;
         caller.authorize(&spec)?;
@@ -149,7 +187,14 @@ impl PurgeCore {
         let spec = validate(req, &inner.registry, inner.settings.limits)?;
         caller.authorize(&spec)?;
         let now = chrono::Utc::now();
-        let plan = super::plan::plan(&spec, &inner.registry, &inner.settings, now);
+        let plan = super::plan::plan(
+            &spec,
+            &inner.registry,
+            &inner.backlogs,
+            &inner.settings,
+            now,
+        )
+        .await;
         Ok((
             PurgeRecord::new(String::new(), caller.name.clone(), spec, now),
             plan,
@@ -193,7 +238,13 @@ impl PurgeCore {
         Ok(())
     }
 
-    pub async fn get(&self, caller: &Caller, id: &str) -> Result<PurgeRecord, Error> {
+    pub async fn get(&self, caller: &Caller, id: &str) -> Result<Seen, Error> {
+        let record = self.read(caller, id).await?;
+        Ok(self.seen(record).await)
+    }
+
+    /// The record of `id` if `caller` may read it.
+    async fn read(&self, caller: &Caller, id: &str) -> Result<PurgeRecord, Error> {
         let id = canonical_id(id)?;
         match self.inner.store.get(&id).await? {
             Some(r) if caller.may_read(&r) => Ok(r),
@@ -205,8 +256,8 @@ impl PurgeCore {
     /// CancelPurge: withdraws the units no dispatcher has claimed, through the same
     /// compare-and-set as the dispatcher's claim, so each unit is either sent or cancelled.
     /// Idempotent; a finished purge is returned as it is.
-    pub async fn cancel(&self, caller: &Caller, id: &str) -> Result<PurgeRecord, Error> {
-        let record = self.get(caller, id).await?;
+    pub async fn cancel(&self, caller: &Caller, id: &str) -> Result<Seen, Error> {
+        let record = self.read(caller, id).await?;
         let updated = self
             .inner
             .store
@@ -214,7 +265,7 @@ impl PurgeCore {
             .await?;
         let record = updated.ok_or_else(|| self.not_found(record.id.clone()))?;
         tracing::info!(purge_id = %record.id, state = ?record.state, cancelled = record.progress().cancelled, "purge cancel asked");
-        Ok(record)
+        Ok(self.seen(record).await)
     }
 
     /// ListPurges: one page of the caller's purges (everyone's in anonymous mode), newest
@@ -225,7 +276,7 @@ impl PurgeCore {
         filter: &str,
         page_size: i32,
         page_token: &str,
-    ) -> Result<(Vec<PurgeRecord>, Option<String>), Error> {
+    ) -> Result<(Vec<Seen>, Option<String>), Error> {
         let limit = super::list::page_size(page_size)?;
         let parsed = Filter::parse(filter)?;
         let secret = self
@@ -256,7 +307,11 @@ impl PurgeCore {
             .more
             .then(|| page.records.last().map(|r| tokens.issue(&r.id)))
             .flatten();
-        Ok((page.records, next))
+        let mut seen = Vec::with_capacity(page.records.len());
+        for r in page.records {
+            seen.push(self.seen(r).await);
+        }
+        Ok((seen, next))
     }
 
     /// NOT_FOUND for a purge the store does not have, saying so when it aged out.
@@ -277,11 +332,11 @@ impl PurgeCore {
         &self,
         caller: &Caller,
         id: &str,
-    ) -> Result<impl Stream<Item = Result<PurgeRecord, Error>> + Send + 'static, Error> {
+    ) -> Result<impl Stream<Item = Result<Seen, Error>> + Send + 'static, Error> {
         // Subscribed before the first read, so no change after it goes unnoticed.
         let id = canonical_id(id)?;
         let changes = self.inner.hub.subscribe(&id);
-        let first = self.get(caller, &id).await?;
+        let first = self.read(caller, &id).await?;
         let state = WatchState {
             core: self.clone(),
             changes,
@@ -304,10 +359,13 @@ struct WatchState {
 }
 
 impl WatchState {
-    async fn next(mut self) -> Option<(Result<PurgeRecord, Error>, WatchState)> {
+    /// The next message: the record (with its estimated start, computed now), or the error
+    /// that ends the stream.
+    async fn next(mut self) -> Option<(Result<Seen, Error>, WatchState)> {
         if let Some(first) = self.first.take() {
             self.done = first.state.is_terminal();
-            return Some((Ok(*first), self));
+            let seen = self.core.seen(*first).await;
+            return Some((Ok(seen), self));
         }
         let resync = self.core.inner.settings.watch_resync;
         while !self.done {
@@ -323,7 +381,8 @@ impl WatchState {
                 Ok(Some(r)) if r.version > self.last => {
                     self.last = r.version;
                     self.done = r.state.is_terminal();
-                    return Some((Ok(r), self));
+                    let seen = self.core.seen(r).await;
+                    return Some((Ok(seen), self));
                 }
                 Ok(Some(_)) => {}
                 Ok(None) => {

@@ -16,4 +16,6 @@ pub struct CoreSettings {
     /// The dispatcher's linger and first poll delay, for plan estimates.
     pub linger: Duration,
     pub poll_interval: Duration,
+    /// How much the budget stretches provider rates, for estimates.
+    pub rate_margin: f64,
 }

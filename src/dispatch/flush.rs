@@ -45,8 +45,6 @@ impl Flusher {
     async fn flush(&self, sending: &mut JoinSet<()>) {
         loop {
             while sending.try_join_next().is_some() {}
-            // For CreatePurge plans (validate_only): what waits here ahead of a new purge.
-            self.provider.note_waiting(self.outbox.waiting());
             let next = self
                 .outbox
                 .next_due(self.linger, |k| self.provider.max_per_call(k));
@@ -74,8 +72,8 @@ impl Flusher {
                 self.records.quota_refused(key.kind, &taken).await;
                 continue;
             }
-            match self.budget.submit(key.kind).await {
-                Grant::Granted => {}
+            let granted_at = match self.budget.submit(key.kind).await {
+                Grant::Granted(at) => at,
                 Grant::Stopped => return,
                 Grant::Exhausted => {
                     let taken = self.take(&key);
@@ -87,10 +85,11 @@ impl Flusher {
                         .await;
                     continue;
                 }
-            }
+            };
             // Take what the lane holds now: it may have grown while we waited for budget.
             let taken = self.take(&key);
             if taken.targets.is_empty() {
+                self.budget.unspend_submit(key.kind, granted_at).await;
                 continue;
             }
             self.metrics
@@ -100,7 +99,7 @@ impl Flusher {
             let provider = self.provider.name.clone();
             sending.spawn(async move {
                 let purges: Vec<String> = taken.by_purge().into_keys().map(str::to_owned).collect();
-                let sent = std::panic::AssertUnwindSafe(submitter.submit(key, taken));
+                let sent = std::panic::AssertUnwindSafe(submitter.submit(key, taken, granted_at));
                 if futures::FutureExt::catch_unwind(sent).await.is_err() {
                     // A bug, not a provider error. Let go of the purges without acknowledging
                     // them: their work is claimed again after `reclaim_idle` and resumes from

@@ -13,13 +13,15 @@ use super::lanes::LaneKey;
 use super::outbox::Outbox;
 use super::records::{Hold, Records};
 use crate::model::{PurgeRecord, UnitStatus};
-use crate::providers::TaskQuery;
+use crate::providers::{LocalBacklog, TaskQuery};
 use crate::queue::{Delivery, Queue};
 use crate::store::Store;
 
 /// What intake reads its work from and hands it to.
 pub(super) struct Intake {
     pub(super) provider: String,
+    /// Where the unsent targets of each purge taken are noted, for start estimates.
+    pub(super) local: Arc<LocalBacklog>,
     pub(super) consumer: String,
     pub(super) queue: Arc<dyn Queue>,
     pub(super) store: Arc<dyn Store>,
@@ -172,6 +174,7 @@ impl Intake {
                 HashMap::from([(unit.target.clone(), vec![record.id.clone()])]),
             ))
         }));
+        self.local.note_adopted(queued);
         if queued > 0 {
             tracing::debug!(purge_id = %record.id, provider = self.name(), targets = queued, "queued for batching");
         }

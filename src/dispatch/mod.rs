@@ -105,13 +105,13 @@ impl Dispatcher {
             metrics,
         );
         let records = Records::new(
-            provider.name.clone(),
+            &provider,
             backends.store.clone(),
             backends.queue.clone(),
             stop.clone(),
         );
         let tasks = Tasks::new(settings.poll_interval, settings.max_poll_interval);
-        let outbox = Outbox::default();
+        let outbox = Outbox::new(provider.local().clone());
         metrics.count_targets(&provider.name, {
             let outbox = outbox.clone();
             move || outbox.waiting()
@@ -127,6 +127,7 @@ impl Dispatcher {
         Dispatcher {
             intake: Intake {
                 provider: provider.name.clone(),
+                local: provider.local().clone(),
                 consumer: consumer.to_owned(),
                 queue: backends.queue.clone(),
                 store: backends.store.clone(),

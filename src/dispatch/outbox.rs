@@ -8,18 +8,28 @@ use tokio::sync::Notify;
 
 use super::lanes::{LaneKey, Lanes, Taken};
 use crate::model::PurgeKind;
+use crate::providers::LocalBacklog;
 
 /// One provider's lanes, as a cheap handle.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub(super) struct Outbox(Arc<Inner>);
 
-#[derive(Default)]
 struct Inner {
     lanes: Mutex<Lanes>,
     changed: Notify,
+    /// Where the count of waiting targets is noted at every change, for start estimates.
+    local: Arc<LocalBacklog>,
 }
 
 impl Outbox {
+    pub(super) fn new(local: Arc<LocalBacklog>) -> Outbox {
+        Outbox(Arc::new(Inner {
+            lanes: Mutex::default(),
+            changed: Notify::new(),
+            local,
+        }))
+    }
+
     fn lanes(&self) -> MutexGuard<'_, Lanes> {
         self.0.lanes.lock().expect("lanes lock")
     }
@@ -38,6 +48,7 @@ impl Outbox {
                 lanes.push(key, target, purge_id);
                 queued += 1;
             }
+            self.0.local.note_waiting(lanes.waiting());
         }
         if queued > 0 {
             self.0.changed.notify_one();
@@ -61,7 +72,10 @@ impl Outbox {
 
     /// Takes up to `cap` targets from lane `key`.
     pub(super) fn take(&self, key: &LaneKey, cap: usize) -> Taken {
-        self.lanes().take(key, cap)
+        let mut lanes = self.lanes();
+        let taken = lanes.take(key, cap);
+        self.0.local.note_waiting(lanes.waiting());
+        taken
     }
 
     /// Resolves at the next change after this call.

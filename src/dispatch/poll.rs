@@ -50,7 +50,7 @@ impl Poller {
             let tasks = self.tasks.due(Instant::now());
             for group in tasks.chunks(chunk) {
                 match self.budget.status(Op::Poll).await {
-                    Grant::Granted => {}
+                    Grant::Granted(_) => {}
                     Grant::Stopped => return,
                     Grant::Exhausted => break,
                 }

@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use super::inflight::InFlight;
 use super::lanes::Taken;
 use crate::model::{PurgeKind, PurgeRecord, PurgeState, Submitted, quota_reason};
-use crate::providers::Submission;
+use crate::providers::{LocalBacklog, ProviderHandle, Submission};
 use crate::queue::Queue;
 use crate::store::{Change, Store};
 
@@ -33,6 +33,8 @@ pub(super) struct Records(Arc<Inner>);
 
 struct Inner {
     provider: String,
+    /// Where the count of held purges is noted, for start estimates.
+    local: Arc<LocalBacklog>,
     store: Arc<dyn Store>,
     queue: Arc<dyn Queue>,
     stop: CancellationToken,
@@ -42,13 +44,14 @@ struct Inner {
 
 impl Records {
     pub(super) fn new(
-        provider: String,
+        provider: &ProviderHandle,
         store: Arc<dyn Store>,
         queue: Arc<dyn Queue>,
         stop: CancellationToken,
     ) -> Records {
         Records(Arc::new(Inner {
-            provider,
+            provider: provider.name.clone(),
+            local: provider.local().clone(),
             store,
             queue,
             stop,
@@ -72,6 +75,7 @@ impl Records {
             Some(_) => Hold::Duplicate,
             None => {
                 held.insert(purge_id.to_owned(), delivery_id.to_owned());
+                self.0.local.note_held(held.len());
                 Hold::New
             }
         }
@@ -89,6 +93,7 @@ impl Records {
         for p in purges {
             held.remove(p);
         }
+        self.0.local.note_held(held.len());
     }
 
     /// Claims `taken` for sending on each of its purges (a compare-and-set in the store, before
@@ -286,6 +291,7 @@ impl Records {
                     acks.push(delivery);
                 }
             }
+            self.0.local.note_held(held.len());
         }
         self.ack_all(&acks).await;
         after

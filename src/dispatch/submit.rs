@@ -58,14 +58,18 @@ impl Submitter {
         &self.0.provider.name
     }
 
-    /// Submits `taken` (whose first call's budget is already granted) and records the outcome.
-    pub(super) async fn submit(&self, key: LaneKey, taken: Taken) {
+    /// Submits `taken` (whose first call's budget was granted at `granted_at`, by the
+    /// limiter's clock) and records the outcome.
+    pub(super) async fn submit(&self, key: LaneKey, taken: Taken, granted_at: u64) {
+        let budget = &self.0.budget;
         // Claimed on the records before any call: what CancelPurge withdrew drops out here.
         let taken = self.0.records.claim(taken).await;
         if taken.targets.is_empty() {
+            // Every target was cancelled while the batch waited for budget: no call, and the
+            // granted one is given back for the next batch.
+            budget.unspend_submit(key.kind, granted_at).await;
             return;
         }
-        let budget = &self.0.budget;
         let fit = budget.charge_daily(key.kind, taken.targets.len()).await;
         let taken = if fit < taken.targets.len() {
             // What the day's quota still holds goes out; the rest fails, and the kind is

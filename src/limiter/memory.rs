@@ -7,8 +7,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use super::{
-    Charge, Decision, LEARNED_CAP_TTL, Limiter, RuleState, Snapshot, budget_group, evaluate,
-    now_ms, refunded,
+    Charge, Decision, LEARNED_CAP_TTL, Limiter, RuleState, Snapshot, Stamped, budget_group,
+    evaluate, now_ms, refunded, unspent,
 };
 use crate::backend::BackendError;
 
@@ -64,8 +64,28 @@ impl MemoryLimiter {
 
 #[async_trait]
 impl Limiter for MemoryLimiter {
-    async fn acquire(&self, charges: &[Charge]) -> Result<Decision, BackendError> {
-        Ok(self.acquire_at(charges, now_ms()))
+    async fn acquire_stamped(&self, charges: &[Charge]) -> Result<Stamped, BackendError> {
+        let at_ms = now_ms();
+        Ok(Stamped {
+            decision: self.acquire_at(charges, at_ms),
+            at_ms,
+        })
+    }
+
+    async fn unspend(&self, charges: &[Charge], at_ms: u64) -> Result<bool, BackendError> {
+        let now = now_ms();
+        let mut rules = self.rules.lock().expect("limiter lock");
+        let mut back = false;
+        for c in charges {
+            let state = rules
+                .get(&c.key)
+                .and_then(|state| unspent(state, &c.limit, c.cost, at_ms, now));
+            if let Some(state) = state {
+                rules.insert(c.key.clone(), state);
+                back = true;
+            }
+        }
+        Ok(back)
     }
 
     async fn refund(&self, charges: &[Charge]) -> Result<(), BackendError> {

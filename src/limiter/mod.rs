@@ -75,10 +75,31 @@ pub enum Decision {
     Exhausted(Duration),
 }
 
+/// A decision and, for a grant, when the limiter made it (its clock, ms since the epoch):
+/// what [`Limiter::unspend`] takes to give an unused grant back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stamped {
+    pub decision: Decision,
+    pub at_ms: u64,
+}
+
 #[async_trait]
 pub trait Limiter: Send + Sync + 'static {
     /// Charges every rule or none of them.
-    async fn acquire(&self, charges: &[Charge]) -> Result<Decision, BackendError>;
+    async fn acquire(&self, charges: &[Charge]) -> Result<Decision, BackendError> {
+        Ok(self.acquire_stamped(charges).await?.decision)
+    }
+
+    /// [`Limiter::acquire`], saying when a grant was made.
+    async fn acquire_stamped(&self, charges: &[Charge]) -> Result<Stamped, BackendError>;
+
+    /// Gives back a grant of `charges` made at `at_ms` that no call used (the batch it was for
+    /// was wholly cancelled), where that cannot let more through than the rules allow: a GCRA
+    /// rule only while that grant is still its last (its theoretical arrival time is still
+    /// `at_ms` + cost x interval; a later grant was spaced after it and stays so), a window
+    /// rule by removing that grant's entries, a daily rule by giving the units back the same
+    /// day. True when some rule gave it back.
+    async fn unspend(&self, charges: &[Charge], at_ms: u64) -> Result<bool, BackendError>;
 
     /// Gives back daily units charged today for work the provider never counted (a refused
     /// call); other rules are left as they are, a call made stays made.
@@ -193,6 +214,39 @@ pub fn refunded(state: &RuleState, limit: &Limit, cost: u32, now_ms: u64) -> Opt
             day,
             used: used.saturating_sub(cost as u64),
         }),
+        _ => None,
+    }
+}
+
+/// A rule's state once a grant of `cost` made at `at_ms` and never used is given back, at
+/// `now_ms` (see [`Limiter::unspend`]); `None`: nothing may be given back.
+pub fn unspent(
+    state: &RuleState,
+    limit: &Limit,
+    cost: u32,
+    at_ms: u64,
+    now_ms: u64,
+) -> Option<RuleState> {
+    match (*limit, state) {
+        (Limit::Gcra { rate, .. }, RuleState::Gcra { tat }) => {
+            let spent = gcra_interval_ms(rate) * cost as u64;
+            (*tat == at_ms + spent && spent > 0).then_some(RuleState::Gcra { tat: at_ms })
+        }
+        (Limit::Window(_), RuleState::Window { grants }) => {
+            let mut grants = grants.clone();
+            let mut removed = 0;
+            while removed < cost {
+                match grants.iter().rposition(|&t| t == at_ms) {
+                    Some(i) => {
+                        grants.remove(i);
+                        removed += 1;
+                    }
+                    None => break,
+                }
+            }
+            (removed > 0).then_some(RuleState::Window { grants })
+        }
+        (Limit::Daily { .. }, _) => refunded(state, limit, cost, now_ms),
         _ => None,
     }
 }
@@ -424,6 +478,34 @@ mod tests {
         let used = evaluate(&RuleState::Fresh, &daily, 3, 1_000).unwrap();
         assert_eq!(remaining(&used, &daily, 1_000), 7);
         assert_eq!(remaining(&used, &daily, DAY_MS as u64 + 1_000), 10);
+    }
+
+    #[test]
+    fn an_unused_grant_is_given_back_only_while_nothing_was_spaced_after_it() {
+        let gcra = Limit::Gcra {
+            rate: Rate::new(10, Duration::from_secs(1)),
+            burst: 1,
+        };
+        let s = evaluate(&RuleState::Fresh, &gcra, 1, 1_000).unwrap();
+        assert!(evaluate(&s, &gcra, 1, 1_050).is_err());
+        let back = unspent(&s, &gcra, 1, 1_000, 1_050).unwrap();
+        assert!(
+            evaluate(&back, &gcra, 1, 1_050).is_ok(),
+            "the slot is free again"
+        );
+        // A grant spaced after it: giving the first back would let two calls 50 ms apart.
+        let later = evaluate(&s, &gcra, 1, 1_100).unwrap();
+        assert_eq!(unspent(&later, &gcra, 1, 1_000, 1_150), None);
+
+        let window = Limit::Window(Rate::new(2, Duration::from_secs(300)));
+        let mut w = RuleState::Fresh;
+        for t in [0, 10] {
+            w = evaluate(&w, &window, 1, t).unwrap();
+        }
+        assert!(evaluate(&w, &window, 1, 20).is_err());
+        let back = unspent(&w, &window, 1, 10, 20).unwrap();
+        assert!(evaluate(&back, &window, 1, 20).is_ok());
+        assert_eq!(unspent(&w, &window, 1, 5, 20), None, "no grant at 5 ms");
     }
 
     #[test]

@@ -11,7 +11,7 @@ use ::redis::{AsyncCommands, Script};
 use async_trait::async_trait;
 
 use super::{
-    Charge, Decision, LEARNED_CAP_TTL, Limit, Limiter, RuleState, Snapshot, budget_group,
+    Charge, Decision, LEARNED_CAP_TTL, Limit, Limiter, RuleState, Snapshot, Stamped, budget_group,
     gcra_interval_ms,
 };
 use crate::backend::BackendError;
@@ -20,7 +20,7 @@ use crate::redis_state::Shared;
 /// KEYS: one per charge, then the pause key of each budget group charged (see `pause_key`).
 /// ARGV: four per charge: kind, a, b, cost, where kind `g` (GCRA: a =
 /// emission interval ms, b = tolerance ms), `w` (window: a = count, b = window ms) or `d`
-/// (daily: a = max, b = UTC offset ms). Returns {granted, wait ms, exhausted}.
+/// (daily: a = max, b = UTC offset ms). Returns {granted, wait ms, exhausted, now ms}.
 ///
 /// State: GCRA a string (tat ms); window a list of grant times, oldest first, one per unit;
 /// daily a hash {day, used}; a pause a string (until ms). Every key expires once it no longer
@@ -93,8 +93,8 @@ for i = 1, n do
   end
 end
 if denied then
-  if exhausted then return {0, wait, 1} end
-  return {0, wait, 0}
+  if exhausted then return {0, wait, 1, now} end
+  return {0, wait, 0, now}
 end
 for i = 1, n do
   local key = KEYS[i]
@@ -110,7 +110,7 @@ for i = 1, n do
     redis.call('PEXPIRE', key, string.format('%.0f', p[3] + DAY))
   end
 end
-return {1, 0, 0}
+return {1, 0, 0, now}
 ",
     )
 });
@@ -132,6 +132,51 @@ for i, key in ipairs(KEYS) do
   end
 end
 return 0
+",
+    )
+});
+
+/// KEYS: rule keys. ARGV: the grant's time (ms), then four per key as for ACQUIRE (kind, a,
+/// b, cost). Gives back a grant made at that time and never used, as `limiter::unspent`:
+/// GCRA only while its theoretical arrival time is still the grant's (no grant spaced after
+/// it), a window's entries of that time, a daily rule's units the same day. Returns how
+/// many rules gave it back.
+static UNSPEND: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local at = tonumber(ARGV[1])
+local back = 0
+for i, key in ipairs(KEYS) do
+  local kind = ARGV[i * 4 - 2]
+  local a = tonumber(ARGV[i * 4 - 1])
+  local b = tonumber(ARGV[i * 4])
+  local cost = tonumber(ARGV[i * 4 + 1])
+  if kind == 'g' then
+    local tat = tonumber(redis.call('GET', key) or '0')
+    if a * cost > 0 and tat == at + a * cost then
+      if at + 1000 > now then
+        redis.call('SET', key, string.format('%.0f', at), 'PX', string.format('%.0f', at + 1000 - now))
+      else
+        redis.call('DEL', key)
+      end
+      back = back + 1
+    end
+  elseif kind == 'w' then
+    if redis.call('LREM', key, -cost, string.format('%.0f', at)) > 0 then back = back + 1 end
+  elseif kind == 'd' then
+    local day = math.floor((now + b) / 86400000)
+    local s = redis.call('HMGET', key, 'day', 'used')
+    if s[1] and tonumber(s[1]) == day then
+      local used = tonumber(s[2]) - cost
+      if used < 0 then used = 0 end
+      redis.call('HSET', key, 'used', string.format('%.0f', used))
+      back = back + 1
+    end
+  end
+end
+return back
 ",
     )
 });
@@ -256,9 +301,12 @@ fn rule_state(limit: &Limit, read: &[u64]) -> RuleState {
 
 #[async_trait]
 impl Limiter for RedisLimiter {
-    async fn acquire(&self, charges: &[Charge]) -> Result<Decision, BackendError> {
+    async fn acquire_stamped(&self, charges: &[Charge]) -> Result<Stamped, BackendError> {
         if charges.is_empty() {
-            return Ok(Decision::Granted);
+            return Ok(Stamped {
+                decision: Decision::Granted,
+                at_ms: super::now_ms(),
+            });
         }
         let mut call = ACQUIRE.prepare_invoke();
         let mut groups: Vec<&str> = Vec::new();
@@ -277,16 +325,38 @@ impl Limiter for RedisLimiter {
         for group in groups {
             call.key(self.pause_key(group));
         }
-        let (granted, wait, exhausted): (i64, u64, i64) = self
+        let (granted, wait, exhausted, at_ms): (i64, u64, i64, u64) = self
             .shared
             .with(|mut conn| async move { call.invoke_async(&mut conn).await })
             .await?;
         let wait = std::time::Duration::from_millis(wait);
-        Ok(match (granted, exhausted) {
+        let decision = match (granted, exhausted) {
             (1, _) => Decision::Granted,
             (_, 1) => Decision::Exhausted(wait),
             _ => Decision::Wait(wait),
-        })
+        };
+        Ok(Stamped { decision, at_ms })
+    }
+
+    async fn unspend(&self, charges: &[Charge], at_ms: u64) -> Result<bool, BackendError> {
+        if charges.is_empty() {
+            return Ok(false);
+        }
+        let mut call = UNSPEND.prepare_invoke();
+        call.arg(at_ms);
+        for c in charges {
+            let (kind, a, b) = rule_args(&c.limit);
+            call.key(self.shared.keys.limit(&c.key))
+                .arg(kind)
+                .arg(a)
+                .arg(b)
+                .arg(c.cost);
+        }
+        let back: i64 = self
+            .shared
+            .with(|mut conn| async move { call.invoke_async(&mut conn).await })
+            .await?;
+        Ok(back > 0)
     }
 
     async fn refund(&self, charges: &[Charge]) -> Result<(), BackendError> {

@@ -12,7 +12,7 @@ use tokio::sync::broadcast;
 
 use super::{Metrics, outcome};
 use crate::backend::BackendError;
-use crate::limiter::{Charge, Decision, Limiter, Snapshot, budget_group};
+use crate::limiter::{Charge, Decision, Limiter, Snapshot, Stamped, budget_group};
 use crate::model::{Action, PurgeKind, PurgeRecord, PurgeState, WorkItem};
 use crate::providers::{
     Batch, CallBudget, Capabilities, ItemBudget, KindQuota, Provider, ProviderError, Refused,
@@ -420,6 +420,13 @@ impl Queue for MeteredQueue {
         self.metrics.release(provider, ids);
         r
     }
+
+    async fn backlog(&self, provider: &str) -> Result<u64, BackendError> {
+        let start = Instant::now();
+        let r = self.inner.backlog(provider).await;
+        backend(&self.metrics, "queue.backlog", start, &r);
+        r
+    }
 }
 
 /// A limiter whose calls are timed, and whose answers count daily quotas found used up. (The
@@ -432,11 +439,11 @@ pub struct MeteredLimiter {
 
 #[async_trait]
 impl Limiter for MeteredLimiter {
-    async fn acquire(&self, charges: &[Charge]) -> Result<Decision, BackendError> {
+    async fn acquire_stamped(&self, charges: &[Charge]) -> Result<Stamped, BackendError> {
         let start = Instant::now();
-        let r = self.inner.acquire(charges).await;
+        let r = self.inner.acquire_stamped(charges).await;
         backend(&self.metrics, "limiter.acquire", start, &r);
-        if let Ok(Decision::Exhausted(_)) = &r {
+        if let Ok(Decision::Exhausted(_)) = r.as_ref().map(|s| s.decision) {
             let budget = charges
                 .first()
                 .map_or("none", |c| budget_group(&c.key))
@@ -446,6 +453,13 @@ impl Limiter for MeteredLimiter {
                 .budget_exhausted
                 .add(1, &[KeyValue::new("budget", budget)]);
         }
+        r
+    }
+
+    async fn unspend(&self, charges: &[Charge], at_ms: u64) -> Result<bool, BackendError> {
+        let start = Instant::now();
+        let r = self.inner.unspend(charges, at_ms).await;
+        backend(&self.metrics, "limiter.unspend", start, &r);
         r
     }
 

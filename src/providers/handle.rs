@@ -3,6 +3,7 @@
 //! caps learned from refusals).
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -27,8 +28,68 @@ pub struct ProviderHandle {
     /// Per-call caps learned from "batch too large" refusals: this replica's copy of the ones
     /// every replica shares through the limiter.
     learned: Arc<Mutex<BTreeMap<PurgeKind, usize>>>,
-    /// Targets waiting in this replica's lanes for the provider, for plan estimates.
-    waiting: Arc<std::sync::atomic::AtomicUsize>,
+    /// What this replica's dispatcher holds for the provider, for estimates.
+    local: Arc<LocalBacklog>,
+}
+
+/// What one replica's dispatcher holds for a provider, noted by the dispatcher as it changes
+/// and read by start estimates: plain counters, no lock.
+#[derive(Debug, Default)]
+pub struct LocalBacklog {
+    /// Targets waiting in the lanes.
+    waiting: AtomicUsize,
+    /// Purges held (claimed from the queue, not yet acknowledged): in the lanes or in flight.
+    held: AtomicUsize,
+    /// Unsent targets per purge the intake took from the queue, a moving average in
+    /// thousandths; 0 until the first.
+    per_purge_milli: AtomicUsize,
+}
+
+impl LocalBacklog {
+    pub fn note_waiting(&self, targets: usize) {
+        self.waiting.store(targets, Ordering::Relaxed);
+    }
+
+    /// Targets waiting in this replica's lanes, as last noted.
+    pub fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::Relaxed)
+    }
+
+    pub fn note_held(&self, purges: usize) {
+        self.held.store(purges, Ordering::Relaxed);
+    }
+
+    /// Purges this replica holds for the provider, as last noted.
+    pub fn held(&self) -> usize {
+        self.held.load(Ordering::Relaxed)
+    }
+
+    /// The intake took a purge with `targets` unsent targets: the average moves a fifth of
+    /// the way toward it.
+    pub fn note_adopted(&self, targets: usize) {
+        if targets == 0 {
+            return;
+        }
+        let sample = targets.saturating_mul(1000);
+        let _ = self
+            .per_purge_milli
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |old| {
+                Some(if old == 0 {
+                    sample
+                } else {
+                    old - old / 5 + sample / 5
+                })
+            });
+    }
+
+    /// Unsent targets per purge, as the intake has recently seen them; `None` before the
+    /// first.
+    pub fn per_purge(&self) -> Option<f64> {
+        match self.per_purge_milli.load(Ordering::Relaxed) {
+            0 => None,
+            m => Some(m as f64 / 1000.0),
+        }
+    }
 }
 
 impl ProviderHandle {
@@ -42,19 +103,13 @@ impl ProviderHandle {
             exhausted: Arc::default(),
             quota_at: Arc::default(),
             learned: Arc::default(),
-            waiting: Arc::default(),
+            local: Arc::default(),
         }
     }
 
-    /// The dispatcher says how many targets wait in its lanes for this provider.
-    pub fn note_waiting(&self, targets: usize) {
-        self.waiting
-            .store(targets, std::sync::atomic::Ordering::Relaxed);
-    }
-
-    /// Targets waiting in this replica's lanes for this provider, as last noted.
-    pub fn waiting(&self) -> usize {
-        self.waiting.load(std::sync::atomic::Ordering::Relaxed)
+    /// What this replica's dispatcher holds for this provider (shared with it).
+    pub fn local(&self) -> &Arc<LocalBacklog> {
+        &self.local
     }
 
     /// The per-call cap for `kind`, lowered by what the provider last reported and by what a

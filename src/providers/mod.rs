@@ -23,7 +23,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-pub use handle::{ProviderHandle, next_day_start};
+pub use handle::{LocalBacklog, ProviderHandle, next_day_start};
 
 use crate::limiter::Rate;
 use crate::model::{Action, PurgeKind};

@@ -155,4 +155,11 @@ impl Queue for MemoryQueue {
         }
         Ok(())
     }
+
+    async fn backlog(&self, provider: &str) -> Result<u64, BackendError> {
+        let lanes = self.inner.lanes.lock().expect("queue lock");
+        Ok(lanes
+            .get(provider)
+            .map_or(0, |l| (l.ready.len() + l.held.len()) as u64))
+    }
 }

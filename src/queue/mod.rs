@@ -48,4 +48,9 @@ pub trait Queue: Send + Sync + 'static {
     ) -> Result<(), BackendError>;
 
     async fn ack(&self, provider: &str, ids: &[String]) -> Result<(), BackendError>;
+
+    /// Work items of `provider` not acknowledged yet, on every replica: waiting to be
+    /// claimed, or held by a consumer (its targets in a lane, or sent and followed). Read in
+    /// constant time per stream, for start estimates.
+    async fn backlog(&self, provider: &str) -> Result<u64, BackendError>;
 }

@@ -382,6 +382,30 @@ impl Queue for RedisQueue {
             .map(|_: Vec<i64>| ())
     }
 
+    /// XLEN of each shard stream (acknowledged entries are deleted, so what is left is
+    /// unclaimed or held), one constant-time command per stream.
+    async fn backlog(&self, provider: &str) -> Result<u64, BackendError> {
+        let conn = self.shared.conn().await?;
+        let lengths = (0..SHARDS).map(|shard| {
+            let key = self.shared.keys.stream(shard, provider);
+            let mut c = conn.clone();
+            async move {
+                ::redis::cmd("XLEN")
+                    .arg(&key)
+                    .query_async::<u64>(&mut c)
+                    .await
+            }
+        });
+        self.shared
+            .bounded(async {
+                join_all(lengths)
+                    .await
+                    .into_iter()
+                    .sum::<Result<u64, RedisError>>()
+            })
+            .await
+    }
+
     async fn ack(&self, provider: &str, ids: &[String]) -> Result<(), BackendError> {
         let conn = self.shared.conn().await?;
         let calls = by_shard(ids).into_iter().map(|(shard, entries)| {

@@ -10,9 +10,8 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use tokio::sync::broadcast;
 
-use super::{
-    Change, CreateOutcome, IdempotencyClaim, ListPage, ListQuery, Store, codec, created_ms,
-};
+use super::memory_slot::{Moved, Slot};
+use super::{Change, CreateOutcome, IdempotencyClaim, ListPage, ListQuery, Store, created_ms};
 use crate::backend::BackendError;
 use crate::model::{PurgeRecord, WorkItem};
 
@@ -62,48 +61,6 @@ struct Inner {
     secret: [u8; 32],
     retention: Duration,
     limits: MemoryLimits,
-}
-
-/// A purge as kept: unfinished ones as the record (they change often), shared with the readers
-/// that asked for it (the dispatcher reads and changes thousands a second: no copy each time);
-/// finished ones encoded.
-enum Slot {
-    Live(Arc<PurgeRecord>),
-    Done(Box<[u8]>),
-}
-
-impl Slot {
-    fn of(record: Arc<PurgeRecord>) -> Slot {
-        if record.state.is_terminal() {
-            Slot::encoded(&record)
-        } else {
-            Slot::Live(record)
-        }
-    }
-
-    fn encoded(record: &PurgeRecord) -> Slot {
-        Slot::Done(codec::encode(record, false).into_boxed_slice())
-    }
-
-    fn shared(&self, id: &str) -> Result<Arc<PurgeRecord>, BackendError> {
-        match self {
-            Slot::Live(r) => Ok(r.clone()),
-            Slot::Done(bytes) => codec::decode(bytes, id)
-                .map(Arc::new)
-                .map_err(|e| BackendError::Corrupt(e.to_string())),
-        }
-    }
-
-    fn is_done(&self) -> bool {
-        matches!(self, Slot::Done(_))
-    }
-}
-
-/// How an update moved a purge between the unfinished and the finished.
-enum Moved {
-    Changed,
-    Finished,
-    Reopened,
 }
 
 struct KeyEntry {

@@ -3,8 +3,10 @@
 
 pub mod codec;
 pub mod memory;
+mod memory_slot;
 pub mod redis;
 mod redis_list;
+mod redis_many;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -216,3 +216,74 @@ async fn three_replicas_racing_cancels_never_send_a_cancelled_target() {
         sent.len()
     );
 }
+
+/// A batch whose every target was cancelled while it waited for budget makes no call, and the
+/// call it was granted goes to the next batch instead of being lost: with one call per 3 s,
+/// the purge after it goes out one interval after the first call, not two.
+async fn a_wholly_cancelled_batch_gives_its_call_back(app: &crate::support::TestApp) {
+    let client = &app.client;
+    let sandbox = app.registry.sandbox("sandbox").unwrap().clone();
+    let first = create(client, &["https://u.example/first".into()]).await;
+    eventually(Duration::from_secs(5), "the first call went out", || {
+        let n = sandbox.calls().len();
+        async move { (n == 1).then_some(()) }
+    })
+    .await;
+    // Waits in its lane for the next slot, and is cancelled there.
+    let withdrawn = create(client, &["https://u.example/withdrawn".into()]).await;
+    assert_eq!(
+        cancel(client, &withdrawn).await.state(),
+        PurgeState::Cancelled
+    );
+    // Another lane (PREFIX), behind the cancelled one.
+    let next = client
+        .clone()
+        .create_purge(request(
+            "sandbox",
+            PurgeKind::Prefix,
+            &["https://u.example/dir/"],
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .id;
+    let next = wait_terminal(client, &next, Duration::from_secs(20)).await;
+    assert_eq!(next.state(), PurgeState::Succeeded);
+    let first = wait_terminal(client, &first, Duration::from_secs(5)).await;
+    let at = |p: &pb::Purge| {
+        let t = p.tasks[0].submit_time.as_ref().unwrap();
+        t.seconds as f64 + f64::from(t.nanos) / 1e9
+    };
+    let gap = at(&next) - at(&first);
+    println!("call after a wholly cancelled batch: {gap:.2} s after the first (interval 3.06 s)");
+    assert!(
+        gap < 4.5,
+        "the next call came {gap:.2} s after the first: the cancelled batch's call was lost"
+    );
+    let calls = sandbox.calls();
+    assert_eq!(calls.len(), 2, "{calls:?}");
+    assert!(!sent_targets(&calls).contains(&"https://u.example/withdrawn".to_owned()));
+}
+
+/// One call per 3 s (a window rule); batches of up to 10.
+fn one_call_per_3s(account: &str) -> String {
+    format!(
+        "[dispatch]\nlinger = \"5ms\"\n[[providers]]\nname = \"sandbox\"\ntype = \"sandbox\"\n\
+         delay = \"20ms\"\nmax_per_call = 10\naccount = \"{account}\"\n\
+         limits = {{ submit = [{{ count = 1, per = \"3s\" }}] }}\n"
+    )
+}
+
+#[tokio::test]
+async fn a_wholly_cancelled_batch_gives_its_call_back_memory() {
+    let app = spawn_app(config(&one_call_per_3s(&unique("acct")))).await;
+    a_wholly_cancelled_batch_gives_its_call_back(&app).await;
+}
+
+#[tokio::test]
+async fn a_wholly_cancelled_batch_gives_its_call_back_redis() {
+    let server = RedisServer::start();
+    let target = RedisTarget::node(&server);
+    let app = spawn_app(target.config(&one_call_per_3s(&unique("acct")))).await;
+    a_wholly_cancelled_batch_gives_its_call_back(&app).await;
+}

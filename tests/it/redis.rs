@@ -268,6 +268,7 @@ async fn limiter_rules(target: &RedisTarget) {
         other => panic!("GCRA must space calls, got {other:?}"),
     }
     snapshot_reads_what_is_left(limiter.as_ref()).await;
+    unused_grants_given_back(&*limiter, &key).await;
 }
 
 /// A snapshot reads what is left of each rule with Redis time, as `limiter::remaining` says,
@@ -314,6 +315,51 @@ async fn snapshot_reads_what_is_left(limiter: &dyn purge_service::limiter::Limit
         [7, 7, 2, 4],
         "a read charges nothing"
     );
+}
+
+/// `unspend` as `limiter::unspent` does: a GCRA grant only while it is the last one spaced,
+/// a window grant always.
+async fn unused_grants_given_back(limiter: &dyn purge_service::limiter::Limiter, key: &str) {
+    let gcra = |burst| Charge {
+        key: format!("{key}:{}", 2 + burst),
+        limit: Limit::Gcra {
+            rate: Rate::new(1, Duration::from_secs(60)),
+            burst,
+        },
+        cost: 1,
+    };
+    let one = [gcra(1)];
+    let first = limiter.acquire_stamped(&one).await.unwrap();
+    assert_eq!(first.decision, Decision::Granted);
+    assert!(matches!(
+        limiter.acquire(&one).await.unwrap(),
+        Decision::Wait(_)
+    ));
+    assert!(limiter.unspend(&one, first.at_ms).await.unwrap());
+    assert_eq!(limiter.acquire(&one).await.unwrap(), Decision::Granted);
+    // Two grants in a burst: the first is no longer the last, so it stays spent.
+    let two = [gcra(2)];
+    let first = limiter.acquire_stamped(&two).await.unwrap();
+    assert_eq!(first.decision, Decision::Granted);
+    assert_eq!(limiter.acquire(&two).await.unwrap(), Decision::Granted);
+    assert!(!limiter.unspend(&two, first.at_ms).await.unwrap());
+    assert!(matches!(
+        limiter.acquire(&two).await.unwrap(),
+        Decision::Wait(_)
+    ));
+    let window = [Charge {
+        key: format!("{key}:5"),
+        limit: Limit::Window(Rate::new(1, Duration::from_secs(300))),
+        cost: 1,
+    }];
+    let granted = limiter.acquire_stamped(&window).await.unwrap();
+    assert_eq!(granted.decision, Decision::Granted);
+    assert!(matches!(
+        limiter.acquire(&window).await.unwrap(),
+        Decision::Wait(_)
+    ));
+    assert!(limiter.unspend(&window, granted.at_ms).await.unwrap());
+    assert_eq!(limiter.acquire(&window).await.unwrap(), Decision::Granted);
 }
 
 #[tokio::test]

@@ -25,12 +25,13 @@ const DEPLOYER: &str = "spiffe://cluster.local/ns/shop/sa/deployer";
 const CI: &str = "ci.example.com";
 
 /// A service on a free port; stopped when dropped.
-struct Served {
-    addr: SocketAddr,
+pub struct Served {
+    pub addr: SocketAddr,
     _stop: oneshot::Sender<()>,
 }
 
-async fn serve(config: Config) -> Served {
+/// Serves `config` (TLS ones too: nothing here connects in plaintext).
+pub async fn serve(config: Config) -> Served {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let app = App::build(config).await.expect("app builds");

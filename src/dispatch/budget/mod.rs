@@ -7,6 +7,7 @@ mod quota;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::limiter::{Charge, Decision, Limit, Limiter, Rate, now_ms};
@@ -17,7 +18,8 @@ use crate::providers::{Batch, CallBudget, ProviderError, ProviderHandle};
 
 /// What waiting for budget ended with.
 pub(super) enum Grant {
-    Granted,
+    /// At this time by the limiter's clock (what giving it back takes).
+    Granted(u64),
     /// Gone for today.
     Exhausted,
     Stopped,
@@ -57,6 +59,9 @@ struct Inner {
     metrics: Metrics,
     /// The rule states last read, for the `purge.budget.remaining` gauge.
     known: KnownBudgets,
+    /// Woken when this replica gives a submit grant back, so a wait for the slot it freed
+    /// ends at once instead of at its computed time.
+    given_back: Notify,
 }
 
 impl Budget {
@@ -74,6 +79,7 @@ impl Budget {
             rate_margin,
             stop,
             metrics: metrics.clone(),
+            given_back: Notify::new(),
         }))
     }
 
@@ -136,6 +142,28 @@ impl Budget {
     pub(super) async fn submit(&self, kind: PurgeKind) -> Grant {
         self.wait(&self.submit_charges(kind), "submit", Op::Submit)
             .await
+    }
+
+    /// Gives back the submit call granted at `at_ms` for a batch of `kind` that the claim
+    /// emptied (all of it cancelled meanwhile), when the limiter can without letting more
+    /// calls through than the rates allow (see `Limiter::unspend`); a wait on this replica for
+    /// the freed slot ends at once.
+    pub(super) async fn unspend_submit(&self, kind: PurgeKind, at_ms: u64) {
+        match self
+            .0
+            .limiter
+            .unspend(&self.submit_charges(kind), at_ms)
+            .await
+        {
+            Ok(true) => {
+                tracing::debug!(provider = self.name(), %kind, "a call granted for a wholly cancelled batch was given back");
+                self.0.given_back.notify_waiters();
+            }
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(provider = self.name(), error = %e, "cannot give back an unused call")
+            }
+        }
     }
 
     /// Waits for one status call's budget (a poll, a lookup, a quota read: `op`).
@@ -201,22 +229,32 @@ impl Budget {
         }
         let asked = Instant::now();
         loop {
-            let wait = match self.0.limiter.acquire(charges).await {
-                Ok(Decision::Granted) => {
-                    self.granted(charges, budget, op, asked).await;
-                    return Grant::Granted;
-                }
-                Ok(Decision::Exhausted(_)) => {
-                    self.read_rules(charges).await;
-                    return Grant::Exhausted;
-                }
-                Ok(Decision::Wait(d)) => d,
+            // Registered before asking, so a grant given back meanwhile is not missed.
+            let given_back = self.0.given_back.notified();
+            tokio::pin!(given_back);
+            given_back.as_mut().enable();
+            let wait = match self.0.limiter.acquire_stamped(charges).await {
+                Ok(s) => match s.decision {
+                    Decision::Granted => {
+                        self.granted(charges, budget, op, asked).await;
+                        return Grant::Granted(s.at_ms);
+                    }
+                    Decision::Exhausted(_) => {
+                        self.read_rules(charges).await;
+                        return Grant::Exhausted;
+                    }
+                    Decision::Wait(d) => d,
+                },
                 Err(e) => {
                     tracing::warn!(provider = self.name(), error = %e, "limiter unavailable; waiting");
                     Duration::from_millis(500)
                 }
             };
-            if !self.pause(wait.min(Duration::from_secs(5))).await {
+            let slept = tokio::select! {
+                slept = self.pause(wait.min(Duration::from_secs(5))) => slept,
+                _ = given_back => true,
+            };
+            if !slept {
                 return Grant::Stopped;
             }
         }
@@ -300,7 +338,7 @@ impl Budget {
         op: Op,
     ) -> Result<(), ProviderError> {
         match self.wait(charges, budget, op).await {
-            Grant::Granted => Ok(()),
+            Grant::Granted(_) => Ok(()),
             Grant::Exhausted => Err(ProviderError::QuotaExhausted {
                 message: format!(
                     "call budget of provider {:?} exhausted for today",
@@ -335,113 +373,4 @@ impl CallBudget for StatusCalls<'_> {
 }
 
 #[cfg(test)]
-mod tests {
-    use std::collections::BTreeMap;
-
-    use super::*;
-    use crate::limiter::memory::MemoryLimiter;
-    use crate::providers::Provider;
-    use crate::providers::sandbox::Sandbox;
-
-    /// A provider without submit rates but with 2 ALL calls an hour (Fastly's shape).
-    fn budget(limiter: &MemoryLimiter) -> Budget {
-        let sandbox = Sandbox::new(Default::default()).unwrap();
-        let mut caps = sandbox.capabilities();
-        caps.submit_rates.clear();
-        caps.kind_submit_rates = BTreeMap::from([(
-            PurgeKind::All,
-            vec![Rate::new(2, Duration::from_secs(3_600))],
-        )]);
-        let handle = ProviderHandle::new("s".into(), Arc::new(sandbox), caps);
-        Budget::new(
-            handle,
-            Arc::new(limiter.clone()),
-            0.0,
-            CancellationToken::new(),
-            &Metrics::disabled(),
-        )
-    }
-
-    #[tokio::test]
-    async fn a_kinds_own_rate_is_charged_for_that_kind_only() {
-        let limiter = MemoryLimiter::default();
-        let budget = budget(&limiter);
-        let all = budget.submit_charges(PurgeKind::All);
-        for _ in 0..2 {
-            assert_eq!(limiter.acquire(&all).await.unwrap(), Decision::Granted);
-        }
-        assert!(matches!(
-            limiter.acquire(&all).await.unwrap(),
-            Decision::Wait(_)
-        ));
-        let url = budget.submit_charges(PurgeKind::Url);
-        assert_eq!(limiter.acquire(&url).await.unwrap(), Decision::Granted);
-    }
-
-    #[test]
-    fn every_rule_charged_has_a_gauge_name() {
-        let limiter = MemoryLimiter::default();
-        let mut b = budget(&limiter);
-        let mut caps = b.0.provider.caps.clone();
-        caps.daily = vec![crate::providers::DailyQuota {
-            kinds: vec![PurgeKind::Regex, PurgeKind::Url],
-            max: 500,
-            utc_offset_secs: 0,
-        }];
-        caps.status_rates = vec![Rate::new(1, Duration::from_secs(1)); 2];
-        let handle = ProviderHandle::new("s".into(), b.0.provider.client.clone(), caps);
-        b = Budget::new(
-            handle,
-            Arc::new(limiter),
-            0.0,
-            CancellationToken::new(),
-            &Metrics::disabled(),
-        );
-        let id = |budget, kind: Option<&str>, bucket: Option<&str>, rule| RuleId {
-            budget,
-            kind: kind.map(str::to_owned),
-            bucket: bucket.map(str::to_owned),
-            rule,
-        };
-        let named = |charges: Vec<Charge>| -> Vec<Option<RuleId>> {
-            charges.iter().map(|c| b.rule_id(&c.key)).collect()
-        };
-        assert_eq!(
-            named(b.submit_charges(PurgeKind::All)),
-            [
-                Some(id("submit", None, None, 0)),
-                Some(id("submit", Some("ALL"), None, 0))
-            ]
-        );
-        assert_eq!(
-            named(b.status_charges()),
-            [
-                Some(id("status", None, None, 0)),
-                Some(id("status", None, None, 1))
-            ]
-        );
-        assert_eq!(
-            named(b.daily_charges(PurgeKind::Regex, 3)),
-            [Some(id("daily", Some("REGEX+URL"), None, 0))]
-        );
-        assert_eq!(
-            b.rule_id("s:items-url:0"),
-            Some(id("items", None, Some("url"), 0))
-        );
-        assert_eq!(b.rule_id("other:submit:0"), None);
-        assert_eq!(b.rule_id("s:daily:7"), None);
-    }
-
-    #[tokio::test]
-    async fn a_pause_holds_a_provider_without_submit_rates() {
-        let limiter = MemoryLimiter::default();
-        let budget = budget(&limiter);
-        let url = budget.submit_charges(PurgeKind::Url);
-        assert_eq!(limiter.acquire(&url).await.unwrap(), Decision::Granted);
-        budget.pause_submits(Duration::from_secs(60)).await;
-        assert!(matches!(
-            limiter.acquire(&url).await.unwrap(),
-            Decision::Wait(d) if d > Duration::from_secs(50)
-        ));
-    }
-}
+mod tests;

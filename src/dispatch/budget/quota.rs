@@ -196,7 +196,7 @@ impl Budget {
         loop {
             // A quota read is a call to the provider's API like a status poll, paid alike.
             match self.status(Op::Quota).await {
-                Grant::Granted => {}
+                Grant::Granted(_) => {}
                 Grant::Stopped => return false,
                 Grant::Exhausted => return true,
             }
