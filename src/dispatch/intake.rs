@@ -120,34 +120,33 @@ impl Intake {
             .iter()
             .map(|d| d.item.purge_id.as_str())
             .collect();
-        let records = match self.store.get_many(&ids).await {
-            Ok(records) => records,
-            Err(e) => {
-                // Left unacknowledged; upkeep reclaims them later.
-                tracing::warn!(provider = self.name(), purges = ids.len(), error = %e, "cannot read claimed purges");
-                return;
-            }
-        };
+        let records = self.store.get_many(&ids).await;
+        let mut acks = Vec::new();
         for (d, record) in deliveries.into_iter().zip(records) {
             match record {
-                Some(record) => self.adopt(d, &record).await,
-                None => self.records.ack(&d.id).await,
+                Ok(Some(record)) => acks.extend(self.adopt(d, &record)),
+                Ok(None) => acks.push(d.id),
+                Err(e) => {
+                    // Left unacknowledged; upkeep reclaims it later.
+                    tracing::warn!(purge_id = %d.item.purge_id, error = %e, "cannot read claimed purge");
+                }
             }
         }
+        self.records.ack_all(&acks).await;
     }
 
-    /// Puts the pending units of `record` in their lane and follows its submitted tasks.
-    async fn adopt(&self, delivery: Delivery, record: &PurgeRecord) {
+    /// Puts the pending units of `record` in their lane and follows its submitted tasks; the
+    /// delivery to acknowledge when there is nothing to do.
+    fn adopt(&self, delivery: Delivery, record: &PurgeRecord) -> Option<String> {
         if record.provider_done(self.name()) {
-            self.records.ack(&delivery.id).await;
-            return;
+            return Some(delivery.id);
         }
         match self.records.hold(&record.id, &delivery.id) {
             // Already ours (our own idle work handed back, or a second delivery of the same
             // purge): its units are in a lane or in flight; adding them again would send
             // them twice.
-            Hold::Duplicate => return self.records.ack(&delivery.id).await,
-            Hold::Again => return,
+            Hold::Duplicate => return Some(delivery.id),
+            Hold::Again => return None,
             Hold::New => {}
         }
         let units = record.units.iter().filter(|u| u.provider == self.name());
@@ -178,5 +177,6 @@ impl Intake {
         if queued > 0 {
             tracing::debug!(purge_id = %record.id, provider = self.name(), targets = queued, "queued for batching");
         }
+        None
     }
 }

@@ -104,7 +104,7 @@ impl Records {
         // Purges whose record could not be claimed, and targets withdrawn from the others:
         // both usually empty.
         let mut lost: HashSet<String> = HashSet::new();
-        let mut withdrawn: HashSet<(String, String)> = HashSet::new();
+        let mut withdrawn: HashMap<String, HashSet<String>> = HashMap::new();
         {
             let by_purge = taken.by_purge();
             let ids: Vec<&str> = by_purge.keys().copied().collect();
@@ -125,10 +125,12 @@ impl Records {
                     record.sendable(self.name(), &refs).into_iter().collect();
                 if sendable.len() < refs.len() {
                     tracing::info!(purge_id = %purge_id, provider = self.name(), withdrawn = refs.len() - sendable.len(), "cancelled targets not sent");
-                    withdrawn.extend(
+                    withdrawn.insert(
+                        (*purge_id).to_owned(),
                         refs.iter()
                             .filter(|t| !sendable.contains(*t))
-                            .map(|t| ((*purge_id).to_owned(), (*t).to_owned())),
+                            .map(|t| (*t).to_owned())
+                            .collect(),
                     );
                 }
             }
@@ -143,7 +145,7 @@ impl Records {
                 };
                 if !lost.is_empty() || !withdrawn.is_empty() {
                     purges.retain(|p| {
-                        !lost.contains(p) && !withdrawn.contains(&(p.clone(), t.clone()))
+                        !lost.contains(p) && !withdrawn.get(p).is_some_and(|w| w.contains(t))
                     });
                 }
                 !purges.is_empty()
@@ -241,6 +243,7 @@ impl Records {
         let mut written = vec![false; ids.len()];
         let mut pending: Vec<usize> = (0..ids.len()).collect();
         let mut delay = Duration::from_millis(100);
+        let mut failed = Vec::new();
         while !pending.is_empty() {
             let batch: Vec<&str> = pending.iter().map(|&i| ids[i]).collect();
             let results = self.0.store.update_many(&batch, change).await;
@@ -259,6 +262,7 @@ impl Records {
                     }
                     Err(e) => {
                         tracing::error!(purge_id = ids[i], error = %e, "cannot record progress; the work stays queued");
+                        failed.push(ids[i].to_owned());
                     }
                 }
             }
@@ -268,6 +272,9 @@ impl Records {
             }
             pending = retry;
         }
+        // Let go without acknowledging: the work is claimed again after `reclaim_idle`, by
+        // whichever replica, and resumes from the record.
+        self.release(&failed);
         let mut acks = Vec::new();
         {
             let mut held = self.held();
@@ -297,13 +304,8 @@ impl Records {
         after
     }
 
-    /// Acknowledges a delivery; one that fails is reclaimed later and found done.
-    pub(super) async fn ack(&self, delivery_id: &str) {
-        self.ack_all(&[delivery_id.to_owned()]).await;
-    }
-
     /// Acknowledges deliveries; one that fails is reclaimed later and found done.
-    async fn ack_all(&self, delivery_ids: &[String]) {
+    pub(super) async fn ack_all(&self, delivery_ids: &[String]) {
         if delivery_ids.is_empty() {
             return;
         }

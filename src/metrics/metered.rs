@@ -269,10 +269,11 @@ impl Store for MeteredStore {
         self.inner.aged_out(id)
     }
 
-    async fn get_many(&self, ids: &[&str]) -> Result<Vec<Option<Arc<PurgeRecord>>>, BackendError> {
+    async fn get_many(&self, ids: &[&str]) -> Vec<Result<Option<Arc<PurgeRecord>>, BackendError>> {
         let start = Instant::now();
         let r = self.inner.get_many(ids).await;
-        backend(&self.metrics, "store.get_many", start, &r);
+        let ok = r.iter().all(Result::is_ok);
+        backend_outcome(&self.metrics, "store.get_many", start, ok);
         r
     }
 

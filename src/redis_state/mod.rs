@@ -135,7 +135,7 @@ impl Keys {
         format!("{{{}:lim:{group}}}:{charge_key}", self.prefix)
     }
 
-    /// Wake-ups for watchers: the payload is a purge id.
+    /// Wake-ups for watchers: the payload is a purge id, or several separated by spaces.
     pub fn events_channel(&self) -> String {
         format!("{}:events", self.prefix)
     }

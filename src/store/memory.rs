@@ -18,6 +18,9 @@ use crate::model::{PurgeRecord, WorkItem};
 /// How long a create refused for capacity is told to wait before trying again.
 const CAPACITY_RETRY: Duration = Duration::from_secs(1);
 
+/// Purges changed under one hold of the lock by `update_many`.
+const UPDATE_CHUNK: usize = 64;
+
 /// Wake-ups buffered for slow watchers; a watcher that lags re-reads, so a small buffer is fine.
 const EVENTS_BUFFER: usize = 256;
 
@@ -383,7 +386,7 @@ impl Store for MemoryStore {
         Ok(shared.map(Arc::unwrap_or_clone))
     }
 
-    async fn get_many(&self, ids: &[&str]) -> Result<Vec<Option<Arc<PurgeRecord>>>, BackendError> {
+    async fn get_many(&self, ids: &[&str]) -> Vec<Result<Option<Arc<PurgeRecord>>, BackendError>> {
         let state = self.inner.state.lock().expect("store lock");
         ids.iter().map(|id| state.get(id)).collect()
     }
@@ -414,9 +417,11 @@ impl Store for MemoryStore {
         let now = chrono::Utc::now();
         let mut after = Vec::with_capacity(ids.len());
         let mut changed = Vec::new();
-        {
+        // The lock is let go between chunks, so creates and reads are not held up by a
+        // provider call that carried thousands of purges.
+        for chunk in ids.chunks(UPDATE_CHUNK) {
             let mut state = self.inner.state.lock().expect("store lock");
-            for id in ids {
+            for id in chunk {
                 let updated = state.update(id, change, now);
                 if let Ok(Some((_, true))) = &updated {
                     changed.push(*id);

@@ -94,13 +94,15 @@ pub trait Store: Send + Sync + 'static {
         change: Change<'_>,
     ) -> Result<Option<PurgeRecord>, BackendError>;
 
-    /// `get` of each of `ids`, in order: the dispatcher reads the purges of a claim at once.
+    /// `get` of each of `ids`, in order, each with its own answer (one that cannot be read
+    /// does not hold back the others): the dispatcher reads the purges of a claim at once.
     /// The memory backend hands out the record it keeps, without a copy; by default the
     /// reads run concurrently (a multiplexed connection pipelines them).
-    async fn get_many(&self, ids: &[&str]) -> Result<Vec<Option<Arc<PurgeRecord>>>, BackendError> {
-        let reads = ids.iter().map(|id| self.get(id));
-        let records = futures::future::try_join_all(reads).await?;
-        Ok(records.into_iter().map(|r| r.map(Arc::new)).collect())
+    async fn get_many(&self, ids: &[&str]) -> Vec<Result<Option<Arc<PurgeRecord>>, BackendError>> {
+        let reads = ids
+            .iter()
+            .map(|id| async move { self.get(id).await.map(|r| r.map(Arc::new)) });
+        futures::future::join_all(reads).await
     }
 
     /// `update` of each of `ids` with one change (which tells the purges apart by their id):

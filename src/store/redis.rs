@@ -261,7 +261,7 @@ impl Store for RedisStore {
         ))
     }
 
-    async fn get_many(&self, ids: &[&str]) -> Result<Vec<Option<Arc<PurgeRecord>>>, BackendError> {
+    async fn get_many(&self, ids: &[&str]) -> Vec<Result<Option<Arc<PurgeRecord>>, BackendError>> {
         super::redis_many::get_many(&self.shared, ids).await
     }
 

@@ -1,6 +1,7 @@
 //! The Redis store's batch operations: the records of one provider call read and written with
 //! one script call per shard (their keys share a hash tag, so one call is one cluster slot).
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, LazyLock};
 
 use ::redis::Script;
@@ -54,25 +55,33 @@ return out
     )
 });
 
-/// Records read or written by one script call, at most: a batch of thousands of purges is
-/// split so no call blocks Redis for long.
+/// Records read or written by one script call, at most, and the bytes written by one: a batch
+/// of thousands of purges is split so no call blocks Redis for long.
 const MANY_CHUNK: usize = 256;
+const MANY_BYTES: usize = 1 << 20;
 
-/// Positions of `ids` grouped by shard (one script call each), at most `MANY_CHUNK` a group.
-fn by_shard(ids: &[&str]) -> Vec<Vec<usize>> {
-    let mut shards: std::collections::BTreeMap<u8, Vec<usize>> = Default::default();
+/// Positions of `ids` grouped by shard (one script call each), at most `MANY_CHUNK` a group
+/// and, where `size` tells each one's bytes, at most `MANY_BYTES` (or one record).
+fn by_shard(ids: &[&str], size: impl Fn(usize) -> usize) -> Vec<Vec<usize>> {
+    let mut shards: BTreeMap<u8, Vec<usize>> = BTreeMap::new();
     for (i, id) in ids.iter().enumerate() {
         shards.entry(shard_of_id(id)).or_default().push(i);
     }
-    shards
-        .into_values()
-        .flat_map(|positions| {
-            positions
-                .chunks(MANY_CHUNK)
-                .map(<[usize]>::to_vec)
-                .collect::<Vec<_>>()
-        })
-        .collect()
+    let mut groups = Vec::new();
+    for positions in shards.into_values() {
+        let mut group: Vec<usize> = Vec::new();
+        let mut bytes = 0;
+        for i in positions {
+            if !group.is_empty() && (group.len() == MANY_CHUNK || bytes + size(i) > MANY_BYTES) {
+                groups.push(std::mem::take(&mut group));
+                bytes = 0;
+            }
+            bytes += size(i);
+            group.push(i);
+        }
+        groups.push(group);
+    }
+    groups
 }
 
 /// One record's answer in a round of `update_many`.
@@ -81,46 +90,59 @@ enum Swapped {
     Done(Option<Arc<PurgeRecord>>),
     /// Changed by another writer since it was read: to be read and changed again.
     Conflict,
+    /// Not read or not written: its shard did not answer, or its record is corrupt. The other
+    /// records of the batch are not held back by it.
+    Failed(BackendError),
 }
 
-/// The records `ids`, in order; one script call per shard.
-pub(super) async fn get_many(
-    shared: &Shared,
-    ids: &[&str],
-) -> Result<Vec<Option<Arc<PurgeRecord>>>, BackendError> {
-    let mut out: Vec<Option<Arc<PurgeRecord>>> = vec![None; ids.len()];
-    let reads = by_shard(ids).into_iter().map(|positions| async move {
-        let mut call = GET_MANY.prepare_invoke();
-        for &i in &positions {
-            call.key(shared.keys.record(ids[i]));
-        }
-        let found: Vec<Option<Vec<u8>>> = shared
-            .with(|mut c| async move { call.invoke_async(&mut c).await })
-            .await?;
-        Ok::<_, BackendError>((positions, found))
-    });
-    for (positions, found) in futures::future::try_join_all(reads).await? {
-        for (i, json) in positions.into_iter().zip(found) {
-            out[i] = json
-                .as_deref()
-                .map(codec::decode_stored)
-                .transpose()?
-                .map(Arc::new);
+type Read = Result<Option<Arc<PurgeRecord>>, BackendError>;
+
+/// The records `ids`, in order; one script call per shard. A shard that does not answer, or a
+/// record that cannot be read, fails only its own ids.
+pub(super) async fn get_many(shared: &Shared, ids: &[&str]) -> Vec<Read> {
+    let mut out: Vec<Read> = ids.iter().map(|_| Ok(None)).collect();
+    let reads = by_shard(ids, |_| 0)
+        .into_iter()
+        .map(|positions| async move {
+            let mut call = GET_MANY.prepare_invoke();
+            for &i in &positions {
+                call.key(shared.keys.record(ids[i]));
+            }
+            let found: Result<Vec<Option<Vec<u8>>>, BackendError> = shared
+                .with(|mut c| async move { call.invoke_async(&mut c).await })
+                .await;
+            (positions, found)
+        });
+    for (positions, found) in futures::future::join_all(reads).await {
+        match found {
+            Ok(found) => {
+                for (i, json) in positions.into_iter().zip(found) {
+                    out[i] = json
+                        .as_deref()
+                        .map(codec::decode_stored)
+                        .transpose()
+                        .map(|r| r.map(Arc::new));
+                }
+            }
+            Err(e) => {
+                for i in positions {
+                    out[i] = Err(e.again());
+                }
+            }
         }
     }
-    Ok(out)
+    out
 }
 
 /// `Store::update_many`: rounds of reads and compare-and-set writes, one script call per shard
-/// each, until every record is written or found gone (or changed too often by others).
+/// each, until every record is written, found gone or failed (or changed too often by others).
 pub(super) async fn update_many(
     shared: &Shared,
     ttl_ms: u64,
     ids: &[&str],
     change: Change<'_>,
-) -> Vec<Result<Option<Arc<PurgeRecord>>, BackendError>> {
-    let mut out: Vec<Option<Result<Option<Arc<PurgeRecord>>, BackendError>>> =
-        (0..ids.len()).map(|_| None).collect();
+) -> Vec<Read> {
+    let mut out: Vec<Option<Read>> = (0..ids.len()).map(|_| None).collect();
     let mut pending: Vec<usize> = (0..ids.len()).collect();
     for _ in 0..MAX_CONFLICTS {
         if pending.is_empty() {
@@ -128,19 +150,12 @@ pub(super) async fn update_many(
         }
         let batch: Vec<&str> = pending.iter().map(|&i| ids[i]).collect();
         let mut conflicts = Vec::new();
-        match swap_many(shared, ttl_ms, &batch, change).await {
-            Ok(results) => {
-                for (&i, r) in pending.iter().zip(results) {
-                    match r {
-                        Swapped::Done(record) => out[i] = Some(Ok(record)),
-                        Swapped::Conflict => conflicts.push(i),
-                    }
-                }
-            }
-            Err(e) => {
-                for &i in &pending {
-                    out[i] = Some(Err(e.again()));
-                }
+        let results = swap_many(shared, ttl_ms, &batch, change).await;
+        for (&i, r) in pending.iter().zip(results) {
+            match r {
+                Swapped::Done(record) => out[i] = Some(Ok(record)),
+                Swapped::Conflict => conflicts.push(i),
+                Swapped::Failed(e) => out[i] = Some(Err(e)),
             }
         }
         if !conflicts.is_empty() {
@@ -164,73 +179,78 @@ pub(super) async fn update_many(
         .collect()
 }
 
-/// One round of `update_many`: reads every record, applies the change, and writes back
-/// those it changed if nobody else did meanwhile, one script call per shard.
-async fn swap_many(
-    shared: &Shared,
-    ttl_ms: u64,
-    ids: &[&str],
-    change: Change<'_>,
-) -> Result<Vec<Swapped>, BackendError> {
-    let records = get_many(shared, ids).await?;
+/// One round of `update_many`: reads every record, applies the change, and writes back those
+/// it changed if nobody else did meanwhile, one script call per shard.
+async fn swap_many(shared: &Shared, ttl_ms: u64, ids: &[&str], change: Change<'_>) -> Vec<Swapped> {
     let now = chrono::Utc::now();
     let mut out: Vec<Option<Swapped>> = (0..ids.len()).map(|_| None).collect();
-    // Position -> (version read, record after the change), for the records it changed.
-    let mut changed: Vec<Option<(u64, PurgeRecord)>> = (0..ids.len()).map(|_| None).collect();
-    for (i, record) in records.into_iter().enumerate() {
-        let Some(record) = record else {
-            out[i] = Some(Swapped::Done(None));
-            continue;
+    // Position -> (version read, record after the change, its stored form).
+    let mut changed: Vec<Option<(u64, PurgeRecord, Vec<u8>)>> =
+        (0..ids.len()).map(|_| None).collect();
+    for (i, read) in get_many(shared, ids).await.into_iter().enumerate() {
+        let record = match read {
+            Ok(Some(record)) => record,
+            Ok(None) => {
+                out[i] = Some(Swapped::Done(None));
+                continue;
+            }
+            Err(e) => {
+                out[i] = Some(Swapped::Failed(e));
+                continue;
+            }
         };
         let mut record = Arc::unwrap_or_clone(record);
         let expected = record.version;
         if record.apply(change, now) {
-            changed[i] = Some((expected, record));
+            let stored = codec::encode(&record, true);
+            changed[i] = Some((expected, record, stored));
         } else {
             out[i] = Some(Swapped::Done(Some(Arc::new(record))));
         }
     }
-    let to_write: Vec<&str> = ids
-        .iter()
-        .zip(&changed)
-        .filter(|(_, c)| c.is_some())
-        .map(|(id, _)| *id)
-        .collect();
     let positions: Vec<usize> = (0..ids.len()).filter(|&i| changed[i].is_some()).collect();
-    let ttl = ttl_ms;
+    let to_write: Vec<&str> = positions.iter().map(|&i| ids[i]).collect();
+    let size = |j: usize| changed[positions[j]].as_ref().map_or(0, |c| c.2.len());
     let channel = shared.keys.events_channel();
-    let writes = by_shard(&to_write).into_iter().map(|group| {
+    let writes = by_shard(&to_write, size).into_iter().map(|group| {
         let mut call = SWAP_MANY.prepare_invoke();
-        call.arg(ttl).arg(&channel);
+        call.arg(ttl_ms).arg(&channel);
         for &j in &group {
             let i = positions[j];
-            let (expected, record) = changed[i].as_ref().expect("changed");
+            let (expected, record, stored) = changed[i].as_ref().expect("changed");
             call.key(shared.keys.record(ids[i]))
                 .arg(expected)
                 .arg(record.version)
-                .arg(codec::encode(record, true))
+                .arg(stored.as_slice())
                 .arg(ids[i]);
         }
         async move {
-            let written: Vec<i64> = shared
+            let written: Result<Vec<i64>, BackendError> = shared
                 .with(|mut c| async move { call.invoke_async(&mut c).await })
-                .await?;
-            Ok::<_, BackendError>((group, written))
+                .await;
+            (group, written)
         }
     });
-    let answers = futures::future::try_join_all(writes).await?;
-    for (group, written) in answers {
-        for (j, w) in group.into_iter().zip(written) {
-            let i = positions[j];
-            out[i] = Some(match w {
-                1 => Swapped::Done(changed[i].take().map(|(_, r)| Arc::new(r))),
-                -1 => Swapped::Done(None),
-                _ => Swapped::Conflict,
-            });
+    for (group, written) in futures::future::join_all(writes).await {
+        match written {
+            Ok(written) => {
+                for (j, w) in group.into_iter().zip(written) {
+                    let i = positions[j];
+                    out[i] = Some(match w {
+                        1 => Swapped::Done(changed[i].take().map(|(_, r, _)| Arc::new(r))),
+                        -1 => Swapped::Done(None),
+                        _ => Swapped::Conflict,
+                    });
+                }
+            }
+            Err(e) => {
+                for j in group {
+                    out[positions[j]] = Some(Swapped::Failed(e.again()));
+                }
+            }
         }
     }
-    Ok(out
-        .into_iter()
+    out.into_iter()
         .map(|o| o.unwrap_or(Swapped::Conflict))
-        .collect())
+        .collect()
 }

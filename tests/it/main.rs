@@ -39,6 +39,7 @@ mod redis_server;
 mod redis_tls;
 mod scenarios;
 mod shutdown;
+mod store_batch;
 mod structure;
 mod tls;
 mod validation;

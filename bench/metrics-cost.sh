@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# CreatePurge with metrics off and on, from an external load generator (h2load), alternating
+# runs of the same release binary on the memory backend: calls/s and the server's CPU time per
+# call (user + system, from /proc/PID/stat), which the machine's other load disturbs less.
+#
+#   bench/metrics-cost.sh              # 6 rounds of 100k calls each way, 16 connections x 32 streams
+#   ROUNDS=4 N=50000 bench/metrics-cost.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+N=${N:-100000}
+ROUNDS=${ROUNDS:-6}
+OUT=bench/out
+mkdir -p "$OUT"
+command -v h2load >/dev/null || apt-get install -y nghttp2-client
+[[ -n "${NOBUILD:-}" ]] || cargo build --release --bin purge-service
+# The body bench/h2load.sh sends: provider "sandbox", kind URL, two fixed URLs.
+hex8() { printf '\\x%02x' "$1"; }
+field() { printf "$(hex8 "$1")$(hex8 "${#2}")%s" "$2"; }
+msg="$(field 10 sandbox)$(printf '\x10\x01')$(field 26 https://www.example.com/a.js)$(field 26 https://www.example.com/b.js)"
+len=${#msg}
+{ printf '\x00\x00\x00'; printf "$(hex8 $((len >> 8)))$(hex8 $((len & 255)))"; printf '%s' "$msg"; } > "$OUT/body.bin"
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() { for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; return 1; }
+ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+hz=$(getconf CLK_TCK)
+
+# run off|on: prints "calls/s cpu_us_per_call"
+run() {
+  local port admin=() pid t0 t1 rps
+  port=$(free_port)
+  if [[ $1 == on ]]; then admin=(PURGE_ADMIN__LISTEN="127.0.0.1:$(free_port)"); fi
+  env -u PURGE_CONFIG PURGE_SERVER__LISTEN="127.0.0.1:$port" "${admin[@]}" \
+    target/release/purge-service >"$OUT/metrics-$1.server.log" 2>&1 & pid=$!
+  wait_port "$port"
+  t0=$(ticks "$pid")
+  h2load -n "$N" -c 16 -m 32 -t 1 -d "$OUT/body.bin" -H 'content-type: application/grpc' \
+    -H 'te: trailers' "http://127.0.0.1:$port/purge.v1.PurgeService/CreatePurge" > "$OUT/metrics-$1.h2load.txt"
+  t1=$(ticks "$pid")
+  kill "$pid"; wait "$pid" 2>/dev/null || true
+  rps=$(awk '/^finished in/ {print $4}' "$OUT/metrics-$1.h2load.txt")
+  awk -v r="$rps" -v d=$((t1 - t0)) -v hz="$hz" -v n="$N" 'BEGIN { printf "%.0f %.1f\n", r, d / hz * 1e6 / n }'
+}
+
+rm -f "$OUT/metrics-cost.rows"
+echo "| round | off calls/s | on calls/s | off CPU us/call | on CPU us/call |"
+echo "|---|---:|---:|---:|---:|"
+for r in $(seq "$ROUNDS"); do
+  read -r off_rps off_cpu < <(run off)
+  read -r on_rps on_cpu < <(run on)
+  echo "| $r | $off_rps | $on_rps | $off_cpu | $on_cpu |"
+  echo "$off_rps $on_rps $off_cpu $on_cpu" >> "$OUT/metrics-cost.rows"
+done | tee "$OUT/metrics-cost.md"
+awk '{a+=$1; b+=$2; c+=$3; d+=$4; n++} END {
+  printf "means: off %.0f calls/s, on %.0f calls/s (%+.1f%%); CPU per call off %.1f us, on %.1f us (%+.1f%%)\n",
+    a/n, b/n, (b-a)/a*100, c/n, d/n, (d-c)/c*100 }' "$OUT/metrics-cost.rows"
+rm -f "$OUT/metrics-cost.rows"

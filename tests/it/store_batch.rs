@@ -1,0 +1,146 @@
+//! The stores' batch calls (`get_many`, `update_many`), which the dispatcher records a provider
+//! call with, on memory, one Redis node and a Redis cluster: one answer per id, in order; a
+//! record that cannot be read fails alone; a change applied again changes nothing; every
+//! written purge wakes its watchers (on Redis one wake-up carries several ids).
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use purge_service::backend::BackendError;
+use purge_service::model::{Action, PurgeKind, PurgeRecord, PurgeSpec};
+use purge_service::redis_state::Keys;
+use purge_service::store::Store;
+use purge_service::store::memory::MemoryStore;
+
+use crate::redis_server::{RedisCluster, RedisServer, RedisTarget};
+
+/// Purges spread over the shards (a UUIDv7's last byte is random).
+const PURGES: usize = 40;
+
+fn spec(i: usize) -> PurgeSpec {
+    PurgeSpec {
+        provider: "sandbox".into(),
+        providers: vec!["sandbox".into()],
+        kind: PurgeKind::Url,
+        targets: vec![format!("https://example.com/{i}.js")],
+        action: Action::Invalidate,
+        hosts: vec![],
+        headers: Default::default(),
+        labels: Default::default(),
+        idempotency_key: None,
+    }
+}
+
+async fn created(store: &dyn Store) -> Vec<String> {
+    let mut ids = Vec::new();
+    for i in 0..PURGES {
+        let id = uuid::Uuid::now_v7().to_string();
+        let record = PurgeRecord::new(id.clone(), "tester".into(), spec(i), chrono::Utc::now());
+        store.create(record, None, vec![]).await.unwrap();
+        ids.push(id);
+    }
+    ids
+}
+
+/// Reads and changes every purge of `ids` plus one that never was; `broken` is the position
+/// of a record that cannot be read, if any.
+async fn batch_calls(store: Arc<dyn Store>, ids: &[String], broken: Option<usize>) {
+    let gone = uuid::Uuid::now_v7().to_string();
+    let mut asked: Vec<&str> = ids.iter().map(String::as_str).collect();
+    asked.push(&gone);
+    let expect = |i: usize, r: &Result<Option<Arc<PurgeRecord>>, BackendError>| {
+        if Some(i) == broken {
+            assert!(matches!(r, Err(BackendError::Corrupt(_))), "{i}: {r:?}");
+        } else if i == PURGES {
+            assert!(matches!(r, Ok(None)), "a purge that never was: {r:?}");
+        } else {
+            let record = r.as_ref().expect("read").as_ref().expect("exists");
+            assert_eq!(record.id, ids[i]);
+        }
+    };
+    let read = store.get_many(&asked).await;
+    assert_eq!(read.len(), asked.len());
+    for (i, r) in read.iter().enumerate() {
+        expect(i, r);
+    }
+
+    let mut events = store.events();
+    let mark = |r: &mut PurgeRecord| r.spec.labels.insert("seen".into(), r.id.clone()).is_none();
+    let after = store.update_many(&asked, &mark).await;
+    assert_eq!(after.len(), asked.len());
+    for (i, r) in after.iter().enumerate() {
+        expect(i, r);
+        if let Ok(Some(record)) = r {
+            assert_eq!(
+                record.spec.labels["seen"], record.id,
+                "the change is on the record"
+            );
+            assert_eq!(
+                record.version,
+                read[i].as_ref().unwrap().as_ref().unwrap().version + 1
+            );
+        }
+    }
+    let again = store.update_many(&asked, &mark).await;
+    for (i, r) in again.iter().enumerate() {
+        if let Ok(Some(record)) = r {
+            let first = after[i].as_ref().unwrap().as_ref().unwrap();
+            assert_eq!(
+                record.version, first.version,
+                "applied again, it changes nothing"
+            );
+        }
+    }
+    // Every written purge woke its watchers.
+    let written: HashSet<&str> = (0..PURGES)
+        .filter(|i| Some(*i) != broken)
+        .map(|i| ids[i].as_str())
+        .collect();
+    let mut woken = HashSet::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !written.iter().all(|id| woken.contains(*id)) {
+        let id = tokio::time::timeout_at(deadline, events.recv())
+            .await
+            .expect("a wake-up for every written purge")
+            .expect("events open");
+        woken.insert(id);
+    }
+}
+
+#[tokio::test]
+async fn memory_batch_calls_answer_each_purge() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new(
+        Arc::new(|_| {}),
+        Duration::from_secs(3600),
+    ));
+    let ids = created(store.as_ref()).await;
+    batch_calls(store, &ids, None).await;
+}
+
+async fn redis_store(target: &RedisTarget) -> Arc<dyn Store> {
+    let config = target.config("");
+    purge_service::app::Backends::build(&config)
+        .await
+        .unwrap()
+        .store
+}
+
+#[tokio::test]
+async fn redis_batch_calls_fail_only_the_broken_record() {
+    let server = RedisServer::start();
+    let target = RedisTarget::node(&server);
+    let store = redis_store(&target).await;
+    let ids = created(store.as_ref()).await;
+    let key = Keys::new(&target.prefix).record(&ids[7]);
+    let _: () = server.query(redis::cmd("HSET").arg(&key).arg("json").arg("not a record"));
+    batch_calls(store, &ids, Some(7)).await;
+}
+
+#[tokio::test]
+async fn redis_cluster_batch_calls_keep_each_call_in_one_slot() {
+    let cluster = RedisCluster::start();
+    let store = redis_store(&RedisTarget::cluster(&cluster)).await;
+    let ids = created(store.as_ref()).await;
+    batch_calls(store, &ids, None).await;
+}
