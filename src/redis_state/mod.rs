@@ -127,12 +127,22 @@ impl Keys {
 
     /// A limiter key. Charge keys that differ only in a trailing `:<number>` (the rules of one
     /// provider API) share a tag, so one acquire touches one slot.
+    ///
+    /// A kind's own rates (`<budget>:submit-ALL:<n>`) are charged in the same call as the API's
+    /// (`<budget>:submit:<n>`), so their tag drops the `-<KIND>`: one slot in a cluster.
     pub fn limit(&self, charge_key: &str) -> String {
         let group = match charge_key.rsplit_once(':') {
             Some((head, idx)) if !idx.is_empty() && idx.bytes().all(|b| b.is_ascii_digit()) => head,
             _ => charge_key,
         };
-        format!("{{{}:lim:{group}}}:{charge_key}", self.prefix)
+        let tag = match group.rsplit_once(':') {
+            Some((budget, api)) => match api.split_once('-') {
+                Some((base, _kind)) => format!("{budget}:{base}"),
+                None => group.to_owned(),
+            },
+            None => group.to_owned(),
+        };
+        format!("{{{}:lim:{tag}}}:{charge_key}", self.prefix)
     }
 
     /// Wake-ups for watchers: the payload is a purge id, or several separated by spaces.
@@ -489,6 +499,11 @@ mod tests {
         assert_eq!(
             keys.limit("caller:alice"),
             "{p:lim:caller:alice}:caller:alice"
+        );
+        // A kind's own rates are charged with the API's (Fastly's purge_all): one slot.
+        assert_eq!(
+            keys.limit("cdn:submit-ALL:0"),
+            "{p:lim:cdn:submit}:cdn:submit-ALL:0"
         );
     }
 }

@@ -268,7 +268,38 @@ async fn limiter_rules(target: &RedisTarget) {
         other => panic!("GCRA must space calls, got {other:?}"),
     }
     snapshot_reads_what_is_left(limiter.as_ref()).await;
+    a_kinds_rate_with_the_apis(limiter.as_ref()).await;
     unused_grants_given_back(&*limiter, &key).await;
+}
+
+/// A kind's own rate (Fastly's purge_all) is charged in one call with the API's: on a cluster
+/// their keys must be in one slot.
+async fn a_kinds_rate_with_the_apis(limiter: &dyn purge_service::limiter::Limiter) {
+    let budget = unique("fastly");
+    let charges = [
+        Charge {
+            key: format!("{budget}:submit:0"),
+            limit: Limit::Gcra {
+                rate: Rate::new(100, Duration::from_secs(1)),
+                burst: 100,
+            },
+            cost: 1,
+        },
+        Charge {
+            key: format!("{budget}:submit-ALL:0"),
+            limit: Limit::Window(Rate::new(2, Duration::from_secs(3600))),
+            cost: 1,
+        },
+    ];
+    for _ in 0..2 {
+        assert_eq!(limiter.acquire(&charges).await.unwrap(), Decision::Granted);
+    }
+    assert!(matches!(
+        limiter.acquire(&charges).await.unwrap(),
+        Decision::Wait(_)
+    ));
+    let read = limiter.snapshot(&charges).await.unwrap();
+    assert_eq!(read.remaining(&charges)[1], 0, "the kind's window is spent");
 }
 
 /// A snapshot reads what is left of each rule with Redis time, as `limiter::remaining` says,
