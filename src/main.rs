@@ -8,12 +8,6 @@ use std::process::ExitCode;
 use purge_service::app::AppError;
 use purge_service::{App, config::Config, telemetry};
 
-/// mimalloc instead of glibc's malloc: the request path and the dispatcher make many small,
-/// short-lived allocations on every worker thread, where glibc's arenas contend on their locks
-/// (README, "CreatePurge under external load").
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Parser)]
 #[command(version, about = "gRPC service that purges CDN caches")]
 struct Cli {
