@@ -4,7 +4,8 @@
 #   bench/soak.sh memory      1M two-URL purges, memory backend, default max_records (50,000)
 #   bench/soak.sh redis       the same on Redis, record_retention = 10s
 #   bench/soak.sh perpurge    bytes per finished purge: 200k purges, no eviction (RSS delta)
-#   bench/soak.sh footprint   idle RSS and exec -> health SERVING
+#   bench/soak.sh footprint   idle RSS and exec -> health SERVING (the image's binary if built;
+#                             FOOTPRINT_BIN overrides)
 #   bench/soak.sh all         all of them
 #
 # TOTAL (1000000) and RATE (10000/s) override the load. Results: bench/results/.
@@ -112,7 +113,12 @@ TOML
 }
 
 run_footprint() {
-  "$SOAK" footprint --bin "$BIN" --runs 7 | tee "$OUT/footprint.txt"
+  # The image's static binary (what a sidecar runs) when `scripts/image --build-only` made it.
+  local bin=target/image/x86_64-unknown-linux-gnu/release/purge-service
+  [[ -x "$bin" ]] || bin=$BIN
+  bin=${FOOTPRINT_BIN:-$bin}
+  echo "binary: $bin" | tee "$OUT/footprint.txt"
+  "$SOAK" footprint --bin "$bin" --runs 7 | tee -a "$OUT/footprint.txt"
 }
 
 case "${1:-all}" in
