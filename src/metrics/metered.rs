@@ -206,22 +206,35 @@ pub struct MeteredStore {
 }
 
 impl MeteredStore {
-    /// Counts `rec` as finished, with its time from create, if the change just finished it.
-    fn count_finished(&self, before: &StatesBefore, rec: &PurgeRecord) {
+    /// If the change just finished `rec`: records its time from create and answers its
+    /// finished counter's labels (state, kind), for the caller to count.
+    fn finished(
+        &self,
+        before: &StatesBefore,
+        rec: &PurgeRecord,
+    ) -> Option<(&'static str, &'static str)> {
         if !before.finished_now(rec) {
-            return;
+            return None;
         }
-        let i = self.metrics.i();
-        let attrs = [
-            KeyValue::new("state", state_label(rec.state)),
-            KeyValue::new("kind", rec.spec.kind.as_str()),
-        ];
-        i.purges_finished.add(1, &attrs);
+        let labels = (state_label(rec.state), rec.spec.kind.as_str());
         if let Some(created) = created_ms(&rec.id) {
             let seconds = now_ms().saturating_sub(created) as f64 / 1000.0;
-            i.purge_duration.record(seconds, &attrs);
+            self.metrics
+                .i()
+                .purge_duration
+                .record(seconds, &attrs(labels));
         }
+        Some(labels)
     }
+
+    /// Counts `n` purges finished with `labels`.
+    fn count_finished(&self, labels: (&'static str, &'static str), n: u64) {
+        self.metrics.i().purges_finished.add(n, &attrs(labels));
+    }
+}
+
+fn attrs((state, kind): (&'static str, &'static str)) -> [KeyValue; 2] {
+    [KeyValue::new("state", state), KeyValue::new("kind", kind)]
 }
 
 #[async_trait]
@@ -287,8 +300,10 @@ impl Store for MeteredStore {
         let start = Instant::now();
         let r = self.inner.update(id, &watched).await;
         backend(&self.metrics, "store.update", start, &r);
-        if let Ok(Some(rec)) = &r {
-            self.count_finished(&before, rec);
+        if let Ok(Some(rec)) = &r
+            && let Some(labels) = self.finished(&before, rec)
+        {
+            self.count_finished(labels, 1);
         }
         r
     }
@@ -304,8 +319,15 @@ impl Store for MeteredStore {
         let results = self.inner.update_many(ids, &watched).await;
         let ok = results.iter().all(Result::is_ok);
         backend_outcome(&self.metrics, "store.update_many", start, ok);
+        // One count per state and kind for the whole call.
+        let mut finished: BTreeMap<(&'static str, &'static str), u64> = BTreeMap::new();
         for rec in results.iter().flatten().flatten() {
-            self.count_finished(&before, rec);
+            if let Some(labels) = self.finished(&before, rec) {
+                *finished.entry(labels).or_default() += 1;
+            }
+        }
+        for (labels, n) in finished {
+            self.count_finished(labels, n);
         }
         results
     }

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use opentelemetry::KeyValue;
-use opentelemetry::metrics::{Counter, Gauge, Histogram, Meter, MeterProvider as _, UpDownCounter};
+use opentelemetry::metrics::{Counter, Gauge, Histogram, Meter, MeterProvider as _};
 use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::metrics::SdkMeterProvider;
 use opentelemetry_sdk::metrics::periodic_reader_with_async_runtime::PeriodicReader;
@@ -66,9 +66,7 @@ type TargetCount = Box<dyn Fn() -> usize + Send + Sync>;
 
 pub(crate) struct Instruments {
     pub rpc_duration: Histogram<f64>,
-    pub rpc_active: UpDownCounter<i64>,
     pub watch_duration: Histogram<f64>,
-    pub watch_open: UpDownCounter<i64>,
     pub purges_created: Counter<u64>,
     pub purges_finished: Counter<u64>,
     pub purge_duration: Histogram<f64>,
@@ -179,6 +177,29 @@ impl Metrics {
             .with_description("When the served TLS certificate expires, in seconds since the epoch")
             .with_unit("s")
             .with_callback(move |o| o.observe(read(), &[]))
+            .build();
+    }
+
+    /// Exports the calls in progress (`rpc.server.active_calls`) and the open streams
+    /// (`rpc.server.open_streams`), each read by its callback at every collection: a callback
+    /// gets a function to report one count with its attributes.
+    pub(crate) fn observe_calls(
+        &self,
+        active: impl Fn(&dyn Fn(i64, &[KeyValue])) + Send + Sync + 'static,
+        open: impl Fn(&dyn Fn(i64, &[KeyValue])) + Send + Sync + 'static,
+    ) {
+        let meter = self.0.provider.meter("purge-service");
+        meter
+            .i64_observable_up_down_counter("rpc.server.active_calls")
+            .with_description("gRPC calls in progress")
+            .with_unit("{call}")
+            .with_callback(move |o| active(&|n, attrs| o.observe(n, attrs)))
+            .build();
+        meter
+            .i64_observable_up_down_counter("rpc.server.open_streams")
+            .with_description("Open streaming calls (WatchPurge)")
+            .with_unit("{stream}")
+            .with_callback(move |o| open(&|n, attrs| o.observe(n, attrs)))
             .build();
     }
 
@@ -355,21 +376,11 @@ impl Instruments {
                 "Duration of unary gRPC calls (streams are in rpc.server.stream.duration)",
                 CALL_SECONDS,
             ),
-            rpc_active: m
-                .i64_up_down_counter("rpc.server.active_calls")
-                .with_description("gRPC calls in progress")
-                .with_unit("{call}")
-                .build(),
             watch_duration: seconds(
                 "rpc.server.stream.duration",
                 "How long streaming calls (WatchPurge) stayed open",
                 PURGE_SECONDS,
             ),
-            watch_open: m
-                .i64_up_down_counter("rpc.server.open_streams")
-                .with_description("Open streaming calls (WatchPurge)")
-                .with_unit("{stream}")
-                .build(),
             purges_created: m
                 .u64_counter("purge.created")
                 .with_description("Purges accepted")

@@ -7,24 +7,57 @@
 use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
 use http_body::{Body, Frame, SizeHint};
-use opentelemetry::KeyValue;
+use opentelemetry::{KeyValue, StringValue, Value};
 use prost::Message as _;
 
 use super::Metrics;
 
+/// One method's label and the count of its calls in progress. Counted with an atomic and read
+/// at collection (observable counters), so a call costs no SDK recording for it.
+pub struct MethodStats {
+    name: StringValue,
+    streams: bool,
+    active: AtomicI64,
+}
+
+impl MethodStats {
+    fn new(name: &str, streams: bool) -> Arc<MethodStats> {
+        Arc::new(MethodStats {
+            name: StringValue::from(Arc::<str>::from(name)),
+            streams,
+            active: AtomicI64::new(0),
+        })
+    }
+
+    fn attrs(&self) -> [KeyValue; 2] {
+        [
+            KeyValue::new("rpc.system.name", "grpc"),
+            KeyValue::new("rpc.method", Value::String(self.name.clone())),
+        ]
+    }
+}
+
 /// The methods served, by path, and whether each streams; other paths are `_OTHER`, so a
 /// client cannot make up label values.
 #[derive(Clone)]
-pub struct Methods(Arc<HashMap<String, bool>>);
+pub struct Methods {
+    by_path: Arc<HashMap<String, Arc<MethodStats>>>,
+    other: Arc<MethodStats>,
+}
 
 impl Methods {
     /// Every method of the given encoded descriptor sets, plus server reflection.
     pub fn from_descriptor_sets(sets: &[&[u8]]) -> Methods {
         let mut methods = HashMap::new();
+        let mut add = |path: String, streams: bool| {
+            let stats = MethodStats::new(&path[1..], streams);
+            methods.insert(path, stats);
+        };
         for set in sets {
             let Ok(set) = prost_types::FileDescriptorSet::decode(*set) else {
                 continue;
@@ -35,19 +68,25 @@ impl Methods {
                     let service_name = service.name.unwrap_or_default();
                     for m in service.method {
                         let streams = m.server_streaming() || m.client_streaming();
-                        let path = format!("/{package}.{service_name}/{}", m.name());
-                        methods.insert(path, streams);
+                        add(format!("/{package}.{service_name}/{}", m.name()), streams);
                     }
                 }
             }
         }
         for v in ["v1", "v1alpha"] {
-            methods.insert(
+            add(
                 format!("/grpc.reflection.{v}.ServerReflection/ServerReflectionInfo"),
                 true,
             );
         }
-        Methods(Arc::new(methods))
+        Methods {
+            by_path: Arc::new(methods),
+            other: MethodStats::new("_OTHER", false),
+        }
+    }
+
+    fn all(&self) -> impl Iterator<Item = &Arc<MethodStats>> {
+        self.by_path.values().chain(std::iter::once(&self.other))
     }
 }
 
@@ -60,6 +99,19 @@ pub struct RpcMetricsLayer {
 
 impl RpcMetricsLayer {
     pub fn new(metrics: Metrics, methods: Methods) -> RpcMetricsLayer {
+        let (active, open) = (methods.clone(), methods.clone());
+        metrics.observe_calls(
+            move |observe| {
+                for m in active.all() {
+                    observe(m.active.load(Ordering::Relaxed), &m.attrs());
+                }
+            },
+            move |observe| {
+                for m in open.all().filter(|m| m.streams) {
+                    observe(m.active.load(Ordering::Relaxed), &m.attrs());
+                }
+            },
+        );
         RpcMetricsLayer { metrics, methods }
     }
 }
@@ -97,11 +149,9 @@ where
 
     fn call(&mut self, req: http::Request<ReqBody>) -> Self::Future {
         let path = req.uri().path();
-        let (method, streams) = match self.layer.methods.0.get_key_value(path) {
-            Some((p, s)) => (p[1..].to_owned(), *s),
-            None => ("_OTHER".to_owned(), false),
-        };
-        let mut call = Call::start(self.layer.metrics.clone(), method, streams);
+        let methods = &self.layer.methods;
+        let method = methods.by_path.get(path).unwrap_or(&methods.other).clone();
+        let mut call = Call::start(self.layer.metrics.clone(), method);
         let fut = self.inner.call(req);
         Box::pin(async move {
             match fut.await {
@@ -125,34 +175,22 @@ where
 /// One call being measured; recorded when dropped, as CANCELLED unless a status was seen.
 struct Call {
     metrics: Metrics,
-    method: String,
-    streams: bool,
+    method: Arc<MethodStats>,
     start: Instant,
     code: Option<&'static str>,
 }
 
 impl Call {
-    fn start(metrics: Metrics, method: String, streams: bool) -> Call {
-        let i = metrics.i();
-        let attrs = [
-            KeyValue::new("rpc.system.name", "grpc"),
-            KeyValue::new("rpc.method", method.clone()),
-        ];
-        i.rpc_active.add(1, &attrs);
-        if streams {
-            i.watch_open.add(1, &attrs);
-        }
+    fn start(metrics: Metrics, method: Arc<MethodStats>) -> Call {
+        method.active.fetch_add(1, Ordering::Relaxed);
         Call {
             metrics,
             method,
-            streams,
             start: Instant::now(),
             code: None,
         }
     }
-}
 
-impl Call {
     /// Ends the call with `code` (dropping it records it).
     fn end(mut self, code: &'static str) {
         self.code = Some(code);
@@ -161,21 +199,16 @@ impl Call {
 
 impl Drop for Call {
     fn drop(&mut self) {
-        let i = self.metrics.i();
-        let mut attrs = vec![
-            KeyValue::new("rpc.system.name", "grpc"),
-            KeyValue::new("rpc.method", std::mem::take(&mut self.method)),
+        self.method.active.fetch_sub(1, Ordering::Relaxed);
+        let [system, method] = self.method.attrs();
+        let attrs = [
+            system,
+            method,
+            KeyValue::new("rpc.response.status_code", self.code.unwrap_or("CANCELLED")),
         ];
-        i.rpc_active.add(-1, &attrs);
-        if self.streams {
-            i.watch_open.add(-1, &attrs);
-        }
-        attrs.push(KeyValue::new(
-            "rpc.response.status_code",
-            self.code.unwrap_or("CANCELLED"),
-        ));
         let seconds = self.start.elapsed().as_secs_f64();
-        if self.streams {
+        let i = self.metrics.i();
+        if self.method.streams {
             i.watch_duration.record(seconds, &attrs);
         } else {
             i.rpc_duration.record(seconds, &attrs);
