@@ -130,14 +130,17 @@ impl PurgeRecord {
 
     /// Which of `targets` at `provider` a dispatcher may send now: those claimed for sending.
     pub fn sendable<'a>(&self, provider: &str, targets: &[&'a str]) -> Vec<&'a str> {
+        // One pass over the units, not one per target: a purge can carry thousands.
+        let sending: std::collections::HashSet<&str> = self
+            .units
+            .iter()
+            .filter(|u| u.provider == provider && u.status == UnitStatus::Sending)
+            .map(|u| u.target.as_str())
+            .collect();
         targets
             .iter()
             .copied()
-            .filter(|t| {
-                self.units.iter().any(|u| {
-                    u.provider == provider && u.target == *t && u.status == UnitStatus::Sending
-                })
-            })
+            .filter(|t| sending.contains(t))
             .collect()
     }
 
