@@ -14,21 +14,11 @@ M=${M:-32}
 OUT=bench/out
 mkdir -p "$OUT"
 
-if ! command -v h2load >/dev/null; then
-  apt-get install -y nghttp2-client || { apt-get update && apt-get install -y nghttp2-client; }
-fi
+# shellcheck source=bench/lib.sh
+source bench/lib.sh
+ensure_h2load
 [[ -n "${NOBUILD:-}" ]] || cargo build --release --bin purge-service --bin bare-grpc
-
-# One gRPC frame (0x00, 4-byte big-endian length, protobuf) of a CreatePurgeRequest:
-# provider "sandbox" (field 1), kind URL (field 2 = 1), two fixed URLs (field 3).
-hex8() { printf '\\x%02x' "$1"; }
-field() { printf "$(hex8 "$1")$(hex8 "${#2}")%s" "$2"; }
-msg="$(field 10 sandbox)$(printf '\x10\x01')$(field 26 https://www.example.com/a.js)$(field 26 https://www.example.com/b.js)"
-len=${#msg}
-{ printf '\x00\x00\x00'; printf "$(hex8 $((len >> 8)))$(hex8 $((len & 255)))"; printf '%s' "$msg"; } > "$OUT/body.bin"
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; return 1; }
+write_create_body "$OUT/body.bin"
 
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; }

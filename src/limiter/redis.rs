@@ -299,6 +299,18 @@ fn rule_state(limit: &Limit, read: &[u64]) -> RuleState {
     }
 }
 
+impl RedisLimiter {
+    /// A charge as the ACQUIRE and UNSPEND scripts take it: its key, then its rule and cost.
+    fn charge_args(&self, call: &mut ::redis::ScriptInvocation<'_>, c: &Charge) {
+        let (kind, a, b) = rule_args(&c.limit);
+        call.key(self.shared.keys.limit(&c.key))
+            .arg(kind)
+            .arg(a)
+            .arg(b)
+            .arg(c.cost);
+    }
+}
+
 #[async_trait]
 impl Limiter for RedisLimiter {
     async fn acquire_stamped(&self, charges: &[Charge]) -> Result<Stamped, BackendError> {
@@ -311,12 +323,7 @@ impl Limiter for RedisLimiter {
         let mut call = ACQUIRE.prepare_invoke();
         let mut groups: Vec<&str> = Vec::new();
         for c in charges {
-            let (kind, a, b) = rule_args(&c.limit);
-            call.key(self.shared.keys.limit(&c.key))
-                .arg(kind)
-                .arg(a)
-                .arg(b)
-                .arg(c.cost);
+            self.charge_args(&mut call, c);
             let group = budget_group(&c.key);
             if !groups.contains(&group) {
                 groups.push(group);
@@ -325,10 +332,8 @@ impl Limiter for RedisLimiter {
         for group in groups {
             call.key(self.pause_key(group));
         }
-        let (granted, wait, exhausted, at_ms): (i64, u64, i64, u64) = self
-            .shared
-            .with(|mut conn| async move { call.invoke_async(&mut conn).await })
-            .await?;
+        let (granted, wait, exhausted, at_ms): (i64, u64, i64, u64) =
+            self.shared.invoke(call).await?;
         let wait = std::time::Duration::from_millis(wait);
         let decision = match (granted, exhausted) {
             (1, _) => Decision::Granted,
@@ -345,17 +350,9 @@ impl Limiter for RedisLimiter {
         let mut call = UNSPEND.prepare_invoke();
         call.arg(at_ms);
         for c in charges {
-            let (kind, a, b) = rule_args(&c.limit);
-            call.key(self.shared.keys.limit(&c.key))
-                .arg(kind)
-                .arg(a)
-                .arg(b)
-                .arg(c.cost);
+            self.charge_args(&mut call, c);
         }
-        let back: i64 = self
-            .shared
-            .with(|mut conn| async move { call.invoke_async(&mut conn).await })
-            .await?;
+        let back: i64 = self.shared.invoke(call).await?;
         Ok(back > 0)
     }
 
@@ -376,10 +373,7 @@ impl Limiter for RedisLimiter {
         if !any {
             return Ok(());
         }
-        let _: i64 = self
-            .shared
-            .with(|mut conn| async move { call.invoke_async(&mut conn).await })
-            .await?;
+        let _: i64 = self.shared.invoke(call).await?;
         Ok(())
     }
 
@@ -387,10 +381,7 @@ impl Limiter for RedisLimiter {
         let mut call = PAUSE.prepare_invoke();
         call.key(self.pause_key(group))
             .arg(wait.as_millis().max(1) as u64);
-        let _: i64 = self
-            .shared
-            .with(|mut conn| async move { call.invoke_async(&mut conn).await })
-            .await?;
+        let _: i64 = self.shared.invoke(call).await?;
         Ok(())
     }
 
@@ -407,10 +398,7 @@ impl Limiter for RedisLimiter {
             .arg(lane)
             .arg(cap.max(1) as u64)
             .arg(LEARNED_CAP_TTL.as_millis() as u64);
-        let lowered: i64 = self
-            .shared
-            .with(|mut conn| async move { call.invoke_async(&mut conn).await })
-            .await?;
+        let lowered: i64 = self.shared.invoke(call).await?;
         Ok(lowered == 1)
     }
 
@@ -426,10 +414,7 @@ impl Limiter for RedisLimiter {
             call.key(self.shared.keys.limit(&c.key))
                 .arg(rule_args(&c.limit).0);
         }
-        let (now_ms, read): (u64, Vec<Vec<u64>>) = self
-            .shared
-            .with(|mut conn| async move { call.invoke_async(&mut conn).await })
-            .await?;
+        let (now_ms, read): (u64, Vec<Vec<u64>>) = self.shared.invoke(call).await?;
         let states = charges
             .iter()
             .zip(read)

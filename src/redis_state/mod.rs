@@ -363,6 +363,15 @@ impl Shared {
         }
     }
 
+    /// Runs a prepared script call on a connection within the configured timeout.
+    pub async fn invoke<T: ::redis::FromRedisValue>(
+        &self,
+        call: ::redis::ScriptInvocation<'_>,
+    ) -> Result<T, BackendError> {
+        self.with(|mut c| async move { call.invoke_async(&mut c).await })
+            .await
+    }
+
     /// Runs `f` on a connection within the configured timeout.
     pub async fn with<T, F, Fut>(&self, f: F) -> Result<T, BackendError>
     where

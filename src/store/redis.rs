@@ -160,10 +160,7 @@ impl Store for RedisStore {
             .arg(format!("{shard} {}", providers.join(" ")))
             .arg(index_cutoff(self.index_span()))
             .arg(ms(self.index_span()));
-        let (outcome, detail): (String, Vec<u8>) = self
-            .shared
-            .with(|mut c| async move { call.invoke_async(&mut c).await })
-            .await?;
+        let (outcome, detail): (String, Vec<u8>) = self.shared.invoke(call).await?;
         match outcome.as_str() {
             "created" => Ok(CreateOutcome::Created(record)),
             "existing" => Ok(CreateOutcome::Existing(decode(&detail)?)),
@@ -246,10 +243,7 @@ impl Store for RedisStore {
                 .arg(ms(self.record_ttl))
                 .arg(self.shared.keys.events_channel())
                 .arg(id);
-            let written: i64 = self
-                .shared
-                .with(|mut c| async move { call.invoke_async(&mut c).await })
-                .await?;
+            let written: i64 = self.shared.invoke(call).await?;
             match written {
                 1 => return Ok(Some(record)),
                 -1 => return Ok(None),

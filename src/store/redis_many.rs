@@ -108,9 +108,7 @@ pub(super) async fn get_many(shared: &Shared, ids: &[&str]) -> Vec<Read> {
             for &i in &positions {
                 call.key(shared.keys.record(ids[i]));
             }
-            let found: Result<Vec<Option<Vec<u8>>>, BackendError> = shared
-                .with(|mut c| async move { call.invoke_async(&mut c).await })
-                .await;
+            let found: Result<Vec<Option<Vec<u8>>>, BackendError> = shared.invoke(call).await;
             (positions, found)
         });
     for (positions, found) in futures::future::join_all(reads).await {
@@ -225,9 +223,7 @@ async fn swap_many(shared: &Shared, ttl_ms: u64, ids: &[&str], change: Change<'_
                 .arg(ids[i]);
         }
         async move {
-            let written: Result<Vec<i64>, BackendError> = shared
-                .with(|mut c| async move { call.invoke_async(&mut c).await })
-                .await;
+            let written: Result<Vec<i64>, BackendError> = shared.invoke(call).await;
             (group, written)
         }
     });

@@ -4,18 +4,14 @@ use std::collections::BTreeMap;
 
 use super::*;
 use crate::limiter::memory::MemoryLimiter;
-use crate::providers::Provider;
 use crate::providers::sandbox::Sandbox;
+use crate::providers::{Capabilities, Provider};
 
-/// A provider without submit rates but with 2 ALL calls an hour (Fastly's shape).
-fn budget(limiter: &MemoryLimiter) -> Budget {
+/// A budget on `limiter` for a sandbox provider with the capabilities `shape` makes.
+fn budget_with(limiter: &MemoryLimiter, shape: impl FnOnce(&mut Capabilities)) -> Budget {
     let sandbox = Sandbox::new(Default::default()).unwrap();
     let mut caps = sandbox.capabilities();
-    caps.submit_rates.clear();
-    caps.kind_submit_rates = BTreeMap::from([(
-        PurgeKind::All,
-        vec![Rate::new(2, Duration::from_secs(3_600))],
-    )]);
+    shape(&mut caps);
     let handle = ProviderHandle::new("s".into(), Arc::new(sandbox), caps);
     Budget::new(
         handle,
@@ -24,6 +20,17 @@ fn budget(limiter: &MemoryLimiter) -> Budget {
         CancellationToken::new(),
         &Metrics::disabled(),
     )
+}
+
+/// A provider without submit rates but with 2 ALL calls an hour (Fastly's shape).
+fn budget(limiter: &MemoryLimiter) -> Budget {
+    budget_with(limiter, |caps| {
+        caps.submit_rates.clear();
+        caps.kind_submit_rates = BTreeMap::from([(
+            PurgeKind::All,
+            vec![Rate::new(2, Duration::from_secs(3_600))],
+        )]);
+    })
 }
 
 #[tokio::test]
@@ -57,18 +64,10 @@ async fn a_pause_holds_a_provider_without_submit_rates() {
 
 /// A provider allowing one URL call per 10 s (a window rule).
 fn one_call_per_10s(limiter: &MemoryLimiter) -> Budget {
-    let sandbox = Sandbox::new(Default::default()).unwrap();
-    let mut caps = sandbox.capabilities();
-    caps.submit_rates = vec![Rate::new(1, Duration::from_secs(10))];
-    caps.kind_submit_rates.clear();
-    let handle = ProviderHandle::new("s".into(), Arc::new(sandbox), caps);
-    Budget::new(
-        handle,
-        Arc::new(limiter.clone()),
-        0.0,
-        CancellationToken::new(),
-        &Metrics::disabled(),
-    )
+    budget_with(limiter, |caps| {
+        caps.submit_rates = vec![Rate::new(1, Duration::from_secs(10))];
+        caps.kind_submit_rates.clear();
+    })
 }
 
 #[tokio::test]
