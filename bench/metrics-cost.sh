@@ -3,13 +3,21 @@
 # runs of the same release binary on the memory backend: calls/s and the server's CPU time per
 # call (user + system, from /proc/PID/stat), which the machine's other load disturbs less.
 #
+# With RATE set, h2load holds the offered load at RATE calls/s (16 connections, RATE/16 each)
+# below what either setting can serve: both then do the same work at the same pace (the same
+# batching, the same backlog), so CPU per call compares the recordings alone.
+#
 #   bench/metrics-cost.sh              # 6 rounds of 100k calls each way, 16 connections x 32 streams
 #   ROUNDS=4 N=50000 bench/metrics-cost.sh
+#   RATE=16000 N=160000 ROUNDS=8 bench/metrics-cost.sh   # fixed offered load
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 N=${N:-100000}
 ROUNDS=${ROUNDS:-6}
+RATE=${RATE:-}
+pace=()
+[[ -z "$RATE" ]] || pace=(--rps $((RATE / 16)))
 OUT=bench/out
 mkdir -p "$OUT"
 # shellcheck source=bench/lib.sh
@@ -29,7 +37,7 @@ run() {
     target/release/purge-service >"$OUT/metrics-$1.server.log" 2>&1 & pid=$!
   wait_port "$port"
   t0=$(ticks "$pid")
-  h2load -n "$N" -c 16 -m 32 -t 1 -d "$OUT/body.bin" -H 'content-type: application/grpc' \
+  h2load -n "$N" -c 16 -m 32 -t 1 "${pace[@]}" -d "$OUT/body.bin" -H 'content-type: application/grpc' \
     -H 'te: trailers' "http://127.0.0.1:$port/purge.v1.PurgeService/CreatePurge" > "$OUT/metrics-$1.h2load.txt"
   t1=$(ticks "$pid")
   kill "$pid"; wait "$pid" 2>/dev/null || true
@@ -49,4 +57,9 @@ done | tee "$OUT/metrics-cost.md"
 awk '{a+=$1; b+=$2; c+=$3; d+=$4; n++} END {
   printf "means: off %.0f calls/s, on %.0f calls/s (%+.1f%%); CPU per call off %.1f us, on %.1f us (%+.1f%%)\n",
     a/n, b/n, (b-a)/a*100, c/n, d/n, (d-c)/c*100 }' "$OUT/metrics-cost.rows"
+# Medians, which one disturbed round moves less than the means.
+median() { sort -n | awk '{v[NR]=$1} END {print (NR%2 ? v[(NR+1)/2] : (v[NR/2]+v[NR/2+1])/2)}'; }
+m_off=$(cut -d' ' -f3 "$OUT/metrics-cost.rows" | median)
+m_on=$(cut -d' ' -f4 "$OUT/metrics-cost.rows" | median)
+awk -v a="$m_off" -v b="$m_on" 'BEGIN { printf "medians: CPU per call off %.1f us, on %.1f us (%+.1f%%)\n", a, b, (b-a)/a*100 }'
 rm -f "$OUT/metrics-cost.rows"

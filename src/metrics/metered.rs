@@ -10,10 +10,10 @@ use chrono::{DateTime, Utc};
 use opentelemetry::KeyValue;
 use tokio::sync::broadcast;
 
-use super::{Metrics, outcome};
+use super::{Metrics, outcome, state_label};
 use crate::backend::BackendError;
 use crate::limiter::{Charge, Decision, Limiter, Snapshot, Stamped, budget_group};
-use crate::model::{Action, PurgeKind, PurgeRecord, PurgeState, WorkItem};
+use crate::model::{Action, PurgeKind, PurgeRecord, WorkItem};
 use crate::providers::{
     Batch, CallBudget, Capabilities, ItemBudget, KindQuota, Provider, ProviderError, Refused,
     Submission, TaskProgress, TaskQuery,
@@ -159,16 +159,7 @@ fn backend<T>(m: &Metrics, operation: &'static str, start: Instant, r: &Result<T
 }
 
 fn backend_outcome(m: &Metrics, operation: &'static str, start: Instant, ok: bool) {
-    let outcome = if ok { "success" } else { "error" };
-    let i = m.i();
-    let op = KeyValue::new("operation", operation);
-    i.backend_duration.record(
-        start.elapsed().as_secs_f64(),
-        &[op.clone(), KeyValue::new("outcome", outcome)],
-    );
-    if !ok {
-        i.backend_errors.add(1, &[op]);
-    }
+    m.backend_call(operation, start.elapsed().as_secs_f64(), ok);
 }
 
 /// The purges already finished before the last application of a change (a backend may apply
@@ -220,9 +211,7 @@ impl MeteredStore {
         if let Some(created) = created_ms(&rec.id) {
             let seconds = now_ms().saturating_sub(created) as f64 / 1000.0;
             self.metrics
-                .i()
-                .purge_duration
-                .record(seconds, &attrs(labels));
+                .purge_finished_after(rec.state, rec.spec.kind, seconds);
         }
         Some(labels)
     }
@@ -249,14 +238,8 @@ impl Store for MeteredStore {
         let r = self.inner.create(record, idempotency, work).await;
         backend(&self.metrics, "store.create", start, &r);
         if let Ok(CreateOutcome::Created(rec)) = &r {
-            self.metrics.i().purges_created.add(
-                1,
-                &[
-                    KeyValue::new("kind", rec.spec.kind.as_str()),
-                    KeyValue::new("action", rec.spec.action.as_str()),
-                    KeyValue::new("caller", rec.caller.clone()),
-                ],
-            );
+            self.metrics
+                .purge_created(rec.spec.kind, rec.spec.action, &rec.caller);
         }
         r
     }
@@ -355,16 +338,6 @@ impl Store for MeteredStore {
         let r = self.inner.ping().await;
         backend(&self.metrics, "store.ping", start, &r);
         r
-    }
-}
-
-fn state_label(s: PurgeState) -> &'static str {
-    match s {
-        PurgeState::Queued => "queued",
-        PurgeState::Running => "running",
-        PurgeState::Succeeded => "succeeded",
-        PurgeState::Failed => "failed",
-        PurgeState::Cancelled => "cancelled",
     }
 }
 

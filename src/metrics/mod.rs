@@ -3,6 +3,7 @@
 //! is the one cheap handle every recording site holds; labels are bounded (provider, kind,
 //! action, state, outcome, operation, caller name), never an id, URL, tag or token.
 
+pub(crate) mod bound;
 pub mod budget;
 pub mod metered;
 pub mod rpc;
@@ -11,13 +12,18 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use opentelemetry::KeyValue;
-use opentelemetry::metrics::{Counter, Gauge, Histogram, Meter, MeterProvider as _};
+use opentelemetry::metrics::{
+    BoundCounter, BoundHistogram, Counter, Gauge, Histogram, Meter, MeterProvider as _,
+};
 use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::metrics::SdkMeterProvider;
 use opentelemetry_sdk::metrics::periodic_reader_with_async_runtime::PeriodicReader;
 
+use self::bound::BoundSet;
 use crate::config::Config;
+use crate::model::{Action, PurgeKind, PurgeState};
 use crate::providers::ProviderError;
 
 /// Why metrics could not be set up.
@@ -60,7 +66,32 @@ struct Inner {
     /// Whether any reader collects (else reads made only for metrics are skipped).
     recording: bool,
     i: Instruments,
+    bound: Bound,
 }
+
+/// What is recorded once per purge or per call, bound to its attribute sets (`bound`).
+struct Bound {
+    /// `purge.backend.call.duration` of a successful call, by `BOUND_BACKEND_OPS` index.
+    backend_ok: BoundSet<BoundHistogram<f64>>,
+    /// `purge.duration`, by state x kind.
+    purge_duration: BoundSet<BoundHistogram<f64>>,
+    /// `purge.created`, by caller, then kind x action. Callers are configured, so few.
+    created: ArcSwap<HashMap<String, Arc<BoundSet<BoundCounter<u64>>>>>,
+}
+
+/// The state-backend operations made once per purge or per provider call; others record
+/// unbound.
+const BOUND_BACKEND_OPS: [&str; 6] = [
+    "store.create",
+    "store.get",
+    "store.get_many",
+    "store.update_many",
+    "queue.ack",
+    "limiter.acquire",
+];
+const KINDS: usize = PurgeKind::EVERY.len();
+const ACTIONS: usize = 2;
+const STATES: usize = 5;
 
 type TargetCount = Box<dyn Fn() -> usize + Send + Sync>;
 
@@ -153,6 +184,11 @@ impl Metrics {
         budget::observe_remaining(&meter, budgets.clone());
         Metrics(Arc::new(Inner {
             i: Instruments::new(&meter),
+            bound: Bound {
+                backend_ok: BoundSet::new(BOUND_BACKEND_OPS.len()),
+                purge_duration: BoundSet::new(STATES * KINDS),
+                created: ArcSwap::default(),
+            },
             provider,
             registry,
             held,
@@ -243,6 +279,75 @@ impl Metrics {
         self.0.i.provider_duration.record(seconds, &attrs);
     }
 
+    /// A state-backend call of `operation` took `seconds`; failures are counted too.
+    pub(crate) fn backend_call(&self, operation: &'static str, seconds: f64, ok: bool) {
+        let i = &self.0.i;
+        let op = KeyValue::new("operation", operation);
+        if !ok {
+            i.backend_duration
+                .record(seconds, &[op.clone(), KeyValue::new("outcome", "error")]);
+            i.backend_errors.add(1, &[op]);
+            return;
+        }
+        match BOUND_BACKEND_OPS.iter().position(|o| *o == operation) {
+            Some(index) => {
+                let bound = self.0.bound.backend_ok.get(index, || {
+                    i.backend_duration
+                        .bind(&[op, KeyValue::new("outcome", "success")])
+                });
+                bound.record(seconds);
+            }
+            None => i
+                .backend_duration
+                .record(seconds, &[op, KeyValue::new("outcome", "success")]),
+        }
+    }
+
+    /// A purge was accepted.
+    pub(crate) fn purge_created(&self, kind: PurgeKind, action: Action, caller: &str) {
+        let callers = self.0.bound.created.load();
+        let by_kind = match callers.get(caller) {
+            Some(set) => set.clone(),
+            None => {
+                drop(callers);
+                let fresh = Arc::new(BoundSet::new(KINDS * ACTIONS));
+                let mut added = None;
+                self.0.bound.created.rcu(|callers| {
+                    let mut callers = HashMap::clone(callers);
+                    let set = callers
+                        .entry(caller.to_owned())
+                        .or_insert_with(|| fresh.clone());
+                    added = Some(set.clone());
+                    callers
+                });
+                added.unwrap_or(fresh)
+            }
+        };
+        let bound = by_kind.get(kind as usize * ACTIONS + action as usize, || {
+            self.0.i.purges_created.bind(&[
+                KeyValue::new("kind", kind.as_str()),
+                KeyValue::new("action", action.as_str()),
+                KeyValue::new("caller", caller.to_owned()),
+            ])
+        });
+        bound.add(1);
+    }
+
+    /// A purge reached terminal `state` `seconds` after it was created.
+    pub(crate) fn purge_finished_after(&self, state: PurgeState, kind: PurgeKind, seconds: f64) {
+        let bound = self
+            .0
+            .bound
+            .purge_duration
+            .get(state as usize * KINDS + kind as usize, || {
+                self.0.i.purge_duration.bind(&[
+                    KeyValue::new("state", state_label(state)),
+                    KeyValue::new("kind", kind.as_str()),
+                ])
+            });
+        bound.record(seconds);
+    }
+
     /// The budget rules `provider`'s dispatcher reads, exported as `purge.budget.remaining`.
     pub(crate) fn known_budgets(&self, provider: &str) -> budget::KnownBudgets {
         self.0
@@ -299,19 +404,38 @@ impl Metrics {
         }
     }
 
+    /// Deliveries `provider`'s dispatcher now holds, for the waiting gauges (kept only while
+    /// a reader collects them).
     pub(crate) fn hold(&self, provider: &str, deliveries: impl Iterator<Item = (String, u64)>) {
+        if !self.0.recording {
+            return;
+        }
         let mut held = self.0.held.lock().expect("held lock");
         let map = held.entry(provider.to_owned()).or_default();
         map.extend(deliveries);
     }
 
     pub(crate) fn release(&self, provider: &str, ids: &[String]) {
+        if !self.0.recording {
+            return;
+        }
         let mut held = self.0.held.lock().expect("held lock");
         if let Some(map) = held.get_mut(provider) {
             for id in ids {
                 map.remove(id);
             }
         }
+    }
+}
+
+/// The label of a purge state.
+pub(crate) fn state_label(s: PurgeState) -> &'static str {
+    match s {
+        PurgeState::Queued => "queued",
+        PurgeState::Running => "running",
+        PurgeState::Succeeded => "succeeded",
+        PurgeState::Failed => "failed",
+        PurgeState::Cancelled => "cancelled",
     }
 }
 

@@ -12,10 +12,15 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use http_body::{Body, Frame, SizeHint};
+use opentelemetry::metrics::BoundHistogram;
 use opentelemetry::{KeyValue, StringValue, Value};
 use prost::Message as _;
 
 use super::Metrics;
+use super::bound::BoundSet;
+
+/// gRPC status codes: 0 (OK) to 16 (UNAUTHENTICATED).
+const CODES: usize = 17;
 
 /// One method's label and the count of its calls in progress. Counted with an atomic and read
 /// at collection (observable counters), so a call costs no SDK recording for it.
@@ -23,6 +28,8 @@ pub struct MethodStats {
     name: StringValue,
     streams: bool,
     active: AtomicI64,
+    /// The duration histogram bound to this method and each status code (by its number).
+    durations: BoundSet<BoundHistogram<f64>>,
 }
 
 impl MethodStats {
@@ -31,6 +38,7 @@ impl MethodStats {
             name: StringValue::from(Arc::<str>::from(name)),
             streams,
             active: AtomicI64::new(0),
+            durations: BoundSet::new(CODES),
         })
     }
 
@@ -157,14 +165,14 @@ where
             match fut.await {
                 Ok(res) => {
                     // A trailers-only response (an error before any message) has it here.
-                    call.code = res.headers().get("grpc-status").map(code_name);
+                    call.code = res.headers().get("grpc-status").map(code_of);
                     Ok(res.map(|body| MeteredBody {
                         inner: body,
                         call: Some(call),
                     }))
                 }
                 Err(e) => {
-                    call.end("UNKNOWN");
+                    call.end(tonic::Code::Unknown);
                     Err(e)
                 }
             }
@@ -177,7 +185,7 @@ struct Call {
     metrics: Metrics,
     method: Arc<MethodStats>,
     start: Instant,
-    code: Option<&'static str>,
+    code: Option<tonic::Code>,
 }
 
 impl Call {
@@ -192,7 +200,7 @@ impl Call {
     }
 
     /// Ends the call with `code` (dropping it records it).
-    fn end(mut self, code: &'static str) {
+    fn end(mut self, code: tonic::Code) {
         self.code = Some(code);
     }
 }
@@ -200,19 +208,23 @@ impl Call {
 impl Drop for Call {
     fn drop(&mut self) {
         self.method.active.fetch_sub(1, Ordering::Relaxed);
-        let [system, method] = self.method.attrs();
-        let attrs = [
-            system,
-            method,
-            KeyValue::new("rpc.response.status_code", self.code.unwrap_or("CANCELLED")),
-        ];
+        let code = self.code.unwrap_or(tonic::Code::Cancelled);
         let seconds = self.start.elapsed().as_secs_f64();
         let i = self.metrics.i();
-        if self.method.streams {
-            i.watch_duration.record(seconds, &attrs);
+        let histogram = if self.method.streams {
+            &i.watch_duration
         } else {
-            i.rpc_duration.record(seconds, &attrs);
-        }
+            &i.rpc_duration
+        };
+        let bound = self.method.durations.get(code as usize, || {
+            let [system, method] = self.method.attrs();
+            histogram.bind(&[
+                system,
+                method,
+                KeyValue::new("rpc.response.status_code", code_label(code)),
+            ])
+        });
+        bound.record(seconds);
     }
 }
 
@@ -240,7 +252,7 @@ impl<B: Body> Body for MeteredBody<B> {
                 if let Some(code) = frame
                     .trailers_ref()
                     .and_then(|t| t.get("grpc-status"))
-                    .map(code_name)
+                    .map(code_of)
                     && let Some(call) = this.call.as_mut()
                 {
                     call.code = Some(code);
@@ -249,7 +261,7 @@ impl<B: Body> Body for MeteredBody<B> {
             Poll::Ready(None) => {
                 // The end: a call whose status came nowhere ended without one.
                 if let Some(mut call) = this.call.take() {
-                    call.code.get_or_insert("UNKNOWN");
+                    call.code.get_or_insert(tonic::Code::Unknown);
                 }
             }
             Poll::Ready(Some(Err(_))) | Poll::Pending => {}
@@ -266,13 +278,17 @@ impl<B: Body> Body for MeteredBody<B> {
     }
 }
 
-fn code_name(v: &http::HeaderValue) -> &'static str {
+fn code_of(v: &http::HeaderValue) -> tonic::Code {
     let n = v
         .to_str()
         .ok()
         .and_then(|s| s.parse::<i32>().ok())
         .unwrap_or(2);
-    match tonic::Code::from_i32(n) {
+    tonic::Code::from_i32(n)
+}
+
+fn code_label(code: tonic::Code) -> &'static str {
+    match code {
         tonic::Code::Ok => "OK",
         tonic::Code::Cancelled => "CANCELLED",
         tonic::Code::Unknown => "UNKNOWN",
