@@ -10,6 +10,7 @@
 #   bench/metrics-cost.sh              # 6 rounds of 100k calls each way, 16 connections x 32 streams
 #   ROUNDS=4 N=50000 bench/metrics-cost.sh
 #   RATE=16000 N=160000 ROUNDS=8 bench/metrics-cost.sh   # fixed offered load
+#   PERF=1 ROUNDS=0 bench/metrics-cost.sh                 # only the share of samples in recording
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -54,12 +55,38 @@ for r in $(seq "$ROUNDS"); do
   echo "| $r | $off_rps | $on_rps | $off_cpu | $on_cpu |"
   echo "$off_rps $on_rps $off_cpu $on_cpu" >> "$OUT/metrics-cost.rows"
 done | tee "$OUT/metrics-cost.md"
-awk '{a+=$1; b+=$2; c+=$3; d+=$4; n++} END {
-  printf "means: off %.0f calls/s, on %.0f calls/s (%+.1f%%); CPU per call off %.1f us, on %.1f us (%+.1f%%)\n",
-    a/n, b/n, (b-a)/a*100, c/n, d/n, (d-c)/c*100 }' "$OUT/metrics-cost.rows"
-# Medians, which one disturbed round moves less than the means.
-median() { sort -n | awk '{v[NR]=$1} END {print (NR%2 ? v[(NR+1)/2] : (v[NR/2]+v[NR/2+1])/2)}'; }
-m_off=$(cut -d' ' -f3 "$OUT/metrics-cost.rows" | median)
-m_on=$(cut -d' ' -f4 "$OUT/metrics-cost.rows" | median)
-awk -v a="$m_off" -v b="$m_on" 'BEGIN { printf "medians: CPU per call off %.1f us, on %.1f us (%+.1f%%)\n", a, b, (b-a)/a*100 }'
-rm -f "$OUT/metrics-cost.rows"
+if [[ -s "$OUT/metrics-cost.rows" ]]; then
+  awk '{a+=$1; b+=$2; c+=$3; d+=$4; n++} END {
+    printf "means: off %.0f calls/s, on %.0f calls/s (%+.1f%%); CPU per call off %.1f us, on %.1f us (%+.1f%%)\n",
+      a/n, b/n, (b-a)/a*100, c/n, d/n, (d-c)/c*100 }' "$OUT/metrics-cost.rows"
+  # Medians, which one disturbed round moves less than the means.
+  median() { sort -n | awk '{v[NR]=$1} END {print (NR%2 ? v[(NR+1)/2] : (v[NR/2]+v[NR/2+1])/2)}'; }
+  m_off=$(cut -d' ' -f3 "$OUT/metrics-cost.rows" | median)
+  m_on=$(cut -d' ' -f4 "$OUT/metrics-cost.rows" | median)
+  awk -v a="$m_off" -v b="$m_on" 'BEGIN { printf "medians: CPU per call off %.1f us, on %.1f us (%+.1f%%)\n", a, b, (b-a)/a*100 }'
+  rm -f "$OUT/metrics-cost.rows"
+fi
+
+# PERF=1: where the metrics' own time shows, from inside: `perf record --call-graph dwarf` of a
+# server with metrics on under the same load, and the share of its samples whose stack passes
+# through a recording (the OpenTelemetry SDK, the RPC layer's call record, the store's timing
+# and the per-purge counters).
+if [[ -n "${PERF:-}" ]]; then
+  command -v perf >/dev/null || apt-get install -y linux-perf
+  port=$(free_port)
+  env -u PURGE_CONFIG PURGE_SERVER__LISTEN="127.0.0.1:$port" PURGE_ADMIN__LISTEN="127.0.0.1:$(free_port)" \
+    target/release/purge-service >"$OUT/metrics-perf.server.log" 2>&1 & pid=$!
+  wait_port "$port"
+  load() {
+    h2load -n "$1" -c 16 -m 32 -t 1 "${pace[@]}" -d "$OUT/body.bin" -H 'content-type: application/grpc' \
+      -H 'te: trailers' "http://127.0.0.1:$port/purge.v1.PurgeService/CreatePurge" >/dev/null
+  }
+  load 50000   # warm-up
+  perf record -F 499 --call-graph dwarf,32768 -p "$pid" -o "$OUT/metrics.perf.data" -- sleep 3 \
+    >/dev/null 2>&1 & perf_pid=$!
+  load "$N"
+  wait "$perf_pid"; kill "$pid"; wait "$pid" 2>/dev/null || true
+  printf 'samples in metric recording (metrics on): '
+  perf script -i "$OUT/metrics.perf.data" 2>/dev/null | python3 bench/perf-share.py \
+    'opentelemetry|purge_service::metrics::(rpc::Call|metered::backend|Metrics::|bound)|MeteredStore::finished'
+fi

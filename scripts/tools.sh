@@ -80,6 +80,13 @@ ensure_buildah() {
   fi
 }
 
+# valgrind, for the image's start-up layout (scripts/startup-order).
+ensure_valgrind() {
+  if ! command -v valgrind >/dev/null; then
+    apt_install valgrind
+  fi
+}
+
 # grpcio, for the Python mTLS client test (tests/it/grpcio_client.py).
 ensure_grpcio() {
   if ! python3 -c 'import grpc' 2>/dev/null; then
@@ -94,4 +101,5 @@ ensure_test_tools() {
   ensure_helm
   ensure_kubernetes_validate
   ensure_buildah
+  ensure_valgrind
 }
