@@ -18,7 +18,10 @@ N=${N:-100000}
 ROUNDS=${ROUNDS:-6}
 RATE=${RATE:-}
 pace=()
-[[ -z "$RATE" ]] || pace=(--rps $((RATE / 16)))
+if [[ -n "$RATE" ]]; then
+  (( RATE >= 16 && RATE % 16 == 0 )) || { echo "RATE must be a multiple of 16 (16 connections)" >&2; exit 2; }
+  pace=(--rps $((RATE / 16)))
+fi
 OUT=bench/out
 mkdir -p "$OUT"
 # shellcheck source=bench/lib.sh
@@ -72,10 +75,11 @@ fi
 # through a recording (the OpenTelemetry SDK, the RPC layer's call record, the store's timing
 # and the per-purge counters).
 if [[ -n "${PERF:-}" ]]; then
-  command -v perf >/dev/null || apt-get install -y linux-perf
+  command -v perf >/dev/null || { apt-get update -qq && apt-get install -y -qq linux-perf; }
   port=$(free_port)
   env -u PURGE_CONFIG PURGE_SERVER__LISTEN="127.0.0.1:$port" PURGE_ADMIN__LISTEN="127.0.0.1:$(free_port)" \
     target/release/purge-service >"$OUT/metrics-perf.server.log" 2>&1 & pid=$!
+  trap 'kill "$pid" 2>/dev/null || true' EXIT
   wait_port "$port"
   load() {
     h2load -n "$1" -c 16 -m 32 -t 1 "${pace[@]}" -d "$OUT/body.bin" -H 'content-type: application/grpc' \
@@ -85,7 +89,8 @@ if [[ -n "${PERF:-}" ]]; then
   perf record -F 499 --call-graph dwarf,32768 -p "$pid" -o "$OUT/metrics.perf.data" -- sleep 3 \
     >/dev/null 2>&1 & perf_pid=$!
   load "$N"
-  wait "$perf_pid"; kill "$pid"; wait "$pid" 2>/dev/null || true
+  wait "$perf_pid" || { echo "perf record failed (kernel.perf_event_paranoid?)" >&2; exit 1; }
+  kill "$pid"; wait "$pid" 2>/dev/null || true
   printf 'samples in metric recording (metrics on): '
   perf script -i "$OUT/metrics.perf.data" 2>/dev/null | python3 bench/perf-share.py \
     'opentelemetry|purge_service::metrics::(rpc::Call|metered::backend|Metrics::|bound)|MeteredStore::finished'

@@ -26,10 +26,8 @@ python3 -c 'import matplotlib' 2>/dev/null || python3 -m pip install --quiet mat
 BIN=target/release/purge-service
 SOAK=target/release/purge-soak
 
-wait_port() { # port
-  for _ in $(seq 1 500); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.02; done
-  echo "nothing listens on $1" >&2; return 1
-}
+# shellcheck source=bench/lib.sh
+source bench/lib.sh   # free_port, wait_port
 
 serve() { # config-file log-file -> sets SERVER_PID
   "$BIN" --config "$1" >"$2" 2>&1 &
@@ -122,7 +120,12 @@ run_footprint() {
   # whole; a container starts from one read from disk. Its cached pages are dropped first.
   sync "$bin"
   dd if="$bin" iflag=nocache count=0 status=none of=/dev/null
+  echo "metrics off (no admin listener):" | tee -a "$OUT/footprint.txt"
   "$SOAK" footprint --bin "$bin" --runs 7 | tee -a "$OUT/footprint.txt"
+  # As the chart runs it: the admin listener (/metrics, /healthz, /readyz) on.
+  echo "admin listener on, as the chart sets it:" | tee -a "$OUT/footprint.txt"
+  "$SOAK" footprint --bin "$bin" --runs 7 --env "PURGE_ADMIN__LISTEN=127.0.0.1:$(free_port)" \
+    | tee -a "$OUT/footprint.txt"
 }
 
 case "${1:-all}" in

@@ -75,7 +75,7 @@ struct Bound {
     backend_ok: BoundSet<BoundHistogram<f64>>,
     /// `purge.duration`, by state x kind.
     purge_duration: BoundSet<BoundHistogram<f64>>,
-    /// `purge.created`, by caller, then kind x action. Callers are configured, so few.
+    /// `purge.created`, by caller, then action x kind. Callers are configured, so few.
     created: ArcSwap<HashMap<String, Arc<BoundSet<BoundCounter<u64>>>>>,
 }
 
@@ -323,7 +323,7 @@ impl Metrics {
                 added.unwrap_or(fresh)
             }
         };
-        let bound = by_kind.get(kind as usize * ACTIONS + action as usize, || {
+        let bound = by_kind.get(action as usize * KINDS + kind as usize, || {
             self.0.i.purges_created.bind(&[
                 KeyValue::new("kind", kind.as_str()),
                 KeyValue::new("action", action.as_str()),
