@@ -32,6 +32,12 @@ write_create_body "$OUT/body.bin"
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 hz=$(getconf CLK_TCK)
 
+# load PORT N: N CreatePurge calls from h2load (paced when RATE is set); h2load's report on stdout.
+load() {
+  h2load -n "$2" -c 16 -m 32 -t 1 "${pace[@]}" -d "$OUT/body.bin" -H 'content-type: application/grpc' \
+    -H 'te: trailers' "http://127.0.0.1:$1/purge.v1.PurgeService/CreatePurge"
+}
+
 # run off|on: prints "calls/s cpu_us_per_call"
 run() {
   local port admin=() pid t0 t1 rps
@@ -41,8 +47,7 @@ run() {
     target/release/purge-service >"$OUT/metrics-$1.server.log" 2>&1 & pid=$!
   wait_port "$port"
   t0=$(ticks "$pid")
-  h2load -n "$N" -c 16 -m 32 -t 1 "${pace[@]}" -d "$OUT/body.bin" -H 'content-type: application/grpc' \
-    -H 'te: trailers' "http://127.0.0.1:$port/purge.v1.PurgeService/CreatePurge" > "$OUT/metrics-$1.h2load.txt"
+  load "$port" "$N" > "$OUT/metrics-$1.h2load.txt"
   t1=$(ticks "$pid")
   kill "$pid"; wait "$pid" 2>/dev/null || true
   rps=$(awk '/^finished in/ {print $4}' "$OUT/metrics-$1.h2load.txt")
@@ -81,14 +86,10 @@ if [[ -n "${PERF:-}" ]]; then
     target/release/purge-service >"$OUT/metrics-perf.server.log" 2>&1 & pid=$!
   trap 'kill "$pid" 2>/dev/null || true' EXIT
   wait_port "$port"
-  load() {
-    h2load -n "$1" -c 16 -m 32 -t 1 "${pace[@]}" -d "$OUT/body.bin" -H 'content-type: application/grpc' \
-      -H 'te: trailers' "http://127.0.0.1:$port/purge.v1.PurgeService/CreatePurge" >/dev/null
-  }
-  load 50000   # warm-up
+  load "$port" 50000 >/dev/null   # warm-up
   perf record -F 499 --call-graph dwarf,32768 -p "$pid" -o "$OUT/metrics.perf.data" -- sleep 3 \
     >/dev/null 2>&1 & perf_pid=$!
-  load "$N"
+  load "$port" "$N" >/dev/null
   wait "$perf_pid" || { echo "perf record failed (kernel.perf_event_paranoid?)" >&2; exit 1; }
   kill "$pid"; wait "$pid" 2>/dev/null || true
   printf 'samples in metric recording (metrics on): '
