@@ -50,6 +50,15 @@ impl Telemetry {
     }
 }
 
+/// Whether the installed subscriber exports spans over OTLP.
+static EXPORTING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether spans are exported: the OpenTelemetry attributes of a span and the caller's
+/// trace context are worth their cost only then.
+pub fn exporting() -> bool {
+    EXPORTING.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// Installs the global subscriber (a second call, as in tests, keeps the first). Call from
 /// within the Tokio runtime: the OTLP exporter runs on it.
 pub fn init(config: &TelemetryConfig) -> Result<Telemetry, TelemetryError> {
@@ -73,11 +82,15 @@ pub fn init(config: &TelemetryConfig) -> Result<Telemetry, TelemetryError> {
     let otel = traces.as_ref().map(|provider| {
         tracing_opentelemetry::layer().with_tracer(provider.tracer("purge-service"))
     });
-    let _ = tracing_subscriber::registry()
+    let installed = tracing_subscriber::registry()
         .with(otel)
         .with(fmt)
         .with(filter)
-        .try_init();
+        .try_init()
+        .is_ok();
+    if installed && traces.is_some() {
+        EXPORTING.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
     Ok(Telemetry { traces })
 }
 

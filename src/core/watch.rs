@@ -34,13 +34,19 @@ impl WatchHub {
         self.senders.lock().expect("hub lock").len()
     }
 
-    fn wake(&self, id: &str) {
+    /// Wakes the watchers of `ids`, separated by spaces.
+    fn wake(&self, ids: &str) {
         let mut senders = self.senders.lock().expect("hub lock");
-        if let Some(tx) = senders.get(id) {
-            if tx.receiver_count() == 0 {
-                senders.remove(id);
-            } else {
-                tx.send_modify(|n| *n += 1);
+        if senders.is_empty() {
+            return;
+        }
+        for id in ids.split(' ') {
+            if let Some(tx) = senders.get(id) {
+                if tx.receiver_count() == 0 {
+                    senders.remove(id);
+                } else {
+                    tx.send_modify(|n| *n += 1);
+                }
             }
         }
     }
@@ -62,7 +68,7 @@ impl WatchHub {
                 e = events.recv() => e,
             };
             match event {
-                Ok(id) => self.wake(&id),
+                Ok(ids) => self.wake(&ids),
                 Err(broadcast::error::RecvError::Lagged(_)) => self.wake_all(),
                 Err(broadcast::error::RecvError::Closed) => return,
             }

@@ -98,7 +98,7 @@ impl Flusher {
             let records = self.records.clone();
             let provider = self.provider.name.clone();
             sending.spawn(async move {
-                let purges: Vec<String> = taken.by_purge().into_keys().map(str::to_owned).collect();
+                let purges = taken.purges();
                 let sent = std::panic::AssertUnwindSafe(submitter.submit(key, taken, granted_at));
                 if futures::FutureExt::catch_unwind(sent).await.is_err() {
                     // A bug, not a provider error. Let go of the purges without acknowledging

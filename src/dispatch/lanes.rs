@@ -85,6 +85,12 @@ impl Taken {
         out
     }
 
+    /// The purges credited with some target of this batch, each once.
+    pub fn purges(&self) -> Vec<String> {
+        let distinct: HashSet<&String> = self.credits.values().flatten().collect();
+        distinct.into_iter().cloned().collect()
+    }
+
     /// Targets not sent again because another purge in this batch asked for them too.
     pub fn saved(&self) -> usize {
         let credited: usize = self.credits.values().map(Vec::len).sum();
@@ -243,6 +249,9 @@ mod tests {
         assert_eq!(taken.targets, ["https://a/1", "https://a/2"]);
         assert_eq!(taken.credits["https://a/1"], ["p1", "p2"]);
         assert_eq!(taken.by_purge()["p2"].len(), 2);
+        let mut purges = taken.purges();
+        purges.sort();
+        assert_eq!(purges, ["p1", "p2"]);
         assert!(lanes.is_empty());
     }
 

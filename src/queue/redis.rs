@@ -36,14 +36,20 @@ return 0
     )
 });
 
-/// KEYS: stream. ARGV: group, ids. Acknowledges and deletes, so streams stay small.
+/// KEYS: streams. ARGV: group, then per stream the count of its ids and the ids.
+/// Acknowledges and deletes, so streams stay small.
 static ACK: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
-local ids = {}
-for i = 2, #ARGV do ids[#ids + 1] = ARGV[i] end
-redis.call('XACK', KEYS[1], ARGV[1], unpack(ids))
-redis.call('XDEL', KEYS[1], unpack(ids))
+local a = 2
+for k = 1, #KEYS do
+  local n = tonumber(ARGV[a])
+  local ids = {}
+  for i = 1, n do ids[i] = ARGV[a + i] end
+  redis.call('XACK', KEYS[k], ARGV[1], unpack(ids))
+  redis.call('XDEL', KEYS[k], unpack(ids))
+  a = a + n + 1
+end
 return 0
 ",
     )
@@ -408,11 +414,22 @@ impl Queue for RedisQueue {
 
     async fn ack(&self, provider: &str, ids: &[String]) -> Result<(), BackendError> {
         let conn = self.shared.conn().await?;
-        let calls = by_shard(ids).into_iter().map(|(shard, entries)| {
+        // One call per shard on a cluster (a call's keys must share a slot); one call for
+        // every shard on one node.
+        let shards: Vec<(u8, Vec<String>)> = by_shard(ids).into_iter().collect();
+        let groups: Vec<&[(u8, Vec<String>)]> = if self.shared.is_cluster() {
+            shards.chunks(1).collect()
+        } else {
+            vec![&shards[..]]
+        };
+        let calls = groups.into_iter().filter(|g| !g.is_empty()).map(|group| {
             let mut call = ACK.prepare_invoke();
-            call.key(self.shared.keys.stream(shard, provider))
-                .arg(GROUP)
-                .arg(entries);
+            call.arg(GROUP);
+            for (shard, entries) in group {
+                call.key(self.shared.keys.stream(*shard, provider))
+                    .arg(entries.len())
+                    .arg(entries);
+            }
             let mut c = conn.clone();
             async move { call.invoke_async::<i64>(&mut c).await }
         });

@@ -74,12 +74,19 @@ struct ClusterSource {
 #[derive(Clone, Debug)]
 pub struct Keys {
     prefix: String,
+    /// What each shard's record keys start with: a record key is made for every read and
+    /// write of a purge, about a dozen times over its life.
+    record_prefixes: Vec<String>,
 }
 
 impl Keys {
     pub fn new(prefix: &str) -> Keys {
+        let record_prefixes = (0..SHARDS)
+            .map(|shard| format!("{{{prefix}:{shard:02}}}:purge:"))
+            .collect();
         Keys {
             prefix: prefix.to_owned(),
+            record_prefixes,
         }
     }
 
@@ -89,11 +96,15 @@ impl Keys {
 
     /// What a record key starts with; the create script appends an id of the same shard.
     pub fn record_prefix(&self, shard: u8) -> String {
-        format!("{}:purge:", self.tag(shard))
+        self.record_prefixes[usize::from(shard)].clone()
     }
 
     pub fn record(&self, id: &str) -> String {
-        format!("{}{id}", self.record_prefix(shard_of_id(id)))
+        let prefix = &self.record_prefixes[usize::from(shard_of_id(id))];
+        let mut key = String::with_capacity(prefix.len() + id.len());
+        key.push_str(prefix);
+        key.push_str(id);
+        key
     }
 
     /// The listing index of `caller`'s purges (`None`: every caller's) in `shard`: a sorted
@@ -338,6 +349,12 @@ impl Shared {
         }))
     }
 
+    /// Whether keys of different shards may live on different nodes: a script call then
+    /// touches one shard's keys only.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self.source, Source::Cluster(_))
+    }
+
     /// A handle on the shared multiplexed connection.
     pub async fn conn(&self) -> Result<Conn, BackendError> {
         match &self.source {
@@ -447,9 +464,10 @@ async fn subscribe(
                     };
                     let channel = msg.get_channel_name();
                     if channel == events_channel {
-                        // One id, or several separated by spaces (a batch of updates).
-                        for id in payload.split(' ').filter(|id| !id.is_empty()) {
-                            let _ = events.send(id.to_owned());
+                        // One id, or several separated by spaces (a batch of updates), as
+                        // the store's wake-ups carry them.
+                        if !payload.is_empty() {
+                            let _ = events.send(payload);
                         }
                     } else if channel == work_channel {
                         work.on_message(&payload);

@@ -330,9 +330,10 @@ impl MemoryStore {
         self.inner.state.lock().expect("store lock").stats()
     }
 
-    fn notify(&self, id: &str) {
+    /// Wakes the watchers of `ids` (separated by spaces).
+    fn notify(&self, ids: String) {
         // No receiver is fine: nobody watches.
-        let _ = self.inner.events.send(id.to_owned());
+        let _ = self.inner.events.send(ids);
     }
 }
 
@@ -429,8 +430,8 @@ impl Store for MemoryStore {
                 after.push(updated.map(|u| u.map(|(r, _)| r)));
             }
         }
-        for id in changed {
-            self.notify(id);
+        if !changed.is_empty() {
+            self.notify(changed.join(" "));
         }
         after
     }

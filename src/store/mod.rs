@@ -7,6 +7,7 @@ mod memory_slot;
 pub mod redis;
 mod redis_list;
 mod redis_many;
+mod redis_recent;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -127,8 +128,9 @@ pub trait Store: Send + Sync + 'static {
     /// signing page tokens.
     async fn shared_secret(&self) -> Result<Vec<u8>, BackendError>;
 
-    /// Wake-ups carrying the id of a purge that changed. A wake-up may be lost or lag: watchers
-    /// re-read the record, so nothing is lost with it.
+    /// Wake-ups carrying the ids of purges that changed, separated by spaces (one batch of
+    /// updates is one wake-up). A wake-up may be lost or lag: watchers re-read the record, so
+    /// nothing is lost with it.
     fn events(&self) -> broadcast::Receiver<String>;
 
     /// Whether the backend answers, for health.

@@ -69,18 +69,25 @@ return 1
 });
 
 use super::redis_many::MAX_CONFLICTS;
+use super::redis_recent::{RECENT_RECORDS, Recent};
 
 #[derive(Clone)]
 pub struct RedisStore {
     pub(super) shared: Arc<Shared>,
     record_ttl: Duration,
+    /// Where the batch updates start from (`redis_recent`).
+    recent: Arc<Recent>,
 }
 
 /// The Redis store, queue and limiter of one replica, over one connection.
 impl RedisStore {
     /// A store on `shared` that keeps finished purges `record_ttl` after their last change.
     pub fn new(shared: Arc<Shared>, record_ttl: Duration) -> RedisStore {
-        RedisStore { shared, record_ttl }
+        RedisStore {
+            shared,
+            record_ttl,
+            recent: Arc::new(Recent::new(RECENT_RECORDS)),
+        }
     }
 }
 
@@ -256,7 +263,12 @@ impl Store for RedisStore {
     }
 
     async fn get_many(&self, ids: &[&str]) -> Vec<Result<Option<Arc<PurgeRecord>>, BackendError>> {
-        super::redis_many::get_many(&self.shared, ids).await
+        let read = super::redis_many::get_many(&self.shared, ids).await;
+        // What the dispatcher reads it changes next: kept as the start of that change.
+        for record in read.iter().flatten().flatten() {
+            self.recent.keep(record.clone());
+        }
+        read
     }
 
     async fn update_many(
@@ -264,7 +276,8 @@ impl Store for RedisStore {
         ids: &[&str],
         change: Change<'_>,
     ) -> Vec<Result<Option<Arc<PurgeRecord>>, BackendError>> {
-        super::redis_many::update_many(&self.shared, ms(self.record_ttl), ids, change).await
+        super::redis_many::update_many(&self.shared, &self.recent, ms(self.record_ttl), ids, change)
+            .await
     }
 
     async fn list(&self, query: ListQuery<'_>) -> Result<ListPage, BackendError> {

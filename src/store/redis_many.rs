@@ -6,6 +6,7 @@ use std::sync::{Arc, LazyLock};
 
 use ::redis::Script;
 
+use super::redis_recent::Recent;
 use super::{Change, codec};
 use crate::backend::BackendError;
 use crate::model::PurgeRecord;
@@ -60,12 +61,15 @@ return out
 const MANY_CHUNK: usize = 256;
 const MANY_BYTES: usize = 1 << 20;
 
-/// Positions of `ids` grouped by shard (one script call each), at most `MANY_CHUNK` a group
-/// and, where `size` tells each one's bytes, at most `MANY_BYTES` (or one record).
-fn by_shard(ids: &[&str], size: impl Fn(usize) -> usize) -> Vec<Vec<usize>> {
+/// Positions of `ids` grouped for one script call each: by shard on a cluster (a call's keys
+/// must share a slot), all together on one node, where a call per shard would only multiply
+/// the calls (16 for a provider call of 50 purges). At most `MANY_CHUNK` a group and, where
+/// `size` tells each one's bytes, at most `MANY_BYTES` (or one record).
+fn by_shard(ids: &[&str], cluster: bool, size: impl Fn(usize) -> usize) -> Vec<Vec<usize>> {
     let mut shards: BTreeMap<u8, Vec<usize>> = BTreeMap::new();
     for (i, id) in ids.iter().enumerate() {
-        shards.entry(shard_of_id(id)).or_default().push(i);
+        let shard = if cluster { shard_of_id(id) } else { 0 };
+        shards.entry(shard).or_default().push(i);
     }
     let mut groups = Vec::new();
     for positions in shards.into_values() {
@@ -101,7 +105,7 @@ type Read = Result<Option<Arc<PurgeRecord>>, BackendError>;
 /// record that cannot be read, fails only its own ids.
 pub(super) async fn get_many(shared: &Shared, ids: &[&str]) -> Vec<Read> {
     let mut out: Vec<Read> = ids.iter().map(|_| Ok(None)).collect();
-    let reads = by_shard(ids, |_| 0)
+    let reads = by_shard(ids, shared.is_cluster(), |_| 0)
         .into_iter()
         .map(|positions| async move {
             let mut call = GET_MANY.prepare_invoke();
@@ -136,6 +140,7 @@ pub(super) async fn get_many(shared: &Shared, ids: &[&str]) -> Vec<Read> {
 /// each, until every record is written, found gone or failed (or changed too often by others).
 pub(super) async fn update_many(
     shared: &Shared,
+    recent: &Recent,
     ttl_ms: u64,
     ids: &[&str],
     change: Change<'_>,
@@ -148,7 +153,7 @@ pub(super) async fn update_many(
         }
         let batch: Vec<&str> = pending.iter().map(|&i| ids[i]).collect();
         let mut conflicts = Vec::new();
-        let results = swap_many(shared, ttl_ms, &batch, change).await;
+        let results = swap_many(shared, recent, ttl_ms, &batch, change).await;
         for (&i, r) in pending.iter().zip(results) {
             match r {
                 Swapped::Done(record) => out[i] = Some(Ok(record)),
@@ -177,22 +182,49 @@ pub(super) async fn update_many(
         .collect()
 }
 
-/// One round of `update_many`: reads every record, applies the change, and writes back those
-/// it changed if nobody else did meanwhile, one script call per shard.
-async fn swap_many(shared: &Shared, ttl_ms: u64, ids: &[&str], change: Change<'_>) -> Vec<Swapped> {
+/// One round of `update_many`: applies the change to every record, and writes back those it
+/// changed if nobody else did meanwhile, one script call per shard. A record kept from this
+/// replica's last batch read or write (`recent`) is not read again; one the change leaves alone
+/// is, as the kept copy may be behind.
+async fn swap_many(
+    shared: &Shared,
+    recent: &Recent,
+    ttl_ms: u64,
+    ids: &[&str],
+    change: Change<'_>,
+) -> Vec<Swapped> {
     let now = chrono::Utc::now();
     let mut out: Vec<Option<Swapped>> = (0..ids.len()).map(|_| None).collect();
     // Position -> (version read, record after the change, its stored form).
     let mut changed: Vec<Option<(u64, PurgeRecord, Vec<u8>)>> =
         (0..ids.len()).map(|_| None).collect();
-    for (i, read) in get_many(shared, ids).await.into_iter().enumerate() {
+    let mut to_read = Vec::new();
+    for (i, id) in ids.iter().enumerate() {
+        match recent.get(id) {
+            Some(kept) => {
+                let mut record = Arc::unwrap_or_clone(kept);
+                let expected = record.version;
+                if record.apply(change, now) {
+                    let stored = codec::encode(&record, true);
+                    changed[i] = Some((expected, record, stored));
+                } else {
+                    to_read.push(i);
+                }
+            }
+            None => to_read.push(i),
+        }
+    }
+    let read_ids: Vec<&str> = to_read.iter().map(|&i| ids[i]).collect();
+    for (&i, read) in to_read.iter().zip(get_many(shared, &read_ids).await) {
         let record = match read {
             Ok(Some(record)) => record,
             Ok(None) => {
+                recent.forget(ids[i]);
                 out[i] = Some(Swapped::Done(None));
                 continue;
             }
             Err(e) => {
+                recent.forget(ids[i]);
                 out[i] = Some(Swapped::Failed(e));
                 continue;
             }
@@ -203,44 +235,60 @@ async fn swap_many(shared: &Shared, ttl_ms: u64, ids: &[&str], change: Change<'_
             let stored = codec::encode(&record, true);
             changed[i] = Some((expected, record, stored));
         } else {
-            out[i] = Some(Swapped::Done(Some(Arc::new(record))));
+            let record = Arc::new(record);
+            recent.keep(record.clone());
+            out[i] = Some(Swapped::Done(Some(record)));
         }
     }
     let positions: Vec<usize> = (0..ids.len()).filter(|&i| changed[i].is_some()).collect();
     let to_write: Vec<&str> = positions.iter().map(|&i| ids[i]).collect();
     let size = |j: usize| changed[positions[j]].as_ref().map_or(0, |c| c.2.len());
     let channel = shared.keys.events_channel();
-    let writes = by_shard(&to_write, size).into_iter().map(|group| {
-        let mut call = SWAP_MANY.prepare_invoke();
-        call.arg(ttl_ms).arg(&channel);
-        for &j in &group {
-            let i = positions[j];
-            let (expected, record, stored) = changed[i].as_ref().expect("changed");
-            call.key(shared.keys.record(ids[i]))
-                .arg(expected)
-                .arg(record.version)
-                .arg(stored.as_slice())
-                .arg(ids[i]);
-        }
-        async move {
-            let written: Result<Vec<i64>, BackendError> = shared.invoke(call).await;
-            (group, written)
-        }
-    });
+    let writes = by_shard(&to_write, shared.is_cluster(), size)
+        .into_iter()
+        .map(|group| {
+            let mut call = SWAP_MANY.prepare_invoke();
+            call.arg(ttl_ms).arg(&channel);
+            for &j in &group {
+                let i = positions[j];
+                let (expected, record, stored) = changed[i].as_ref().expect("changed");
+                call.key(shared.keys.record(ids[i]))
+                    .arg(expected)
+                    .arg(record.version)
+                    .arg(stored.as_slice())
+                    .arg(ids[i]);
+            }
+            async move {
+                let written: Result<Vec<i64>, BackendError> = shared.invoke(call).await;
+                (group, written)
+            }
+        });
     for (group, written) in futures::future::join_all(writes).await {
         match written {
             Ok(written) => {
                 for (j, w) in group.into_iter().zip(written) {
                     let i = positions[j];
                     out[i] = Some(match w {
-                        1 => Swapped::Done(changed[i].take().map(|(_, r, _)| Arc::new(r))),
-                        -1 => Swapped::Done(None),
-                        _ => Swapped::Conflict,
+                        1 => Swapped::Done(changed[i].take().map(|(_, r, _)| {
+                            let r = Arc::new(r);
+                            recent.keep(r.clone());
+                            r
+                        })),
+                        -1 => {
+                            recent.forget(ids[i]);
+                            Swapped::Done(None)
+                        }
+                        _ => {
+                            // Changed elsewhere: the next round reads it.
+                            recent.forget(ids[i]);
+                            Swapped::Conflict
+                        }
                     });
                 }
             }
             Err(e) => {
                 for j in group {
+                    recent.forget(ids[positions[j]]);
                     out[positions[j]] = Some(Swapped::Failed(e.again()));
                 }
             }

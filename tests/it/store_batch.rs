@@ -100,11 +100,11 @@ async fn batch_calls(store: Arc<dyn Store>, ids: &[String], broken: Option<usize
     let mut woken = HashSet::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while !written.iter().all(|id| woken.contains(*id)) {
-        let id = tokio::time::timeout_at(deadline, events.recv())
+        let ids = tokio::time::timeout_at(deadline, events.recv())
             .await
             .expect("a wake-up for every written purge")
             .expect("events open");
-        woken.insert(id);
+        woken.extend(ids.split(' ').map(str::to_owned));
     }
 }
 
