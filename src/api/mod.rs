@@ -123,7 +123,7 @@ fn rpc_span<T>(rpc: &'static str, request: &Request<T>, purge_id: &str) -> traci
     } else {
         // Only log lines read the span: the method and the purge are all they show. The
         // exported span's attributes and the trace context cost a few percent of a
-        // CreatePurge under load (README, "Where the time goes").
+        // CreatePurge under load (README, "Allocator and fewer Redis calls").
         tracing::info_span!("rpc", rpc, purge_id = tracing::field::Empty)
     };
     if !purge_id.is_empty() {
