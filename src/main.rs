@@ -12,6 +12,7 @@ use purge_service::{App, config::Config, telemetry};
 /// thread; glibc's arena locks and consolidation took about a quarter of its CPU, and
 /// CreatePurge costs about a third less CPU with jemalloc (README, "Allocator and fewer Redis
 /// calls").
+#[cfg(not(target_env = "msvc"))]
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 

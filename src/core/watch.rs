@@ -125,4 +125,19 @@ mod tests {
         drop(b);
         assert_eq!(hub.watched(), 0);
     }
+
+    #[tokio::test]
+    async fn one_wake_up_with_several_ids_wakes_the_watchers_of_each() {
+        let hub = WatchHub::default();
+        let mut p1 = hub.subscribe("p1");
+        let mut p3 = hub.subscribe("p3");
+        let p4 = hub.subscribe("p4");
+        hub.wake("p1 p2 p3");
+        for (id, sub) in [("p1", &mut p1), ("p3", &mut p3)] {
+            tokio::time::timeout(std::time::Duration::from_secs(5), sub.changed())
+                .await
+                .unwrap_or_else(|_| panic!("{id} woken"));
+        }
+        assert!(!p4.rx.has_changed().unwrap(), "p4 was not in the wake-up");
+    }
 }

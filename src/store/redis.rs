@@ -69,7 +69,7 @@ return 1
 });
 
 use super::redis_many::MAX_CONFLICTS;
-use super::redis_recent::{RECENT_RECORDS, Recent};
+use super::redis_recent::{RECENT_RECORDS, RECENT_UNITS, Recent};
 
 #[derive(Clone)]
 pub struct RedisStore {
@@ -86,7 +86,7 @@ impl RedisStore {
         RedisStore {
             shared,
             record_ttl,
-            recent: Arc::new(Recent::new(RECENT_RECORDS)),
+            recent: Arc::new(Recent::new(RECENT_RECORDS, RECENT_UNITS)),
         }
     }
 }
