@@ -182,6 +182,29 @@ pub(super) async fn update_many(
         .collect()
 }
 
+/// A change applied to a copy of a record.
+enum Applied {
+    /// The version it was applied to, the record after it and its stored form.
+    Changed(u64, PurgeRecord, Vec<u8>),
+    /// The change leaves the record as it is.
+    Unchanged(PurgeRecord),
+}
+
+fn applied(
+    record: Arc<PurgeRecord>,
+    change: Change<'_>,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Applied {
+    let mut record = Arc::unwrap_or_clone(record);
+    let expected = record.version;
+    if record.apply(change, now) {
+        let stored = codec::encode(&record, true);
+        Applied::Changed(expected, record, stored)
+    } else {
+        Applied::Unchanged(record)
+    }
+}
+
 /// One round of `update_many`: applies the change to every record, and writes back those it
 /// changed if nobody else did meanwhile, one script call per shard. A record kept from this
 /// replica's last batch read or write (`recent`) is not read again; one the change leaves alone
@@ -200,18 +223,11 @@ async fn swap_many(
         (0..ids.len()).map(|_| None).collect();
     let mut to_read = Vec::new();
     for (i, id) in ids.iter().enumerate() {
-        match recent.get(id) {
-            Some(kept) => {
-                let mut record = Arc::unwrap_or_clone(kept);
-                let expected = record.version;
-                if record.apply(change, now) {
-                    let stored = codec::encode(&record, true);
-                    changed[i] = Some((expected, record, stored));
-                } else {
-                    to_read.push(i);
-                }
+        match recent.get(id).map(|kept| applied(kept, change, now)) {
+            Some(Applied::Changed(expected, record, stored)) => {
+                changed[i] = Some((expected, record, stored));
             }
-            None => to_read.push(i),
+            Some(Applied::Unchanged(_)) | None => to_read.push(i),
         }
     }
     let read_ids: Vec<&str> = to_read.iter().map(|&i| ids[i]).collect();
@@ -229,15 +245,15 @@ async fn swap_many(
                 continue;
             }
         };
-        let mut record = Arc::unwrap_or_clone(record);
-        let expected = record.version;
-        if record.apply(change, now) {
-            let stored = codec::encode(&record, true);
-            changed[i] = Some((expected, record, stored));
-        } else {
-            let record = Arc::new(record);
-            recent.keep(record.clone());
-            out[i] = Some(Swapped::Done(Some(record)));
+        match applied(record, change, now) {
+            Applied::Changed(expected, record, stored) => {
+                changed[i] = Some((expected, record, stored));
+            }
+            Applied::Unchanged(record) => {
+                let record = Arc::new(record);
+                recent.keep(record.clone());
+                out[i] = Some(Swapped::Done(Some(record)));
+            }
         }
     }
     let positions: Vec<usize> = (0..ids.len()).filter(|&i| changed[i].is_some()).collect();
