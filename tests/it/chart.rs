@@ -515,5 +515,9 @@ async fn the_binary_runs_with_what_the_chart_renders() {
 
     service.terminate();
     let status = service.exit(Duration::from_secs(30)).await;
-    assert!(status.success(), "exit status {status:?}");
+    assert!(
+        status.success(),
+        "exit status {status:?}\n{}",
+        service.log()
+    );
 }
