@@ -1,7 +1,7 @@
 //! The provider tasks this replica follows: which purges each polled target is credited to,
 //! and when to ask about each task next (less and less often while it keeps running).
 
-use std::collections::HashMap;
+use foldhash::{HashMap, HashMapExt};
 use std::collections::hash_map::Entry;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};

@@ -2,7 +2,7 @@
 //! keeps held work alive, and turns each purge's open units into lane targets (pending) or
 //! followed tasks (submitted before).
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -170,7 +170,7 @@ impl Intake {
                     targets: vec![unit.target.clone()],
                     submitted_at: t.submit_time,
                 },
-                HashMap::from([(unit.target.clone(), vec![record.id.clone()])]),
+                HashMap::from_iter([(unit.target.clone(), vec![record.id.clone()])]),
             ))
         }));
         self.local.note_adopted(queued);

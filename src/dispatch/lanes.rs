@@ -1,7 +1,8 @@
 //! Lane buffers: targets waiting to be packed into provider calls, one buffer per lane, with
 //! identical targets kept once and credited to every purge that asked for them.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use foldhash::{HashMap, HashMapExt, HashSet};
+use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};

@@ -1,7 +1,7 @@
 //! Polling for one provider: asks about followed tasks when they are due, under the status
 //! budget, and records how each ended (or that it ran out of time).
 
-use std::collections::HashMap;
+use foldhash::{HashMap, HashMapExt};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;

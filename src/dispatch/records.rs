@@ -2,7 +2,7 @@
 //! the purge record (`model`), applied through the store; once the provider is done with a
 //! purge, the queue delivery it was held under is acknowledged.
 
-use std::collections::{HashMap, HashSet};
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 

@@ -2,7 +2,7 @@
 //! splitting on "batch too large", lookup before resending after an ambiguous timeout, and
 //! recording the task on every purge it carries targets for.
 
-use std::collections::{HashMap, HashSet};
+use foldhash::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;

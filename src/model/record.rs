@@ -2,7 +2,7 @@
 //! that says whether it changed anything; stores wrap each in `apply`, which versions it and
 //! derives the purge state from its units.
 
-use std::collections::{HashMap, HashSet};
+use foldhash::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 
@@ -131,7 +131,7 @@ impl PurgeRecord {
     /// Which of `targets` at `provider` a dispatcher may send now: those claimed for sending.
     pub fn sendable<'a>(&self, provider: &str, targets: &[&'a str]) -> Vec<&'a str> {
         // One pass over the units, not one per target: a purge can carry thousands.
-        let sending: std::collections::HashSet<&str> = self
+        let sending: foldhash::HashSet<&str> = self
             .units
             .iter()
             .filter(|u| u.provider == provider && u.status == UnitStatus::Sending)

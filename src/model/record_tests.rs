@@ -2,6 +2,8 @@
 
 use std::collections::BTreeMap;
 
+use foldhash::HashMapExt;
+
 use super::*;
 use crate::model::{Action, PurgeKind, WHOLE_ZONE};
 
@@ -92,7 +94,7 @@ fn submitting_moves_pending_units_of_that_provider_onto_a_running_task() {
 #[test]
 fn targets_refused_at_submit_fail_and_a_task_refusing_all_is_over() {
     let mut r = record(&["a"], &["u1", "u2", "u3"]);
-    let rejected = HashMap::from([("u2", "not ours")]);
+    let rejected = HashMap::from_iter([("u2", "not ours")]);
     assert!(r.submitted(&sub("T1", &rejected), &set(&["u1", "u2"]), at(1)));
     assert_eq!(
         status(&r, "a", "u2"),
@@ -105,7 +107,7 @@ fn targets_refused_at_submit_fail_and_a_task_refusing_all_is_over() {
         r.tasks[0].error.as_deref(),
         Some("1 of 2 targets refused by the provider")
     );
-    let rejected = HashMap::from([("u3", "bad")]);
+    let rejected = HashMap::from_iter([("u3", "bad")]);
     assert!(r.submitted(&sub("T2", &rejected), &set(&["u3"]), at(2)));
     assert_eq!(r.tasks[1].state, TaskState::Failed);
     assert_eq!(r.tasks[1].target_count, 1);
@@ -130,7 +132,7 @@ fn a_finished_task_settles_its_units_and_the_purge() {
         at(2)
     ));
     assert_eq!(r.version, 2);
-    let failed = HashMap::from([("u2".to_owned(), "origin said no".to_owned())]);
+    let failed = HashMap::from_iter([("u2".to_owned(), "origin said no".to_owned())]);
     assert!(r.apply(|r| r.task_finished("a", "T1", &targets, &failed), at(3)));
     assert_eq!(status(&r, "a", "u1"), UnitStatus::Succeeded);
     assert_eq!(
@@ -172,9 +174,9 @@ fn none_failed() -> HashMap<String, String> {
 #[test]
 fn a_task_with_refused_targets_ends_failed_and_keeps_both_reasons() {
     let mut r = record(&["a"], &["u1", "u2", "u3"]);
-    let rejected = HashMap::from([("u3", "bad")]);
+    let rejected = HashMap::from_iter([("u3", "bad")]);
     assert!(r.submitted(&sub("T1", &rejected), &set(&["u1", "u2", "u3"]), at(1)));
-    let failed = HashMap::from([("u1".to_owned(), "timeout".to_owned())]);
+    let failed = HashMap::from_iter([("u1".to_owned(), "timeout".to_owned())]);
     assert!(r.task_finished("a", "T1", &set(&["u1", "u2"]), &failed));
     assert_eq!(r.tasks[0].state, TaskState::Failed);
     assert_eq!(

@@ -2,8 +2,9 @@
 //! (idempotency check, record, enqueue); updates are compare-and-set on the record version
 //! and publish a wake-up; one subscriber connection per replica feeds `events()`.
 
-use std::sync::{Arc, LazyLock};
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::{Duration, Instant};
 
 use ::redis::Script;
 use async_trait::async_trait;
@@ -19,8 +20,9 @@ use crate::redis_state::{Shared, pin_id, shard_of_id, shard_of_scope};
 /// KEYS: record, idempotency key (or the record again), the caller's and everyone's listing
 /// index, provider streams.
 /// ARGV: record json, version, record ttl ms, fingerprint ('' = none), key ttl ms, purge id,
-/// record key prefix of the shard, work channel, work payload, index cutoff (exclusive lex
-/// bound: ids created before it are pruned), index ttl ms.
+/// record key prefix of the shard, work channel, work payload, which indexes to keep up ('1'
+/// or '0' for each of KEYS[3] and KEYS[4]: prune and refresh their ttl), index cutoff
+/// (exclusive lex bound: ids created before it are pruned), index ttl ms.
 static CREATE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
@@ -40,8 +42,10 @@ redis.call('HSET', KEYS[1], 'v', ARGV[2], 'json', ARGV[1])
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 for i = 3, 4 do
   redis.call('ZADD', KEYS[i], 0, ARGV[6])
-  redis.call('ZREMRANGEBYLEX', KEYS[i], '-', ARGV[10])
-  redis.call('PEXPIRE', KEYS[i], ARGV[11])
+  if string.byte(ARGV[10], i - 2) == 49 then
+    redis.call('ZREMRANGEBYLEX', KEYS[i], '-', ARGV[11])
+    redis.call('PEXPIRE', KEYS[i], ARGV[12])
+  end
 end
 for i = 5, #KEYS do
   redis.call('XADD', KEYS[i], '*', 'purge', ARGV[6])
@@ -77,6 +81,8 @@ pub struct RedisStore {
     record_ttl: Duration,
     /// Where the batch updates start from (`redis_recent`).
     recent: Arc<Recent>,
+    /// When this replica last pruned each listing index and refreshed its ttl.
+    upkeep: Arc<Mutex<HashMap<String, Instant>>>,
 }
 
 /// The Redis store, queue and limiter of one replica, over one connection.
@@ -87,6 +93,7 @@ impl RedisStore {
             shared,
             record_ttl,
             recent: Arc::new(Recent::new(RECENT_RECORDS, RECENT_UNITS)),
+            upkeep: Arc::default(),
         }
     }
 }
@@ -95,9 +102,34 @@ impl RedisStore {
 /// purges that ran long (a record expires `record_ttl` after its last change, not its creation).
 const INDEX_SLACK: Duration = Duration::from_secs(24 * 3600);
 
+/// How often one replica prunes a listing index and refreshes its ttl. Every create did both,
+/// which were four of the create script's ten Redis calls; entries older than the span stay
+/// this much longer at most, and an index recreated after an eviction is without a ttl as
+/// long at most.
+const INDEX_UPKEEP: Duration = Duration::from_secs(1);
+
+/// Listing indexes whose upkeep one replica remembers: more (callers x shards) forget them
+/// all, which costs one more upkeep each.
+const UPKEEP_KEYS: usize = 4096;
+
 impl RedisStore {
     fn index_span(&self) -> Duration {
         self.record_ttl + INDEX_SLACK
+    }
+
+    /// Whether `index` is due for upkeep; if so, it is noted as done now.
+    fn upkeep_due(&self, index: &str, now: Instant) -> bool {
+        let mut last = self.upkeep.lock().expect("upkeep lock");
+        if let Some(at) = last.get(index)
+            && now.duration_since(*at) < INDEX_UPKEEP
+        {
+            return false;
+        }
+        if last.len() >= UPKEEP_KEYS {
+            last.clear();
+        }
+        last.insert(index.to_owned(), now);
+        true
     }
 }
 
@@ -151,8 +183,16 @@ impl Store for RedisStore {
             Some(claim) => call.key(keys.idempotency(&claim.scope)),
             None => call.key(&record_key),
         };
-        call.key(keys.list_index(shard, Some(&record.caller)))
-            .key(keys.list_index(shard, None));
+        let indexes = [
+            keys.list_index(shard, Some(&record.caller)),
+            keys.list_index(shard, None),
+        ];
+        let now = Instant::now();
+        let upkeep: String = indexes
+            .iter()
+            .map(|i| if self.upkeep_due(i, now) { '1' } else { '0' })
+            .collect();
+        call.key(&indexes[0]).key(&indexes[1]);
         for p in &providers {
             call.key(keys.stream(shard, p));
         }
@@ -165,6 +205,7 @@ impl Store for RedisStore {
             .arg(keys.record_prefix(shard))
             .arg(keys.work_channel())
             .arg(format!("{shard} {}", providers.join(" ")))
+            .arg(upkeep)
             .arg(index_cutoff(self.index_span()))
             .arg(ms(self.index_span()));
         let (outcome, detail): (String, Vec<u8>) = self.shared.invoke(call).await?;

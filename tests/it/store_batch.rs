@@ -185,3 +185,48 @@ async fn redis_batch_updates_keep_what_another_replica_wrote_meanwhile() {
     let read = labels(b.get_many(&asked).await);
     assert!(read.iter().all(|l| l == "a1,a2,b"), "{read:?}");
 }
+
+/// The listing indexes are kept up by create: a purge id older than the records are kept is
+/// pruned, and an index expires (a day after the records would) when nothing is created.
+#[tokio::test]
+async fn redis_create_prunes_the_listing_indexes_and_keeps_their_ttl() {
+    let server = RedisServer::start();
+    let target = RedisTarget::node(&server);
+    let keys = Keys::new(&target.prefix);
+    // An id made 30 days ago (the records are kept 7), in every shard's two indexes.
+    let month_ago = chrono::Utc::now() - chrono::Duration::days(30);
+    let ts = uuid::Timestamp::from_unix(
+        uuid::NoContext,
+        month_ago.timestamp() as u64,
+        month_ago.timestamp_subsec_nanos(),
+    );
+    let old = uuid::Uuid::new_v7(ts).to_string();
+    let indexes = |shard: u8| {
+        [
+            keys.list_index(shard, Some("tester")),
+            keys.list_index(shard, None),
+        ]
+    };
+    for shard in 0..purge_service::redis_state::SHARDS {
+        for index in indexes(shard) {
+            let _: () = server.query(redis::cmd("ZADD").arg(&index).arg(0).arg(&old));
+        }
+    }
+    let store = redis_store(&target).await;
+    let ids = created(store.as_ref()).await;
+    let shards: HashSet<u8> = ids
+        .iter()
+        .map(|id| purge_service::redis_state::shard_of_id(id))
+        .collect();
+    for shard in shards {
+        for index in indexes(shard) {
+            let members: Vec<String> =
+                server.query(redis::cmd("ZRANGE").arg(&index).arg(0).arg(-1));
+            assert!(!members.contains(&old), "{index} still lists {old}");
+            assert!(!members.is_empty(), "{index} lists the new purges");
+            let ttl: i64 = server.query(redis::cmd("PTTL").arg(&index));
+            let (min, max) = (7 * 24 * 3600 * 1000, 8 * 24 * 3600 * 1000);
+            assert!((min..=max).contains(&ttl), "{index} expires in {ttl} ms");
+        }
+    }
+}
