@@ -117,6 +117,58 @@ impl RedisStore {
         self.record_ttl + INDEX_SLACK
     }
 
+    /// What the create script does for a purge without an idempotency key, as one `MULTI`/`EXEC`
+    /// transaction of plain commands: on one node Redis spends about 8 us on it against 13 us
+    /// for the script (README, "Hashing, ids and index upkeep"). A cluster keeps the script.
+    async fn create_plain(&self, c: Created<'_>) -> Result<(), BackendError> {
+        let keys = &self.shared.keys;
+        let mut pipe = ::redis::pipe();
+        pipe.atomic();
+        pipe.cmd("HSET")
+            .arg(c.record_key)
+            .arg("v")
+            .arg(c.version)
+            .arg("json")
+            .arg(c.json)
+            .ignore();
+        pipe.cmd("PEXPIRE")
+            .arg(c.record_key)
+            .arg(ms(self.record_ttl))
+            .ignore();
+        let id = c.id;
+        for (index, due) in c.indexes.iter().zip(c.upkeep.bytes()) {
+            pipe.cmd("ZADD").arg(index).arg(0).arg(id).ignore();
+            if due == b'1' {
+                pipe.cmd("ZREMRANGEBYLEX")
+                    .arg(index)
+                    .arg("-")
+                    .arg(index_cutoff(self.index_span()))
+                    .ignore();
+                pipe.cmd("PEXPIRE")
+                    .arg(index)
+                    .arg(ms(self.index_span()))
+                    .ignore();
+            }
+        }
+        for stream in c.streams {
+            pipe.cmd("XADD")
+                .arg(stream)
+                .arg("*")
+                .arg("purge")
+                .arg(id)
+                .ignore();
+        }
+        if !c.streams.is_empty() {
+            pipe.cmd("PUBLISH")
+                .arg(keys.work_channel())
+                .arg(c.work)
+                .ignore();
+        }
+        self.shared
+            .with(|mut conn| async move { pipe.query_async::<()>(&mut conn).await })
+            .await
+    }
+
     /// Whether `index` is due for upkeep; if so, it is noted as done now.
     fn upkeep_due(&self, index: &str, now: Instant) -> bool {
         let mut last = self.upkeep.lock().expect("upkeep lock");
@@ -151,6 +203,19 @@ fn decode(bytes: &[u8]) -> Result<PurgeRecord, BackendError> {
 
 fn encode(record: &PurgeRecord) -> Vec<u8> {
     codec::encode(record, true)
+}
+
+/// A purge's create, for `create_plain`.
+struct Created<'a> {
+    id: &'a str,
+    record_key: &'a str,
+    json: Vec<u8>,
+    version: u64,
+    indexes: &'a [String; 2],
+    /// '1' where the index of the same position is due for upkeep.
+    upkeep: &'a str,
+    streams: &'a [String],
+    work: String,
 }
 
 #[async_trait]
@@ -192,6 +257,21 @@ impl Store for RedisStore {
             .iter()
             .map(|i| if self.upkeep_due(i, now) { '1' } else { '0' })
             .collect();
+        if idempotency.is_none() && !self.shared.is_cluster() {
+            let streams: Vec<String> = providers.iter().map(|p| keys.stream(shard, p)).collect();
+            let created = Created {
+                id: &id,
+                record_key: &record_key,
+                json: encode(&record),
+                version: record.version,
+                indexes: &indexes,
+                upkeep: &upkeep,
+                streams: &streams,
+                work: format!("{shard} {}", providers.join(" ")),
+            };
+            self.create_plain(created).await?;
+            return Ok(CreateOutcome::Created(record));
+        }
         call.key(&indexes[0]).key(&indexes[1]);
         for p in &providers {
             call.key(keys.stream(shard, p));
