@@ -26,7 +26,9 @@ impl PurgeApi {
     }
 
     /// Runs `call` within the server's deadline; past it the caller gets DEADLINE_EXCEEDED
-    /// with ErrorInfo like every other error.
+    /// with ErrorInfo like every other error. Callers box `call`: a handler's future is about
+    /// 2 KB, and this wrapper, the span's and tonic's would each copy it again (`perf`: memmove
+    /// was 7% of the server's samples under load).
     async fn bounded<T>(
         &self,
         call: impl std::future::Future<Output = Result<T, Status>>,
@@ -68,7 +70,9 @@ impl PurgeService for PurgeApi {
         request: Request<pb::CreatePurgeRequest>,
     ) -> Result<Response<pb::Purge>, Status> {
         let span = rpc_span("CreatePurge", &request, "");
-        self.bounded(self.create(request)).instrument(span).await
+        self.bounded(Box::pin(self.create(request)))
+            .instrument(span)
+            .await
     }
 
     async fn get_purge(
@@ -76,7 +80,9 @@ impl PurgeService for PurgeApi {
         request: Request<pb::GetPurgeRequest>,
     ) -> Result<Response<pb::Purge>, Status> {
         let span = rpc_span("GetPurge", &request, &request.get_ref().id);
-        self.bounded(self.get(request)).instrument(span).await
+        self.bounded(Box::pin(self.get(request)))
+            .instrument(span)
+            .await
     }
 
     async fn cancel_purge(
@@ -84,7 +90,9 @@ impl PurgeService for PurgeApi {
         request: Request<pb::CancelPurgeRequest>,
     ) -> Result<Response<pb::Purge>, Status> {
         let span = rpc_span("CancelPurge", &request, &request.get_ref().id);
-        self.bounded(self.cancel(request)).instrument(span).await
+        self.bounded(Box::pin(self.cancel(request)))
+            .instrument(span)
+            .await
     }
 
     async fn list_purges(
@@ -92,7 +100,9 @@ impl PurgeService for PurgeApi {
         request: Request<pb::ListPurgesRequest>,
     ) -> Result<Response<pb::ListPurgesResponse>, Status> {
         let span = rpc_span("ListPurges", &request, "");
-        self.bounded(self.list(request)).instrument(span).await
+        self.bounded(Box::pin(self.list(request)))
+            .instrument(span)
+            .await
     }
 
     type WatchPurgeStream = Pin<Box<dyn Stream<Item = Result<pb::Purge, Status>> + Send>>;
@@ -102,7 +112,9 @@ impl PurgeService for PurgeApi {
         request: Request<pb::WatchPurgeRequest>,
     ) -> Result<Response<Self::WatchPurgeStream>, Status> {
         let span = rpc_span("WatchPurge", &request, &request.get_ref().id);
-        self.bounded(self.watch(request)).instrument(span).await
+        self.bounded(Box::pin(self.watch(request)))
+            .instrument(span)
+            .await
     }
 }
 

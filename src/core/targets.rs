@@ -120,8 +120,8 @@ fn check_url(t: &str, wildcard: bool) -> Result<(), TargetError> {
     if t.chars().any(char::is_whitespace) {
         return Err(TargetError::UrlWhitespace);
     }
-    let lower = t.to_ascii_lowercase();
-    if !(lower.starts_with("http://") || lower.starts_with("https://")) {
+    let scheme = |s: &str| t.get(..s.len()).is_some_and(|p| p.eq_ignore_ascii_case(s));
+    if !(scheme("http://") || scheme("https://")) {
         return Err(TargetError::NotHttp);
     }
     // Parsers disagree about `\` (`https://allowed.com\@other.com/`) and about a missing
