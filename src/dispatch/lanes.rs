@@ -152,7 +152,10 @@ impl Credits {
 #[derive(Default)]
 struct LaneBuf {
     order: VecDeque<String>,
-    credits: HashMap<String, Credits>,
+    /// Keyed by callers' targets and long-lived (a throttled lane gathers many), so with
+    /// std's DoS-resistant hasher; the maps keyed by purge ids, which this service makes, and
+    /// the per-call maps bounded by a provider's batch size use foldhash.
+    credits: std::collections::HashMap<String, Credits>,
     since: Option<Instant>,
 }
 

@@ -1,5 +1,6 @@
 //! Purge records and idempotency keys in Redis, shared by every replica. Create is one script
-//! (idempotency check, record, enqueue); updates are compare-and-set on the record version
+//! (idempotency check, record, enqueue), or without a key on one node one `MULTI`/`EXEC` of the
+//! same commands; updates are compare-and-set on the record version
 //! and publish a wake-up; one subscriber connection per replica feeds `events()`.
 
 use std::collections::HashMap;
@@ -102,10 +103,11 @@ impl RedisStore {
 /// purges that ran long (a record expires `record_ttl` after its last change, not its creation).
 const INDEX_SLACK: Duration = Duration::from_secs(24 * 3600);
 
-/// How often one replica prunes a listing index and refreshes its ttl. Every create did both,
-/// which were four of the create script's ten Redis calls; entries older than the span stay
-/// this much longer at most, and an index recreated after an eviction is without a ttl as
-/// long at most.
+/// How often one replica prunes a listing index and refreshes its ttl, at most: by the first
+/// create into that index after this much time. Every create did both, which were four of the
+/// create script's ten Redis calls. So an entry past the span stays until that create, and an
+/// index that vanished (evicted, flushed) within this much of an upkeep and was recreated has
+/// no ttl until that create either.
 const INDEX_UPKEEP: Duration = Duration::from_secs(1);
 
 /// Listing indexes whose upkeep one replica remembers: more (callers x shards) forget them
@@ -169,19 +171,25 @@ impl RedisStore {
             .await
     }
 
-    /// Whether `index` is due for upkeep; if so, it is noted as done now.
+    /// Whether `index` is due for upkeep.
     fn upkeep_due(&self, index: &str, now: Instant) -> bool {
+        let last = self.upkeep.lock().expect("upkeep lock");
+        last.get(index)
+            .is_none_or(|at| now.duration_since(*at) >= INDEX_UPKEEP)
+    }
+
+    /// Notes the upkeep of the indexes flagged '1' in `upkeep` as done at `now`: only once a
+    /// create that carried it has succeeded, so a failed or refused one leaves it due.
+    fn upkeep_done(&self, indexes: &[String; 2], upkeep: &str, now: Instant) {
         let mut last = self.upkeep.lock().expect("upkeep lock");
-        if let Some(at) = last.get(index)
-            && now.duration_since(*at) < INDEX_UPKEEP
-        {
-            return false;
+        for (index, due) in indexes.iter().zip(upkeep.bytes()) {
+            if due == b'1' {
+                if last.len() >= UPKEEP_KEYS {
+                    last.clear();
+                }
+                last.insert(index.clone(), now);
+            }
         }
-        if last.len() >= UPKEEP_KEYS {
-            last.clear();
-        }
-        last.insert(index.to_owned(), now);
-        true
     }
 }
 
@@ -270,6 +278,7 @@ impl Store for RedisStore {
                 work: format!("{shard} {}", providers.join(" ")),
             };
             self.create_plain(created).await?;
+            self.upkeep_done(&indexes, &upkeep, now);
             return Ok(CreateOutcome::Created(record));
         }
         call.key(&indexes[0]).key(&indexes[1]);
@@ -285,12 +294,15 @@ impl Store for RedisStore {
             .arg(keys.record_prefix(shard))
             .arg(keys.work_channel())
             .arg(format!("{shard} {}", providers.join(" ")))
-            .arg(upkeep)
+            .arg(&upkeep)
             .arg(index_cutoff(self.index_span()))
             .arg(ms(self.index_span()));
         let (outcome, detail): (String, Vec<u8>) = self.shared.invoke(call).await?;
         match outcome.as_str() {
-            "created" => Ok(CreateOutcome::Created(record)),
+            "created" => {
+                self.upkeep_done(&indexes, &upkeep, now);
+                Ok(CreateOutcome::Created(record))
+            }
             "existing" => Ok(CreateOutcome::Existing(decode(&detail)?)),
             "conflict" => Ok(CreateOutcome::Conflict {
                 existing_id: String::from_utf8_lossy(&detail).into_owned(),

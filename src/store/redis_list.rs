@@ -1,5 +1,5 @@
 //! Listing purges from Redis: per-shard sorted sets of ids (one per caller, one for everyone,
-//! kept by the create script and pruned there), read newest first and merged across the
+//! added and pruned by create), read newest first and merged across the
 //! shards; no `KEYS` or `SCAN`, and every command stays within one shard's slot.
 
 use futures::future::try_join_all;

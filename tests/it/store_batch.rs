@@ -10,8 +10,8 @@ use std::time::Duration;
 use purge_service::backend::BackendError;
 use purge_service::model::{Action, PurgeKind, PurgeRecord, PurgeSpec};
 use purge_service::redis_state::Keys;
-use purge_service::store::Store;
 use purge_service::store::memory::MemoryStore;
+use purge_service::store::{CreateOutcome, IdempotencyClaim, Store};
 
 use crate::redis_server::{RedisCluster, RedisServer, RedisTarget};
 
@@ -207,26 +207,52 @@ async fn redis_create_prunes_the_listing_indexes_and_keeps_their_ttl() {
             keys.list_index(shard, None),
         ]
     };
-    for shard in 0..purge_service::redis_state::SHARDS {
-        for index in indexes(shard) {
-            let _: () = server.query(redis::cmd("ZADD").arg(&index).arg(0).arg(&old));
+    // Without idempotency keys (one MULTI/EXEC each on one node), then with them (the script);
+    // a fresh store each time, so every index is due for upkeep.
+    for keyed in [false, true] {
+        for shard in 0..purge_service::redis_state::SHARDS {
+            for index in indexes(shard) {
+                let _: () = server.query(redis::cmd("ZADD").arg(&index).arg(0).arg(&old));
+            }
         }
-    }
-    let store = redis_store(&target).await;
-    let ids = created(store.as_ref()).await;
-    let shards: HashSet<u8> = ids
-        .iter()
-        .map(|id| purge_service::redis_state::shard_of_id(id))
-        .collect();
-    for shard in shards {
-        for index in indexes(shard) {
-            let members: Vec<String> =
-                server.query(redis::cmd("ZRANGE").arg(&index).arg(0).arg(-1));
-            assert!(!members.contains(&old), "{index} still lists {old}");
-            assert!(!members.is_empty(), "{index} lists the new purges");
-            let ttl: i64 = server.query(redis::cmd("PTTL").arg(&index));
-            let (min, max) = (7 * 24 * 3600 * 1000, 8 * 24 * 3600 * 1000);
-            assert!((min..=max).contains(&ttl), "{index} expires in {ttl} ms");
+        let store = redis_store(&target).await;
+        let ids = if keyed {
+            let mut ids = Vec::new();
+            for i in 0..PURGES {
+                let id = uuid::Uuid::now_v7().to_string();
+                let record = PurgeRecord::new(id, "tester".into(), spec(i), chrono::Utc::now());
+                let claim = IdempotencyClaim {
+                    scope: format!("tester\u{1f}key-{i}"),
+                    fingerprint: format!("fp-{i}"),
+                    retention: Duration::from_secs(3600),
+                };
+                match store.create(record, Some(claim), vec![]).await.unwrap() {
+                    // The id is pinned to the key's shard.
+                    CreateOutcome::Created(r) => ids.push(r.id),
+                    other => panic!("{other:?}"),
+                }
+            }
+            ids
+        } else {
+            created(store.as_ref()).await
+        };
+        let shards: HashSet<u8> = ids
+            .iter()
+            .map(|id| purge_service::redis_state::shard_of_id(id))
+            .collect();
+        for shard in shards {
+            for index in indexes(shard) {
+                let members: Vec<String> =
+                    server.query(redis::cmd("ZRANGE").arg(&index).arg(0).arg(-1));
+                assert!(
+                    !members.contains(&old),
+                    "keyed {keyed}: {index} still lists {old}"
+                );
+                assert!(!members.is_empty(), "{index} lists the new purges");
+                let ttl: i64 = server.query(redis::cmd("PTTL").arg(&index));
+                let (min, max) = (7 * 24 * 3600 * 1000, 8 * 24 * 3600 * 1000);
+                assert!((min..=max).contains(&ttl), "{index} expires in {ttl} ms");
+            }
         }
     }
 }
