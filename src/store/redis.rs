@@ -138,9 +138,9 @@ impl RedisStore {
             .arg(ms(self.record_ttl))
             .ignore();
         let id = c.id;
-        for (index, due) in c.indexes.iter().zip(c.upkeep.bytes()) {
+        for (index, due) in c.indexes.iter().zip(c.upkeep) {
             pipe.cmd("ZADD").arg(index).arg(0).arg(id).ignore();
-            if due == b'1' {
+            if due {
                 pipe.cmd("ZREMRANGEBYLEX")
                     .arg(index)
                     .arg("-")
@@ -178,12 +178,12 @@ impl RedisStore {
             .is_none_or(|at| now.duration_since(*at) >= INDEX_UPKEEP)
     }
 
-    /// Notes the upkeep of the indexes flagged '1' in `upkeep` as done at `now`: only once a
-    /// create that carried it has succeeded, so a failed or refused one leaves it due.
-    fn upkeep_done(&self, indexes: &[String; 2], upkeep: &str, now: Instant) {
+    /// Notes the upkeep of the indexes flagged in `upkeep` as done at `now`: only once a create
+    /// that carried it has succeeded, so a failed or refused one leaves it due.
+    fn upkeep_done(&self, indexes: &[String; 2], upkeep: [bool; 2], now: Instant) {
         let mut last = self.upkeep.lock().expect("upkeep lock");
-        for (index, due) in indexes.iter().zip(upkeep.bytes()) {
-            if due == b'1' {
+        for (index, due) in indexes.iter().zip(upkeep) {
+            if due {
                 if last.len() >= UPKEEP_KEYS {
                     last.clear();
                 }
@@ -220,8 +220,8 @@ struct Created<'a> {
     json: Vec<u8>,
     version: u64,
     indexes: &'a [String; 2],
-    /// '1' where the index of the same position is due for upkeep.
-    upkeep: &'a str,
+    /// Whether the index of the same position is due for upkeep.
+    upkeep: [bool; 2],
     streams: &'a [String],
     work: String,
 }
@@ -250,40 +250,38 @@ impl Store for RedisStore {
         providers.sort_unstable();
         providers.dedup();
         let record_key = keys.record(&id);
-        let mut call = CREATE.prepare_invoke();
-        call.key(&record_key);
-        match &idempotency {
-            Some(claim) => call.key(keys.idempotency(&claim.scope)),
-            None => call.key(&record_key),
-        };
         let indexes = [
             keys.list_index(shard, Some(&record.caller)),
             keys.list_index(shard, None),
         ];
         let now = Instant::now();
-        let upkeep: String = indexes
-            .iter()
-            .map(|i| if self.upkeep_due(i, now) { '1' } else { '0' })
-            .collect();
+        let upkeep = indexes.each_ref().map(|i| self.upkeep_due(i, now));
+        let streams: Vec<String> = providers.iter().map(|p| keys.stream(shard, p)).collect();
+        let work = format!("{shard} {}", providers.join(" "));
         if idempotency.is_none() && !self.shared.is_cluster() {
-            let streams: Vec<String> = providers.iter().map(|p| keys.stream(shard, p)).collect();
             let created = Created {
                 id: &id,
                 record_key: &record_key,
                 json: encode(&record),
                 version: record.version,
                 indexes: &indexes,
-                upkeep: &upkeep,
+                upkeep,
                 streams: &streams,
-                work: format!("{shard} {}", providers.join(" ")),
+                work,
             };
             self.create_plain(created).await?;
-            self.upkeep_done(&indexes, &upkeep, now);
+            self.upkeep_done(&indexes, upkeep, now);
             return Ok(CreateOutcome::Created(record));
         }
+        let mut call = CREATE.prepare_invoke();
+        call.key(&record_key);
+        match &idempotency {
+            Some(claim) => call.key(keys.idempotency(&claim.scope)),
+            None => call.key(&record_key),
+        };
         call.key(&indexes[0]).key(&indexes[1]);
-        for p in &providers {
-            call.key(keys.stream(shard, p));
+        for stream in &streams {
+            call.key(stream);
         }
         call.arg(encode(&record))
             .arg(record.version)
@@ -293,14 +291,19 @@ impl Store for RedisStore {
             .arg(&id)
             .arg(keys.record_prefix(shard))
             .arg(keys.work_channel())
-            .arg(format!("{shard} {}", providers.join(" ")))
-            .arg(&upkeep)
+            .arg(work)
+            .arg(
+                upkeep
+                    .map(|due| if due { '1' } else { '0' })
+                    .iter()
+                    .collect::<String>(),
+            )
             .arg(index_cutoff(self.index_span()))
             .arg(ms(self.index_span()));
         let (outcome, detail): (String, Vec<u8>) = self.shared.invoke(call).await?;
         match outcome.as_str() {
             "created" => {
-                self.upkeep_done(&indexes, &upkeep, now);
+                self.upkeep_done(&indexes, upkeep, now);
                 Ok(CreateOutcome::Created(record))
             }
             "existing" => Ok(CreateOutcome::Existing(decode(&detail)?)),

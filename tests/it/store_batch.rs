@@ -32,13 +32,22 @@ fn spec(i: usize) -> PurgeSpec {
     }
 }
 
-async fn created(store: &dyn Store) -> Vec<String> {
+/// `PURGES` purges created in `store`, each with an idempotency key when `keyed`.
+async fn created(store: &dyn Store, keyed: bool) -> Vec<String> {
     let mut ids = Vec::new();
     for i in 0..PURGES {
         let id = uuid::Uuid::now_v7().to_string();
-        let record = PurgeRecord::new(id.clone(), "tester".into(), spec(i), chrono::Utc::now());
-        store.create(record, None, vec![]).await.unwrap();
-        ids.push(id);
+        let record = PurgeRecord::new(id, "tester".into(), spec(i), chrono::Utc::now());
+        let claim = keyed.then(|| IdempotencyClaim {
+            scope: format!("tester\u{1f}key-{i}"),
+            fingerprint: format!("fp-{i}"),
+            retention: Duration::from_secs(3600),
+        });
+        match store.create(record, claim, vec![]).await.unwrap() {
+            // With a key, the id is pinned to the key's shard.
+            CreateOutcome::Created(r) => ids.push(r.id),
+            other => panic!("{other:?}"),
+        }
     }
     ids
 }
@@ -114,7 +123,7 @@ async fn memory_batch_calls_answer_each_purge() {
         Arc::new(|_| {}),
         Duration::from_secs(3600),
     ));
-    let ids = created(store.as_ref()).await;
+    let ids = created(store.as_ref(), false).await;
     batch_calls(store, &ids, None).await;
 }
 
@@ -131,7 +140,7 @@ async fn redis_batch_calls_fail_only_the_broken_record() {
     let server = RedisServer::start();
     let target = RedisTarget::node(&server);
     let store = redis_store(&target).await;
-    let ids = created(store.as_ref()).await;
+    let ids = created(store.as_ref(), false).await;
     let key = Keys::new(&target.prefix).record(&ids[7]);
     let _: () = server.query(redis::cmd("HSET").arg(&key).arg("json").arg("not a record"));
     batch_calls(store, &ids, Some(7)).await;
@@ -141,7 +150,7 @@ async fn redis_batch_calls_fail_only_the_broken_record() {
 async fn redis_cluster_batch_calls_keep_each_call_in_one_slot() {
     let cluster = RedisCluster::start();
     let store = redis_store(&RedisTarget::cluster(&cluster)).await;
-    let ids = created(store.as_ref()).await;
+    let ids = created(store.as_ref(), false).await;
     batch_calls(store, &ids, None).await;
 }
 
@@ -155,7 +164,7 @@ async fn redis_batch_updates_keep_what_another_replica_wrote_meanwhile() {
     let target = RedisTarget::node(&server);
     let a = redis_store(&target).await;
     let b = redis_store(&target).await;
-    let ids = created(a.as_ref()).await;
+    let ids = created(a.as_ref(), false).await;
     let asked: Vec<&str> = ids.iter().map(String::as_str).collect();
     let add = |name: &'static str| {
         move |r: &mut PurgeRecord| r.spec.labels.insert(name.into(), "1".into()).is_none()
@@ -216,26 +225,7 @@ async fn redis_create_prunes_the_listing_indexes_and_keeps_their_ttl() {
             }
         }
         let store = redis_store(&target).await;
-        let ids = if keyed {
-            let mut ids = Vec::new();
-            for i in 0..PURGES {
-                let id = uuid::Uuid::now_v7().to_string();
-                let record = PurgeRecord::new(id, "tester".into(), spec(i), chrono::Utc::now());
-                let claim = IdempotencyClaim {
-                    scope: format!("tester\u{1f}key-{i}"),
-                    fingerprint: format!("fp-{i}"),
-                    retention: Duration::from_secs(3600),
-                };
-                match store.create(record, Some(claim), vec![]).await.unwrap() {
-                    // The id is pinned to the key's shard.
-                    CreateOutcome::Created(r) => ids.push(r.id),
-                    other => panic!("{other:?}"),
-                }
-            }
-            ids
-        } else {
-            created(store.as_ref()).await
-        };
+        let ids = created(store.as_ref(), keyed).await;
         let shards: HashSet<u8> = ids
             .iter()
             .map(|id| purge_service::redis_state::shard_of_id(id))
