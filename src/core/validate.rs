@@ -190,7 +190,7 @@ fn check_targets(
                     .map_err(TargetError::from)
             })
         });
-        if v.check(format!("targets[{i}]"), quoted(checked, t))
+        if v.check_at(|| format!("targets[{i}]"), quoted(checked, t))
             .is_some()
         {
             // Host names are case-insensitive: one spelling, so duplicates and idempotent
@@ -245,7 +245,7 @@ fn check_hosts(
         v.add("hosts", format!("{} hosts, at most {MAX_HOSTS}", raw.len()));
     } else {
         for (i, h) in raw.iter().enumerate() {
-            if v.check(format!("hosts[{i}]"), quoted(check_host(h), h))
+            if v.check_at(|| format!("hosts[{i}]"), quoted(check_host(h), h))
                 .is_some()
             {
                 hosts.push(normalize_host(h));

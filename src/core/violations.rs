@@ -24,10 +24,20 @@ impl Violations {
         field: impl Into<String>,
         result: Result<T, E>,
     ) -> Option<T> {
+        self.check_at(|| field.into(), result)
+    }
+
+    /// `check` for a field whose name is made only if the check failed (`targets[i]`, which
+    /// would otherwise be formatted for every target of every request).
+    pub fn check_at<T, E: std::fmt::Display>(
+        &mut self,
+        field: impl FnOnce() -> String,
+        result: Result<T, E>,
+    ) -> Option<T> {
         match result {
             Ok(value) => Some(value),
             Err(e) => {
-                self.add(field, e.to_string());
+                self.add(field(), e.to_string());
                 None
             }
         }

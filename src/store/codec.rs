@@ -3,6 +3,7 @@
 //! tasks as indexes), empty fields left out, times as nanoseconds. Records written before
 //! this form (the plain JSON of `PurgeRecord`) still read.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
@@ -10,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::{
     Action, PurgeKind, PurgeRecord, PurgeSpec, PurgeState, TaskRecord, TaskState, Unit, UnitStatus,
+    WHOLE_ZONE,
 };
 
 /// Why a stored record could not be read back.
@@ -17,40 +19,41 @@ use crate::model::{
 #[error("stored purge record does not decode: {0}")]
 pub struct DecodeError(#[source] serde_json::Error);
 
+/// Borrowed from the record when writing, owned when reading: encoding copies no string.
 #[derive(Serialize, Deserialize)]
-struct Compact {
+struct Compact<'a> {
     /// Empty when the container's key already is the id (memory backend).
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    i: String,
-    c: String,
-    p: String,
+    #[serde(default, skip_serializing_if = "str_empty")]
+    i: Cow<'a, str>,
+    c: Cow<'a, str>,
+    p: Cow<'a, str>,
     /// The resolved providers, left out when they are just `p`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    ps: Option<Vec<String>>,
+    ps: Option<Cow<'a, [String]>>,
     k: PurgeKind,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    t: Vec<String>,
+    #[serde(default, skip_serializing_if = "slice_empty")]
+    t: Cow<'a, [String]>,
     #[serde(default, skip_serializing_if = "is_default")]
     a: Action,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    h: Vec<String>,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    hd: BTreeMap<String, String>,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    l: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "slice_empty")]
+    h: Cow<'a, [String]>,
+    #[serde(default, skip_serializing_if = "map_empty")]
+    hd: Cow<'a, BTreeMap<String, String>>,
+    #[serde(default, skip_serializing_if = "map_empty")]
+    l: Cow<'a, BTreeMap<String, String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    ik: Option<String>,
+    ik: Option<Cow<'a, str>>,
     s: PurgeState,
     /// Unit statuses, one per (provider, effective target) in `PurgeRecord::new`'s order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    u: Vec<Status>,
+    u: Vec<Status<'a>>,
     /// Units in full, only when they are not in that order.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    uf: Option<Vec<Unit>>,
+    uf: Option<Cow<'a, [Unit]>>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    tk: Vec<Task>,
+    tk: Vec<Task<'a>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    e: Option<String>,
+    e: Option<Cow<'a, str>>,
     /// Create time, nanoseconds since the epoch; the other times relative to it.
     ct: i64,
     #[serde(default, skip_serializing_if = "is_default")]
@@ -66,35 +69,50 @@ struct Compact {
 /// A unit status in a few bytes: "P", "S" (sending), "D", "C" (cancelled), {"T":task},
 /// {"F":reason}.
 #[derive(Serialize, Deserialize)]
-enum Status {
+enum Status<'a> {
     P,
     S,
     C,
     D,
     T(usize),
-    F(String),
+    F(Cow<'a, str>),
 }
 
 #[derive(Serialize, Deserialize)]
-struct Task {
+struct Task<'a> {
     /// Index into the purge's providers, or the name in `pn` when it is not one of them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     p: Option<usize>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pn: Option<String>,
-    id: String,
+    pn: Option<Cow<'a, str>>,
+    id: Cow<'a, str>,
     s: TaskState,
     n: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    e: Option<String>,
+    e: Option<Cow<'a, str>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    r: Option<String>,
+    r: Option<Cow<'a, str>>,
     /// Submit time relative to the purge's create time, nanoseconds.
     at: i64,
 }
 
 fn is_default<T: Default + PartialEq>(v: &T) -> bool {
     *v == T::default()
+}
+
+#[allow(clippy::ptr_arg)] // serde hands `skip_serializing_if` the field's own type
+fn str_empty(v: &Cow<'_, str>) -> bool {
+    v.is_empty()
+}
+
+#[allow(clippy::ptr_arg)] // serde hands `skip_serializing_if` the field's own type
+fn slice_empty<T: Clone>(v: &Cow<'_, [T]>) -> bool {
+    v.is_empty()
+}
+
+#[allow(clippy::ptr_arg)] // serde hands `skip_serializing_if` the field's own type
+fn map_empty(v: &Cow<'_, BTreeMap<String, String>>) -> bool {
+    v.is_empty()
 }
 
 fn nanos(t: DateTime<Utc>) -> i64 {
@@ -105,14 +123,14 @@ fn time(ns: i64) -> DateTime<Utc> {
     DateTime::from_timestamp_nanos(ns)
 }
 
-fn status_of(s: &UnitStatus) -> Status {
+fn status_of(s: &UnitStatus) -> Status<'_> {
     match s {
         UnitStatus::Pending => Status::P,
         UnitStatus::Sending => Status::S,
         UnitStatus::Cancelled => Status::C,
         UnitStatus::Succeeded => Status::D,
         UnitStatus::Submitted { task } => Status::T(*task),
-        UnitStatus::Failed { reason } => Status::F(reason.clone()),
+        UnitStatus::Failed { reason } => Status::F(Cow::Borrowed(reason)),
     }
 }
 
@@ -123,16 +141,27 @@ fn unit_status(s: Status) -> UnitStatus {
         Status::C => UnitStatus::Cancelled,
         Status::D => UnitStatus::Succeeded,
         Status::T(task) => UnitStatus::Submitted { task },
-        Status::F(reason) => UnitStatus::Failed { reason },
+        Status::F(reason) => UnitStatus::Failed {
+            reason: reason.into_owned(),
+        },
     }
 }
 
-/// The (provider, target) pairs `PurgeRecord::new` makes for `spec`, in its order.
-fn canonical_pairs(spec: &PurgeSpec) -> impl Iterator<Item = (&str, String)> {
-    let targets = spec.effective_targets();
+/// The (provider, target) pairs `PurgeRecord::new` makes for `spec`, in its order, without
+/// copying a target (an encode runs at every change of a purge).
+fn canonical_pairs(spec: &PurgeSpec) -> impl Iterator<Item = (&str, &str)> {
+    let all = spec.kind == PurgeKind::All;
+    let targets = move || {
+        all.then_some(WHOLE_ZONE).into_iter().chain(
+            spec.targets
+                .iter()
+                .map(String::as_str)
+                .filter(move |_| !all),
+        )
+    };
     spec.providers
         .iter()
-        .flat_map(move |p| targets.clone().into_iter().map(move |t| (p.as_str(), t)))
+        .flat_map(move |p| targets().map(move |t| (p.as_str(), t)))
 }
 
 /// The stored bytes of `record`; without its id when `with_id` is false (the caller keeps the
@@ -152,47 +181,47 @@ pub fn encode(record: &PurgeRecord, with_id: bool) -> Vec<u8> {
         cancel_time,
         version,
     } = record;
-    let in_order = units.len() == spec.providers.len() * spec.effective_targets().len()
+    let in_order = units.len() == canonical_pairs(spec).count()
         && canonical_pairs(spec)
             .zip(units)
             .all(|((p, t), u)| u.provider == p && u.target == t);
     let ct = nanos(*create_time);
     let compact = Compact {
-        i: if with_id { id.clone() } else { String::new() },
-        c: caller.clone(),
-        p: spec.provider.clone(),
-        ps: (spec.providers != [spec.provider.as_str()]).then(|| spec.providers.clone()),
+        i: Cow::Borrowed(if with_id { id } else { "" }),
+        c: Cow::Borrowed(caller),
+        p: Cow::Borrowed(&spec.provider),
+        ps: (spec.providers != [spec.provider.as_str()]).then_some(Cow::Borrowed(&spec.providers)),
         k: spec.kind,
-        t: spec.targets.clone(),
+        t: Cow::Borrowed(&spec.targets),
         a: spec.action,
-        h: spec.hosts.clone(),
-        hd: spec.headers.clone(),
-        l: spec.labels.clone(),
-        ik: spec.idempotency_key.clone(),
+        h: Cow::Borrowed(&spec.hosts),
+        hd: Cow::Borrowed(&spec.headers),
+        l: Cow::Borrowed(&spec.labels),
+        ik: spec.idempotency_key.as_deref().map(Cow::Borrowed),
         s: *state,
         u: if in_order {
             units.iter().map(|u| status_of(&u.status)).collect()
         } else {
             Vec::new()
         },
-        uf: (!in_order).then(|| units.clone()),
+        uf: (!in_order).then_some(Cow::Borrowed(units)),
         tk: tasks
             .iter()
             .map(|t| {
                 let index = spec.providers.iter().position(|p| *p == t.provider);
                 Task {
                     p: index,
-                    pn: index.is_none().then(|| t.provider.clone()),
-                    id: t.provider_task_id.clone(),
+                    pn: index.is_none().then_some(Cow::Borrowed(&t.provider)),
+                    id: Cow::Borrowed(&t.provider_task_id),
                     s: t.state,
                     n: t.target_count,
-                    e: t.error.clone(),
-                    r: t.request_id.clone(),
+                    e: t.error.as_deref().map(Cow::Borrowed),
+                    r: t.request_id.as_deref().map(Cow::Borrowed),
                     at: nanos(t.submit_time).saturating_sub(ct),
                 }
             })
             .collect(),
-        e: error.clone(),
+        e: error.as_deref().map(Cow::Borrowed),
         ct,
         ud: nanos(*update_time).saturating_sub(ct),
         fd: finish_time.map(|f| nanos(f).saturating_sub(ct)),
@@ -212,24 +241,25 @@ pub fn decode(bytes: &[u8], id: &str) -> Result<PurgeRecord, DecodeError> {
             return serde_json::from_slice::<PurgeRecord>(bytes).map_err(|_| DecodeError(compact));
         }
     };
+    let provider = c.p.into_owned();
     let spec = PurgeSpec {
-        providers: c.ps.unwrap_or_else(|| vec![c.p.clone()]),
-        provider: c.p,
+        providers: c.ps.map_or_else(|| vec![provider.clone()], Cow::into_owned),
+        provider,
         kind: c.k,
-        targets: c.t,
+        targets: c.t.into_owned(),
         action: c.a,
-        hosts: c.h,
-        headers: c.hd,
-        labels: c.l,
-        idempotency_key: c.ik,
+        hosts: c.h.into_owned(),
+        headers: c.hd.into_owned(),
+        labels: c.l.into_owned(),
+        idempotency_key: c.ik.map(Cow::into_owned),
     };
     let units = match c.uf {
-        Some(units) => units,
+        Some(units) => units.into_owned(),
         None => canonical_pairs(&spec)
             .zip(c.u)
             .map(|((p, t), s)| Unit {
                 provider: p.to_owned(),
-                target: t,
+                target: t.to_owned(),
                 status: unit_status(s),
             })
             .collect(),
@@ -239,24 +269,29 @@ pub fn decode(bytes: &[u8], id: &str) -> Result<PurgeRecord, DecodeError> {
             .map(|t| TaskRecord {
                 provider: t
                     .pn
+                    .map(Cow::into_owned)
                     .or_else(|| t.p.and_then(|i| spec.providers.get(i).cloned()))
                     .unwrap_or_default(),
-                provider_task_id: t.id,
+                provider_task_id: t.id.into_owned(),
                 state: t.s,
                 target_count: t.n,
-                error: t.e,
-                request_id: t.r,
+                error: t.e.map(Cow::into_owned),
+                request_id: t.r.map(Cow::into_owned),
                 submit_time: time(c.ct.saturating_add(t.at)),
             })
             .collect();
     Ok(PurgeRecord {
-        id: if c.i.is_empty() { id.to_owned() } else { c.i },
-        caller: c.c,
+        id: if c.i.is_empty() {
+            id.to_owned()
+        } else {
+            c.i.into_owned()
+        },
+        caller: c.c.into_owned(),
         spec,
         state: c.s,
         units,
         tasks,
-        error: c.e,
+        error: c.e.map(Cow::into_owned),
         create_time: time(c.ct),
         update_time: time(c.ct.saturating_add(c.ud)),
         finish_time: c.fd.map(|d| time(c.ct.saturating_add(d))),

@@ -5,6 +5,7 @@ pub mod codec;
 pub mod memory;
 mod memory_slot;
 pub mod redis;
+mod redis_create;
 mod redis_list;
 mod redis_many;
 mod redis_recent;

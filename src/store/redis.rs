@@ -1,10 +1,10 @@
 //! Purge records and idempotency keys in Redis, shared by every replica. Create is one script
-//! (idempotency check, record, enqueue), or without a key on one node one `MULTI`/`EXEC` of the
-//! same commands; updates are compare-and-set on the record version
-//! and publish a wake-up; one subscriber connection per replica feeds `events()`.
+//! (idempotency check, record, enqueue); without a key on one node it is the same commands in a
+//! `MULTI`/`EXEC` transaction shared with the other creates waiting at that moment
+//! (`redis_create`). Updates are compare-and-set on the record version and publish a wake-up;
+//! one subscriber connection per replica feeds `events()`.
 
-use std::collections::HashMap;
-use std::sync::{Arc, LazyLock, Mutex};
+use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
 use ::redis::Script;
@@ -73,6 +73,7 @@ return 1
     )
 });
 
+use super::redis_create::{Committer, Context, Created, Upkeep, index_cutoff, ms};
 use super::redis_many::MAX_CONFLICTS;
 use super::redis_recent::{RECENT_RECORDS, RECENT_UNITS, Recent};
 
@@ -83,18 +84,28 @@ pub struct RedisStore {
     /// Where the batch updates start from (`redis_recent`).
     recent: Arc<Recent>,
     /// When this replica last pruned each listing index and refreshed its ttl.
-    upkeep: Arc<Mutex<HashMap<String, Instant>>>,
+    upkeep: Arc<Upkeep>,
+    /// Creates without an idempotency key on one node, committed in groups.
+    committer: Arc<Committer>,
 }
 
 /// The Redis store, queue and limiter of one replica, over one connection.
 impl RedisStore {
     /// A store on `shared` that keeps finished purges `record_ttl` after their last change.
     pub fn new(shared: Arc<Shared>, record_ttl: Duration) -> RedisStore {
+        let upkeep = Arc::new(Upkeep::default());
+        let committer = Arc::new(Committer::new(Context {
+            shared: shared.clone(),
+            upkeep: upkeep.clone(),
+            record_ttl,
+            index_span: record_ttl + INDEX_SLACK,
+        }));
         RedisStore {
             shared,
             record_ttl,
             recent: Arc::new(Recent::new(RECENT_RECORDS, RECENT_UNITS)),
-            upkeep: Arc::default(),
+            upkeep,
+            committer,
         }
     }
 }
@@ -103,106 +114,10 @@ impl RedisStore {
 /// purges that ran long (a record expires `record_ttl` after its last change, not its creation).
 const INDEX_SLACK: Duration = Duration::from_secs(24 * 3600);
 
-/// How often one replica prunes a listing index and refreshes its ttl, at most: by the first
-/// create into that index after this much time. Every create did both, which were four of the
-/// create script's ten Redis calls. So an entry past the span stays until that create, and an
-/// index that vanished (evicted, flushed) within this much of an upkeep and was recreated has
-/// no ttl until that create either.
-const INDEX_UPKEEP: Duration = Duration::from_secs(1);
-
-/// Listing indexes whose upkeep one replica remembers: more (callers x shards) forget them
-/// all, which costs one more upkeep each.
-const UPKEEP_KEYS: usize = 4096;
-
 impl RedisStore {
     fn index_span(&self) -> Duration {
         self.record_ttl + INDEX_SLACK
     }
-
-    /// What the create script does for a purge without an idempotency key, as one `MULTI`/`EXEC`
-    /// transaction of plain commands: on one node Redis spends about 8 us on it against 13 us
-    /// for the script (README, "Hashing, ids and index upkeep"). A cluster keeps the script.
-    async fn create_plain(&self, c: Created<'_>) -> Result<(), BackendError> {
-        let keys = &self.shared.keys;
-        let mut pipe = ::redis::pipe();
-        pipe.atomic();
-        pipe.cmd("HSET")
-            .arg(c.record_key)
-            .arg("v")
-            .arg(c.version)
-            .arg("json")
-            .arg(c.json)
-            .ignore();
-        pipe.cmd("PEXPIRE")
-            .arg(c.record_key)
-            .arg(ms(self.record_ttl))
-            .ignore();
-        let id = c.id;
-        for (index, due) in c.indexes.iter().zip(c.upkeep) {
-            pipe.cmd("ZADD").arg(index).arg(0).arg(id).ignore();
-            if due {
-                pipe.cmd("ZREMRANGEBYLEX")
-                    .arg(index)
-                    .arg("-")
-                    .arg(index_cutoff(self.index_span()))
-                    .ignore();
-                pipe.cmd("PEXPIRE")
-                    .arg(index)
-                    .arg(ms(self.index_span()))
-                    .ignore();
-            }
-        }
-        for stream in c.streams {
-            pipe.cmd("XADD")
-                .arg(stream)
-                .arg("*")
-                .arg("purge")
-                .arg(id)
-                .ignore();
-        }
-        if !c.streams.is_empty() {
-            pipe.cmd("PUBLISH")
-                .arg(keys.work_channel())
-                .arg(c.work)
-                .ignore();
-        }
-        self.shared
-            .with(|mut conn| async move { pipe.query_async::<()>(&mut conn).await })
-            .await
-    }
-
-    /// Whether `index` is due for upkeep.
-    fn upkeep_due(&self, index: &str, now: Instant) -> bool {
-        let last = self.upkeep.lock().expect("upkeep lock");
-        last.get(index)
-            .is_none_or(|at| now.duration_since(*at) >= INDEX_UPKEEP)
-    }
-
-    /// Notes the upkeep of the indexes flagged in `upkeep` as done at `now`: only once a create
-    /// that carried it has succeeded, so a failed or refused one leaves it due.
-    fn upkeep_done(&self, indexes: &[String; 2], upkeep: [bool; 2], now: Instant) {
-        let mut last = self.upkeep.lock().expect("upkeep lock");
-        for (index, due) in indexes.iter().zip(upkeep) {
-            if due {
-                if last.len() >= UPKEEP_KEYS {
-                    last.clear();
-                }
-                last.insert(index.clone(), now);
-            }
-        }
-    }
-}
-
-/// The exclusive lex bound below which index entries are pruned: the UUIDv7 time prefix
-/// (`xxxxxxxx-xxxx`, 48 bits of milliseconds) of `span` ago.
-fn index_cutoff(span: Duration) -> String {
-    let ms = super::now_ms().saturating_sub(span.as_millis() as u64);
-    let hex = format!("{ms:012x}");
-    format!("({}-{}", &hex[..8], &hex[8..12])
-}
-
-fn ms(d: Duration) -> u64 {
-    (d.as_millis() as u64).max(1)
 }
 
 fn decode(bytes: &[u8]) -> Result<PurgeRecord, BackendError> {
@@ -211,19 +126,6 @@ fn decode(bytes: &[u8]) -> Result<PurgeRecord, BackendError> {
 
 fn encode(record: &PurgeRecord) -> Vec<u8> {
     codec::encode(record, true)
-}
-
-/// A purge's create, for `create_plain`.
-struct Created<'a> {
-    id: &'a str,
-    record_key: &'a str,
-    json: Vec<u8>,
-    version: u64,
-    indexes: &'a [String; 2],
-    /// Whether the index of the same position is due for upkeep.
-    upkeep: [bool; 2],
-    streams: &'a [String],
-    work: String,
 }
 
 #[async_trait]
@@ -254,25 +156,23 @@ impl Store for RedisStore {
             keys.list_index(shard, Some(&record.caller)),
             keys.list_index(shard, None),
         ];
-        let now = Instant::now();
-        let upkeep = indexes.each_ref().map(|i| self.upkeep_due(i, now));
         let streams: Vec<String> = providers.iter().map(|p| keys.stream(shard, p)).collect();
         let work = format!("{shard} {}", providers.join(" "));
         if idempotency.is_none() && !self.shared.is_cluster() {
             let created = Created {
-                id: &id,
-                record_key: &record_key,
+                id,
+                record_key,
                 json: encode(&record),
                 version: record.version,
-                indexes: &indexes,
-                upkeep,
-                streams: &streams,
+                indexes,
+                streams,
                 work,
             };
-            self.create_plain(created).await?;
-            self.upkeep_done(&indexes, upkeep, now);
+            self.committer.create(created).await?;
             return Ok(CreateOutcome::Created(record));
         }
+        let now = Instant::now();
+        let upkeep = self.upkeep.due(indexes.each_ref().map(String::as_str), now);
         let mut call = CREATE.prepare_invoke();
         call.key(&record_key);
         match &idempotency {
@@ -303,7 +203,9 @@ impl Store for RedisStore {
         let (outcome, detail): (String, Vec<u8>) = self.shared.invoke(call).await?;
         match outcome.as_str() {
             "created" => {
-                self.upkeep_done(&indexes, upkeep, now);
+                let kept_up = indexes.iter().zip(upkeep).filter(|(_, due)| *due);
+                self.upkeep
+                    .done(kept_up.map(|(index, _)| index.as_str()), now);
                 Ok(CreateOutcome::Created(record))
             }
             "existing" => Ok(CreateOutcome::Existing(decode(&detail)?)),

@@ -246,3 +246,84 @@ async fn redis_create_prunes_the_listing_indexes_and_keeps_their_ttl() {
         }
     }
 }
+
+/// Creates without a key on one node are committed in groups (one `MULTI`/`EXEC` for the
+/// creates waiting together), yet each gets its own answer: a caller whose listing index is
+/// broken (a key of the wrong type) fails its own creates only, and every other create of the
+/// same transaction is recorded, listed and queued.
+#[tokio::test]
+async fn redis_creates_committed_together_answer_each_alone() {
+    let server = RedisServer::start();
+    let target = RedisTarget::node(&server);
+    let keys = Keys::new(&target.prefix);
+    for shard in 0..purge_service::redis_state::SHARDS {
+        let index = keys.list_index(shard, Some("broken"));
+        let _: () = server.query(redis::cmd("SET").arg(&index).arg("not a sorted set"));
+    }
+    let store = redis_store(&target).await;
+    const CREATES: usize = 200;
+    let creates = (0..CREATES).map(|i| {
+        let store = store.clone();
+        async move {
+            let id = uuid::Uuid::now_v7().to_string();
+            let caller = if i % 2 == 0 { "tester" } else { "broken" };
+            let record = PurgeRecord::new(id.clone(), caller.into(), spec(i), chrono::Utc::now());
+            let work = vec![purge_service::model::WorkItem {
+                purge_id: id.clone(),
+                provider: "sandbox".into(),
+            }];
+            (caller, id, store.create(record, None, work).await)
+        }
+    });
+    let answers = futures::future::join_all(creates).await;
+    let mut queued = HashSet::new();
+    for shard in 0..purge_service::redis_state::SHARDS {
+        let entries: Vec<redis::Value> = server.query(
+            redis::cmd("XRANGE")
+                .arg(keys.stream(shard, "sandbox"))
+                .arg("-")
+                .arg("+"),
+        );
+        for entry in entries {
+            let (_, fields): (String, Vec<String>) = redis::from_redis_value(entry).unwrap();
+            queued.insert(fields[1].clone());
+        }
+    }
+    for (caller, id, answer) in answers {
+        let shard = purge_service::redis_state::shard_of_id(&id);
+        match caller {
+            "broken" => assert!(
+                matches!(answer, Err(BackendError::Unavailable(_))),
+                "{id}: {answer:?}"
+            ),
+            _ => {
+                assert!(
+                    matches!(answer, Ok(CreateOutcome::Created(_))),
+                    "{id}: {answer:?}"
+                );
+                assert!(store.get(&id).await.unwrap().is_some(), "{id} is recorded");
+                for index in [
+                    keys.list_index(shard, Some(caller)),
+                    keys.list_index(shard, None),
+                ] {
+                    let score: Option<f64> =
+                        server.query(redis::cmd("ZSCORE").arg(&index).arg(&id));
+                    assert_eq!(score, Some(0.0), "{id} is listed in {index}");
+                }
+                assert!(queued.contains(&id), "{id} is queued");
+            }
+        }
+    }
+    // Grouped: far fewer transactions than creates.
+    let stats: String = server.query(redis::cmd("INFO").arg("commandstats"));
+    let execs: usize = stats
+        .lines()
+        .find_map(|l| l.strip_prefix("cmdstat_exec:calls="))
+        .and_then(|l| l.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .expect("EXEC was called");
+    assert!(
+        execs < CREATES / 4,
+        "{execs} transactions for {CREATES} creates"
+    );
+}
