@@ -63,7 +63,8 @@ impl Backlogs {
 
     /// Work items of `provider` not acknowledged, every replica's; `None` when the queue
     /// cannot be read (the estimate then counts this replica's work only). One read at a time
-    /// per provider: while it runs, answers use the last one.
+    /// per provider: while it runs (at most the backend's command timeout), answers use the
+    /// last one.
     async fn queued(&self, provider: &str) -> Option<u64> {
         {
             let mut read = self.read.lock().expect("backlog lock");

@@ -10,7 +10,11 @@
 //!
 //! Each create in a group gets its own answer. A command that fails inside the transaction
 //! (a key of the wrong type, say) fails the creates it was written for and no other; as with
-//! any `MULTI`/`EXEC`, the transaction's other commands still run.
+//! any `MULTI`/`EXEC`, the transaction's other commands still run. A connection lost or a
+//! timeout while the transaction is on its way leaves every create of the group unknown, as
+//! it leaves one create sent alone: each caller is told the backend is unavailable, and a
+//! create that did commit is still dispatched (its stream entries were written with it).
+//! Two groups on their way at once may commit in either order.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -23,8 +27,13 @@ use crate::backend::BackendError;
 use crate::redis_state::{Shared, classify};
 
 /// Creates in one transaction, at most: a few hundred commands, well under a millisecond of
-/// Redis's time, so no other client waits long behind it.
+/// Redis's time for records of ordinary size, so no other client waits long behind it.
 const GROUP: usize = 64;
+
+/// Record bytes in one transaction, at most: a record can reach megabytes under the default
+/// limits, and Redis runs a transaction whole, so a group of large records is cut into
+/// several transactions, sent one after another.
+const GROUP_BYTES: usize = 1 << 20;
 
 /// Transactions on their way at once: up to `IN_FLIGHT` x `GROUP` creates, as many as a
 /// busy replica has open. With 2 under `bench/h2load.sh`'s 512 open calls, creates waited
@@ -142,7 +151,22 @@ async fn run(mut rx: mpsc::Receiver<Pending>, context: Context) {
         }
         let context = context.clone();
         tokio::spawn(async move {
-            commit(&context, group).await;
+            // A create whose caller gave up (its call cancelled) is left unwritten: no one
+            // was told it was accepted.
+            group.retain(|p| !p.done.is_closed());
+            while !group.is_empty() {
+                let mut bytes = 0;
+                let cut = group
+                    .iter()
+                    .position(|p| {
+                        bytes += p.create.json.len();
+                        bytes > GROUP_BYTES
+                    })
+                    .map_or(group.len(), |at| at.max(1));
+                let rest = group.split_off(cut);
+                commit(&context, group).await;
+                group = rest;
+            }
             drop(slot);
         });
     }
