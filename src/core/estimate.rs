@@ -3,7 +3,7 @@
 //! plans use it for a purge not recorded yet; every purge answered while it still has unsent
 //! targets carries it, computed when the answer is made.
 
-use std::collections::HashMap;
+use foldhash::{HashMap, HashMapExt};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 

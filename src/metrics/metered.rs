@@ -1,7 +1,10 @@
 //! Measuring wrappers around the provider, store, queue and limiter traits: the dispatcher and
 //! the core call them as before, and every call is counted and timed on the way through.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
+
+// Keyed by purge ids, which the service makes: the fast hasher.
+use foldhash::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 

@@ -1,9 +1,10 @@
 //! Every configured provider and group, by the name callers use, and the simulated CDNs behind
 //! sandbox providers (which tests and demos read).
 
-use std::collections::HashMap;
-
 use std::sync::Arc;
+
+// Keyed by configured names, so the fast hasher: the map is read several times per request.
+use foldhash::HashMap;
 
 use super::sandbox::Sandbox;
 use super::{Provider, ProviderHandle};

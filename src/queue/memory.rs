@@ -1,6 +1,9 @@
 //! In-process queue for a single replica.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+// Keyed by provider names and entry ids, which the service makes: the fast hasher.
+use foldhash::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
