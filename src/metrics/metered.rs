@@ -2,14 +2,13 @@
 //! the core call them as before, and every call is counted and timed on the way through.
 
 use std::collections::BTreeMap;
-
-// Keyed by purge ids, which the service makes: the fast hasher.
-use foldhash::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+// Keyed by purge ids, which the service makes: the fast hasher.
+use foldhash::HashSet;
 use opentelemetry::KeyValue;
 use tokio::sync::broadcast;
 

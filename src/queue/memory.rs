@@ -1,13 +1,12 @@
 //! In-process queue for a single replica.
 
 use std::collections::VecDeque;
-
-// Keyed by provider names and entry ids, which the service makes: the fast hasher.
-use foldhash::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+// Keyed by provider names and entry ids, which the service makes: the fast hasher.
+use foldhash::HashMap;
 use tokio::sync::Notify;
 
 use super::{Delivery, Queue};
